@@ -1,0 +1,39 @@
+# Two commands do the whole set-up on a fresh machine with Python 3.11+:
+#   make run   - virtual environment, install, sample data, the console (or headless: make run-headless)
+#   make test  - virtual environment, install, the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run run-headless test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/qtsw sample --if-empty
+	$(BIN)/qtsw
+
+run-headless: $(STAMP)
+	$(BIN)/qtsw sample --if-empty
+	$(BIN)/qtsw --run-now --no-ui
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/translate.py
+	$(BIN)/python bench/analyze.py
+	$(BIN)/python bench/run.py
+	$(BIN)/python bench/console.py
+
+clean:
+	rm -rf $(VENV) data logs .pytest_cache

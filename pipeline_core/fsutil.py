@@ -1,0 +1,91 @@
+"""Atomic file writes: temporary file in the same folder, fsync, rename, fsync the folder.
+
+A crash at any moment leaves the destination either old or new, never partial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(dest: Path, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(dest: Path, obj: Any) -> None:
+    write_bytes_atomic(dest, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a JSON state file; ``default`` when it does not exist."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+
+
+def write_parquet_atomic(
+    dest: Path,
+    table: pa.Table,
+    *,
+    writer: Callable[[pa.Table, Path], None] | None = None,
+    **options: Any,
+) -> None:
+    """Write ``table`` to ``dest`` atomically (``options`` go to ``pyarrow.parquet.write_table``)."""
+    with atomic_path(dest) as tmp:
+        if writer is not None:
+            writer(table, tmp)
+        else:
+            pq.write_table(table, tmp, **options)
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Remove leftovers of writes interrupted by a crash (``.<name>.*.tmp``); returns the count."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.rglob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n

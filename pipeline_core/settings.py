@@ -1,0 +1,487 @@
+"""One typed settings object: built-in defaults < qtsw.toml < QTSW_* environment < flags.
+
+Every path the product uses comes from :class:`Settings`, built on the data root. Nothing here
+depends on the current directory or the machine's local time zone.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+CHICAGO = ZoneInfo("America/Chicago")
+ENGINE_VERSION = "0.1.0"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+class SettingsError(ValueError):
+    """An invalid setting: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str, source: str = "") -> None:
+        self.key, self.value, self.allowed, self.source = key, value, allowed, source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"invalid setting {key} = {value!r}{where}: {allowed}")
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """A tradable symbol: its tick size and the target T, both in price points."""
+
+    symbol: str
+    tick: float
+    target: float
+    base: str  # the symbol whose tick/target a micro uses; itself for a base symbol
+
+    def ticks(self, price: float) -> int:
+        """A price in integer ticks (so float artefacts cannot flip a comparison)."""
+        return round(price / self.tick)
+
+
+@dataclass(frozen=True)
+class Session:
+    """A session: the range starts at ``range_start``; each slot end is an independent trade."""
+
+    name: str
+    range_start: time
+    slots: tuple[time, ...]
+
+    @property
+    def stream_digit(self) -> str:
+        return self.name.lstrip("S")
+
+
+DEFAULT_INSTRUMENTS: dict[str, dict[str, Any]] = {
+    "ES": {"tick": 0.25, "target": 10},
+    "NQ": {"tick": 0.25, "target": 50},
+    "YM": {"tick": 1.0, "target": 100},
+    "CL": {"tick": 0.01, "target": 0.50},
+    "NG": {"tick": 0.001, "target": 0.05},
+    "GC": {"tick": 0.1, "target": 5},
+    "RTY": {"tick": 0.10, "target": 10},
+    "MES": {"base": "ES"},
+    "MNQ": {"base": "NQ"},
+    "MYM": {"base": "YM"},
+    "MCL": {"base": "CL"},
+    "MNG": {"base": "NG"},
+    "MGC": {"base": "GC"},
+    "M2K": {"base": "RTY"},
+}
+
+DEFAULTS: dict[str, Any] = {
+    "instruments": DEFAULT_INSTRUMENTS,
+    "sessions": {
+        "S1": {"range_start": "02:00", "slots": ["07:30", "08:00", "09:00"]},
+        "S2": {"range_start": "08:00", "slots": ["09:30", "10:00", "10:30", "11:00"]},
+    },
+    "analysis": {
+        "trade_days": ["Mon", "Tue", "Wed", "Thu", "Fri"],
+        "entry_cutoff": "16:00",
+        "break_even_fraction": 0.65,
+        "stop_cap_multiple": 3.0,
+    },
+    "input": {
+        "default_timezone": "UTC",
+        # [{pattern = "ES*.csv", timezone = "America/Chicago"}, ...]; first match wins.
+        "timezones": [],
+        "stable_seconds": 10.0,
+        "export_stale_seconds": 600.0,
+        "max_bad_row_fraction": 0.01,
+        "raw_policy": "archive",
+    },
+    "timeouts": {
+        "translator": 3600.0,
+        "analyzer": 21600.0,
+        "merger": 1800.0,
+        "grace": 5.0,
+        "silence_warning": 300.0,
+        "progress_interval": 60.0,
+    },
+    "engine": {
+        "workers": 0,  # 0 = CPU count
+        "schedule_minutes": [0, 15, 30, 45],
+    },
+    "keys": {},  # binding id -> key, e.g. {run_now = "R"}
+}
+
+# Environment variables: QTSW_<SECTION>_<KEY> for scalar settings, e.g. QTSW_ENGINE_WORKERS=2.
+_SCALAR_KEYS = {
+    ("analysis", "entry_cutoff"),
+    ("analysis", "break_even_fraction"),
+    ("analysis", "stop_cap_multiple"),
+    ("input", "default_timezone"),
+    ("input", "stable_seconds"),
+    ("input", "export_stale_seconds"),
+    ("input", "max_bad_row_fraction"),
+    ("input", "raw_policy"),
+    ("timeouts", "translator"),
+    ("timeouts", "analyzer"),
+    ("timeouts", "merger"),
+    ("timeouts", "grace"),
+    ("timeouts", "silence_warning"),
+    ("timeouts", "progress_interval"),
+    ("engine", "workers"),
+}
+_LIST_KEYS = {("analysis", "trade_days"), ("engine", "schedule_minutes")}
+
+RAW_POLICIES = ("archive", "delete", "keep")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the engine, the stages and the console need, resolved and validated."""
+
+    root: Path
+    instruments: dict[str, Instrument]
+    sessions: tuple[Session, ...]
+    trade_days: frozenset[int]  # 0 = Monday
+    entry_cutoff: time
+    break_even_fraction: float
+    stop_cap_multiple: float
+    default_timezone: str
+    input_timezones: tuple[tuple[str, str], ...]  # (glob pattern, zone)
+    stable_seconds: float
+    export_stale_seconds: float
+    max_bad_row_fraction: float
+    raw_policy: str
+    timeouts: dict[str, float]
+    workers: int
+    schedule_minutes: tuple[int, ...]
+    keys: dict[str, str] = field(default_factory=dict)
+    config_file: Path | None = None
+
+    # --- paths (SPEC §1) -------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def raw_logs_dir(self) -> Path:
+        return self.raw_dir / "logs"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.raw_dir / "quarantine"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.raw_dir / "archive"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.data_dir / "processed"
+
+    @property
+    def analyzer_temp_dir(self) -> Path:
+        return self.data_dir / "analyzer_temp"
+
+    @property
+    def analyzer_runs_dir(self) -> Path:
+        return self.data_dir / "analyzer_runs"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.logs_dir / "events"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.logs_dir / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.logs_dir / "reports"
+
+    @property
+    def runs_index(self) -> Path:
+        return self.logs_dir / "runs.jsonl"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.logs_dir / "qtsw.lock"
+
+    def ensure_dirs(self) -> None:
+        """Create the data and log folders (SPEC §1: created on first start)."""
+        for d in (
+            self.raw_dir,
+            self.raw_logs_dir,
+            self.processed_dir,
+            self.analyzer_temp_dir,
+            self.analyzer_runs_dir,
+            self.state_dir,
+            self.events_dir,
+            self.runs_dir,
+            self.reports_dir,
+        ):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # --- derived values ----------------------------------------------------------------
+    def instrument(self, symbol: str) -> Instrument:
+        try:
+            return self.instruments[symbol]
+        except KeyError:
+            raise KeyError(
+                f"unknown instrument {symbol!r}; configured: {', '.join(sorted(self.instruments))}"
+            ) from None
+
+    def timeout(self, stage: str) -> float:
+        return self.timeouts[stage]
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+    def timezone_for(self, file_name: str) -> ZoneInfo:
+        """The input time zone of a raw file: the first matching pattern, else the default."""
+        from fnmatch import fnmatchcase
+
+        for pattern, zone in self.input_timezones:
+            if fnmatchcase(file_name, pattern):
+                return ZoneInfo(zone)
+        return ZoneInfo(self.default_timezone)
+
+    def analysis_dict(self) -> dict[str, Any]:
+        """The settings that decide analysis results (their hash goes into every result file)."""
+        return {
+            "instruments": {
+                s: {"tick": i.tick, "target": i.target} for s, i in sorted(self.instruments.items())
+            },
+            "sessions": [
+                {
+                    "name": s.name,
+                    "range_start": s.range_start.strftime("%H:%M"),
+                    "slots": [t.strftime("%H:%M") for t in s.slots],
+                }
+                for s in self.sessions
+            ],
+            "trade_days": sorted(self.trade_days),
+            "entry_cutoff": self.entry_cutoff.strftime("%H:%M"),
+            "break_even_fraction": self.break_even_fraction,
+            "stop_cap_multiple": self.stop_cap_multiple,
+        }
+
+    @property
+    def analysis_hash(self) -> str:
+        blob = json.dumps(self.analysis_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def default_root(env: Mapping[str, str] | None = None) -> Path:
+    """The data root: ``QTSW_ROOT``, else the project's own folder."""
+    env = os.environ if env is None else env
+    if env.get("QTSW_ROOT"):
+        return Path(env["QTSW_ROOT"]).expanduser().resolve()
+    return PROJECT_DIR
+
+
+def load_settings(
+    root: str | Path | None = None,
+    config: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: defaults < ``qtsw.toml`` (at the root, or ``config``) < ``QTSW_*`` < overrides.
+
+    ``overrides`` uses dotted keys (``{"engine.workers": 2}``). Raises :class:`SettingsError`
+    naming the key, the value and what is allowed.
+    """
+    env = os.environ if env is None else env
+    root_path = Path(root).expanduser().resolve() if root else default_root(env)
+    raw = copy.deepcopy(DEFAULTS)
+    config_path: Path | None = None
+    if config is None and env.get("QTSW_CONFIG"):
+        config = env["QTSW_CONFIG"]
+    if config is not None:
+        config_path = Path(config).expanduser().resolve()
+        if not config_path.is_file():
+            raise SettingsError("--config", str(config_path), "the file must exist")
+    elif (root_path / "qtsw.toml").is_file():
+        config_path = root_path / "qtsw.toml"
+    if config_path is not None:
+        try:
+            with open(config_path, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError("qtsw.toml", str(config_path), f"valid TOML ({exc})") from None
+        _merge(raw, file_values, str(config_path), prefix="")
+    for (section, key) in sorted(_SCALAR_KEYS | _LIST_KEYS):
+        name = f"QTSW_{section}_{key}".upper()
+        if name in env:
+            value: Any = env[name]
+            if (section, key) in _LIST_KEYS:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            raw[section][key] = value
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in raw or not isinstance(raw[section], dict) or not key:
+            raise SettingsError(dotted, value, "a known setting")
+        raw[section][key] = value
+    return _build(root_path, raw, config_path)
+
+
+def _merge(base: dict[str, Any], new: Mapping[str, Any], source: str, prefix: str) -> None:
+    for key, value in new.items():
+        full = f"{prefix}{key}"
+        if key not in base and prefix != "instruments." and prefix != "sessions." and prefix != "keys.":
+            raise SettingsError(full, value, f"a known setting (known here: {', '.join(sorted(base))})", source)
+        if isinstance(base.get(key), dict) and isinstance(value, Mapping) and full not in (
+            "instruments",
+            "sessions",
+        ):
+            _merge(base[key], value, source, prefix=f"{full}.")
+        elif full in ("instruments", "sessions"):
+            if not isinstance(value, Mapping):
+                raise SettingsError(full, value, "a table", source)
+            base[key] = dict(value)  # a table given in the file replaces the built-in one
+        else:
+            base[key] = value
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def _time(key: str, value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    m = _HHMM.match(str(value))
+    if not m:
+        raise SettingsError(key, value, "a wall-clock time HH:MM (00:00 to 23:59)")
+    return time(int(m.group(1)), int(m.group(2)))
+
+
+def _number(key: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> float:
+    try:
+        num = int(value) if integer else float(value)
+        if integer and float(value) != num:
+            raise ValueError
+    except (TypeError, ValueError):
+        kind = "a whole number" if integer else "a number"
+        raise SettingsError(key, value, f"{kind} from {lo:g} to {hi:g}") from None
+    if not (lo <= num <= hi):
+        kind = "a whole number" if integer else "a number"
+        raise SettingsError(key, value, f"{kind} from {lo:g} to {hi:g}")
+    return num
+
+
+def _zone(key: str, value: Any) -> str:
+    try:
+        ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(key, value, "an IANA time zone name such as UTC or America/Chicago") from None
+    return str(value)
+
+
+def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Settings:
+    instruments: dict[str, Instrument] = {}
+    table = raw["instruments"]
+    for sym, spec in table.items():
+        if not re.fullmatch(r"[A-Z][A-Z0-9]*", sym):
+            raise SettingsError(f"instruments.{sym}", sym, "an upper-case symbol such as ES or M2K")
+        if not isinstance(spec, Mapping):
+            raise SettingsError(f"instruments.{sym}", spec, "a table with tick and target, or base")
+    for sym, spec in table.items():
+        base = spec.get("base", sym)
+        src = table.get(base)
+        if src is None or "base" in src and src["base"] != base:
+            raise SettingsError(f"instruments.{sym}.base", base, "a base symbol defined with tick and target")
+        tick = _number(f"instruments.{sym}.tick", spec.get("tick", src.get("tick")), 1e-9, 1e9)
+        target = _number(f"instruments.{sym}.target", spec.get("target", src.get("target")), 1e-9, 1e9)
+        instruments[sym] = Instrument(sym, tick, target, base)
+
+    sessions = []
+    for name, spec in raw["sessions"].items():
+        if not re.fullmatch(r"S\d", name):
+            raise SettingsError(f"sessions.{name}", name, "a session name S1 to S9")
+        start = _time(f"sessions.{name}.range_start", spec.get("range_start"))
+        slots_raw = spec.get("slots")
+        if not isinstance(slots_raw, list) or not slots_raw:
+            raise SettingsError(f"sessions.{name}.slots", slots_raw, "a non-empty list of HH:MM times")
+        slots = tuple(sorted(_time(f"sessions.{name}.slots", s) for s in slots_raw))
+        if slots[0] <= start:
+            raise SettingsError(f"sessions.{name}.slots", slots_raw[0], f"slot ends later than range_start {start:%H:%M}")
+        sessions.append(Session(name, start, slots))
+    if not sessions:
+        raise SettingsError("sessions", raw["sessions"], "at least one session")
+
+    an = raw["analysis"]
+    days = an["trade_days"]
+    if isinstance(days, str):
+        days = [d.strip() for d in days.split(",")]
+    trade_days = set()
+    for d in days:
+        if str(d)[:3].title() not in WEEKDAYS[:5]:
+            raise SettingsError("analysis.trade_days", d, "weekday names Mon to Fri")
+        trade_days.add(WEEKDAYS.index(str(d)[:3].title()))
+    if not trade_days:
+        raise SettingsError("analysis.trade_days", days, "at least one weekday Mon to Fri")
+    inp = raw["input"]
+    if inp["raw_policy"] not in RAW_POLICIES:
+        raise SettingsError("input.raw_policy", inp["raw_policy"], "one of " + ", ".join(RAW_POLICIES))
+    tzs = []
+    for i, entry in enumerate(inp["timezones"]):
+        if not isinstance(entry, Mapping) or "pattern" not in entry or "timezone" not in entry:
+            raise SettingsError(f"input.timezones[{i}]", entry, "a table {pattern = \"ES*.csv\", timezone = \"...\"}")
+        tzs.append((str(entry["pattern"]), _zone(f"input.timezones[{i}].timezone", entry["timezone"])))
+    to = raw["timeouts"]
+    timeouts = {k: _number(f"timeouts.{k}", to[k], 0.1, 1e7) for k in to}
+    eng = raw["engine"]
+    minutes = tuple(
+        sorted({int(_number("engine.schedule_minutes", m, 0, 59, integer=True)) for m in eng["schedule_minutes"]})
+    )
+    if not minutes:
+        raise SettingsError("engine.schedule_minutes", eng["schedule_minutes"], "at least one minute 0 to 59")
+    keys = raw.get("keys", {})
+    if not isinstance(keys, Mapping):
+        raise SettingsError("keys", keys, "a table of binding id = key")
+    return Settings(
+        root=root,
+        instruments=instruments,
+        sessions=tuple(sessions),
+        trade_days=frozenset(trade_days),
+        entry_cutoff=_time("analysis.entry_cutoff", an["entry_cutoff"]),
+        break_even_fraction=_number("analysis.break_even_fraction", an["break_even_fraction"], 0.01, 1.0),
+        stop_cap_multiple=_number("analysis.stop_cap_multiple", an["stop_cap_multiple"], 0.1, 100.0),
+        default_timezone=_zone("input.default_timezone", inp["default_timezone"]),
+        input_timezones=tuple(tzs),
+        stable_seconds=_number("input.stable_seconds", inp["stable_seconds"], 0.0, 86400.0),
+        export_stale_seconds=_number("input.export_stale_seconds", inp["export_stale_seconds"], 0.0, 1e7),
+        max_bad_row_fraction=_number("input.max_bad_row_fraction", inp["max_bad_row_fraction"], 0.0, 1.0),
+        raw_policy=inp["raw_policy"],
+        timeouts=timeouts,
+        workers=int(_number("engine.workers", eng["workers"], 0, 256, integer=True)),
+        schedule_minutes=minutes,
+        keys={str(k): str(v) for k, v in keys.items()},
+        config_file=config_path,
+    )
+
+
+def settings_args(settings: Settings) -> list[str]:
+    """Command-line arguments that make a stage subprocess load the same settings."""
+    args = ["--root", str(settings.root)]
+    if settings.config_file is not None:
+        args += ["--config", str(settings.config_file)]
+    return args

@@ -1,0 +1,1 @@
+"""The qtsw operator console (Textual). Depends on pipeline_core, never the reverse."""
