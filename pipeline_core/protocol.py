@@ -4,8 +4,9 @@ A stage writes two kinds of lines on stdout:
 
 * free text for the operator (any content, any length): streamed to the stage pane and to
   ``logs/runs/<run_id>/<stage>[-<INST>].log``;
-* structured messages, one JSON object per line, prefixed by :data:`MARKER` (the ASCII record
-  separator ``\\x1e`` followed by ``qtsw:``). Free text can never be taken for one: a line is a
+* structured messages, one JSON object per line, prefixed by :data:`MARKER` (the ASCII control
+  character STX ``\\x02`` followed by ``qtsw:``; STX, unlike the record separator, is not a line
+  break for ``str.splitlines``). Free text can never be taken for one: a line is a
   message only when it starts with the marker *and* the rest is a JSON object with a known
   ``type``.
 
@@ -34,7 +35,7 @@ from typing import Any, TextIO
 
 from pipeline_core.settings import Settings, SettingsError, load_settings
 
-MARKER = "\x1eqtsw:"
+MARKER = "\x02qtsw:"
 MESSAGE_TYPES = ("progress", "metric", "warning", "result")
 RESULT_STATUSES = ("success", "partial", "failure")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
