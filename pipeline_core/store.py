@@ -1,0 +1,323 @@
+"""The bar store: ``data/processed/<INST>/<INST>_<YYYY>.parquet`` (SPEC §3).
+
+One file per instrument and Chicago calendar year. Columns: ``timestamp`` (bar open,
+``timestamp[ms, tz=America/Chicago]``), ``open high low close volume`` (float64) and
+``instrument`` (string); rows sorted by ``timestamp``, timestamps unique.
+
+Writes go through :func:`pipeline_core.fsutil.write_parquet_atomic` (temporary file, fsync,
+rename), so a crash leaves every year file either old or new.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline_core.fsutil import write_parquet_atomic
+from pipeline_core.settings import CHICAGO, Settings
+
+TIMESTAMP_TYPE = pa.timestamp("ms", tz="America/Chicago")
+PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+SCHEMA = pa.schema(
+    [("timestamp", TIMESTAMP_TYPE)]
+    + [(c, pa.float64()) for c in PRICE_COLUMNS]
+    + [("instrument", pa.string())]
+)
+
+# Parquet options chosen by measurement (bench/translate.py): timestamps are sorted, so
+# delta encoding packs them to a few bits; prices gain nothing from dictionaries; lz4 is
+# nearly free to encode and decode. Row groups of 128 Ki rows let range reads skip most of
+# a year by statistics.
+ROW_GROUP_ROWS = 128 * 1024
+WRITE_OPTIONS: dict = {
+    "compression": "lz4",
+    "use_dictionary": ["instrument"],
+    "column_encoding": {"timestamp": "DELTA_BINARY_PACKED"},
+    "write_statistics": ["timestamp"],
+    "row_group_size": ROW_GROUP_ROWS,
+}
+
+# Fault injection for the crash test: when set to N, the process kills itself (SIGKILL) at
+# its N-th store write, after the temporary file is written and before it is renamed.
+KILL_BEFORE_RENAME_ENV = "QTSW_STORE_KILL_BEFORE_RENAME"
+_writes_done = 0
+
+_YEAR_FILE = re.compile(r"^(?P<inst>[A-Z0-9]+)_(?P<year>\d{4})\.parquet$")
+
+
+def store_dir(settings: Settings, inst: str) -> Path:
+    return settings.processed_dir / inst
+
+
+def store_path(settings: Settings, inst: str, year: int) -> Path:
+    """The year file of instrument ``inst``."""
+    return store_dir(settings, inst) / f"{inst}_{year:04d}.parquet"
+
+
+def store_years(settings: Settings, inst: str) -> list[int]:
+    """The Chicago calendar years that have a store file for ``inst``, ascending."""
+    d = store_dir(settings, inst)
+    if not d.is_dir():
+        return []
+    years = []
+    for name in os.listdir(d):
+        m = _YEAR_FILE.match(name)
+        if m and m.group("inst") == inst:
+            years.append(int(m.group("year")))
+    return sorted(years)
+
+
+def empty_table() -> pa.Table:
+    return SCHEMA.empty_table()
+
+
+def _to_ms(dt: datetime) -> int:
+    """A moment as epoch milliseconds (a naive datetime is read as Chicago wall time)."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=CHICAGO)
+    return int(dt.timestamp() * 1000)
+
+
+def _ts_ms(table: pa.Table) -> np.ndarray:
+    """The ``timestamp`` column as int64 epoch milliseconds."""
+    col = table.column("timestamp")
+    if col.num_chunks != 1:
+        col = col.combine_chunks()
+    else:
+        col = col.chunk(0)
+    return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def read_year(path: Path, start_ms: int | None = None, end_ms: int | None = None) -> pa.Table:
+    """One year file, restricted to ``start_ms <= timestamp < end_ms`` (epoch ms).
+
+    Row groups wholly outside the range are skipped by their statistics; the rest is cut by
+    binary search, which is exact because the file is sorted.
+    """
+    pf = pq.ParquetFile(path)
+    meta = pf.metadata
+    if start_ms is None and end_ms is None:
+        table = pf.read()
+    else:
+        ts_idx = pf.schema_arrow.get_field_index("timestamp")
+        groups = []
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(ts_idx).statistics
+            if stats is not None and stats.has_min_max:
+                lo, hi = _stat_ms(stats.min), _stat_ms(stats.max)
+                if start_ms is not None and hi < start_ms:
+                    continue
+                if end_ms is not None and lo >= end_ms:
+                    continue
+            groups.append(i)
+        if not groups:
+            return empty_table()
+        table = pf.read_row_groups(groups)
+        ts = _ts_ms(table)
+        a = 0 if start_ms is None else int(np.searchsorted(ts, start_ms, "left"))
+        b = len(ts) if end_ms is None else int(np.searchsorted(ts, end_ms, "left"))
+        table = table.slice(a, b - a)
+    return _conform(table)
+
+
+def _stat_ms(value: object) -> int:
+    if isinstance(value, datetime):
+        return _to_ms(value)
+    return int(value)  # type: ignore[call-overload]
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """``table`` with exactly the store schema (column order, types, unit, zone)."""
+    if table.schema.equals(SCHEMA):
+        return table
+    return table.select(list(SCHEMA.names)).cast(SCHEMA)
+
+
+def read_bars(
+    settings: Settings,
+    inst: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> pa.Table:
+    """The bars of ``inst`` with ``start <= timestamp < end`` (either bound optional), sorted.
+
+    Reads only the year files the range touches. Returns an empty table with the store
+    schema when there are none.
+    """
+    start_ms = None if start is None else _to_ms(start)
+    end_ms = None if end is None else _to_ms(end)
+    years = store_years(settings, inst)
+    if start is not None:
+        years = [y for y in years if y >= start.astimezone(CHICAGO).year]
+    if end is not None:
+        last = datetime.fromtimestamp((end_ms - 1) / 1000, CHICAGO).year  # type: ignore[operator]
+        years = [y for y in years if y <= last]
+    parts = [read_year(store_path(settings, inst, y), start_ms, end_ms) for y in years]
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return empty_table()
+    return pa.concat_tables(parts).combine_chunks()
+
+
+def normalise(table: pa.Table, inst: str) -> pa.Table:
+    """Bars in any timestamp unit/zone → the store schema, sorted, unique (last row wins)."""
+    ts_type = table.schema.field("timestamp").type
+    if not pa.types.is_timestamp(ts_type):
+        raise TypeError(f"timestamp column must be a timestamp, not {ts_type}")
+    if ts_type.tz is None:
+        raise TypeError("timestamp column must be time-zone aware")
+    cols = {
+        "timestamp": table.column("timestamp").cast(pa.timestamp(ts_type.unit, tz="UTC")).cast(
+            TIMESTAMP_TYPE, safe=False
+        ),
+    }
+    for c in PRICE_COLUMNS:
+        cols[c] = table.column(c).cast(pa.float64())
+    cols["instrument"] = pa.chunked_array([pa.array([inst] * table.num_rows, pa.string())])
+    out = pa.table(cols, schema=SCHEMA).combine_chunks()
+    ts = _ts_ms(out)
+    if len(ts) > 1 and not bool(np.all(ts[1:] > ts[:-1])):
+        order = np.argsort(ts, kind="stable")
+        ts_sorted = ts[order]
+        # keep the last of each run of equal timestamps (the stable sort keeps input order)
+        keep = np.ones(len(ts_sorted), dtype=bool)
+        keep[:-1] = ts_sorted[1:] != ts_sorted[:-1]
+        out = out.take(pa.array(order[keep]))
+    return out
+
+
+def chicago_years(ts_ms: np.ndarray) -> np.ndarray:
+    """The Chicago calendar year of each epoch-millisecond moment."""
+    arr = pa.array(ts_ms, pa.timestamp("ms", tz="America/Chicago"))
+    return pc.year(arr).to_numpy(zero_copy_only=False)
+
+
+def split_years(table: pa.Table) -> dict[int, pa.Table]:
+    """A sorted store-schema table cut into Chicago calendar years."""
+    if table.num_rows == 0:
+        return {}
+    ts = _ts_ms(table)
+    years = chicago_years(ts)
+    out: dict[int, pa.Table] = {}
+    bounds = np.flatnonzero(np.diff(years)) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(ts)]))
+    for a, b in zip(starts, ends, strict=True):
+        out[int(years[a])] = table.slice(int(a), int(b - a))
+    return out
+
+
+def merge_year(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int | None, int | None]:
+    """Upsert sorted unique ``new`` bars into sorted unique ``old`` bars (new wins).
+
+    Returns the merged table and the first/last epoch ms of a bar that was added or changed
+    (None, None when the merge changes nothing).
+    """
+    new_ts = _ts_ms(new)
+    if old is None or old.num_rows == 0:
+        if len(new_ts) == 0:
+            return new, None, None
+        return new, int(new_ts[0]), int(new_ts[-1])
+    old_ts = _ts_ms(old)
+    if len(new_ts) == 0:
+        return old, None, None
+    if new_ts[0] > old_ts[-1]:  # the common case: bars appended after the last stored bar
+        return pa.concat_tables([old, new]).combine_chunks(), int(new_ts[0]), int(new_ts[-1])
+    pos = np.searchsorted(old_ts, new_ts)
+    pos_c = np.minimum(pos, len(old_ts) - 1)
+    matched = old_ts[pos_c] == new_ts
+    changed = ~matched
+    if matched.any():
+        old_idx = pos_c[matched]
+        differs = np.zeros(int(matched.sum()), dtype=bool)
+        for c in PRICE_COLUMNS:
+            o = old.column(c).to_numpy()[old_idx]
+            n = new.column(c).to_numpy()[matched]
+            differs |= o != n
+        changed[matched] = differs
+    if not changed.any():
+        return old, None, None
+    changed_ts = new_ts[changed]
+    keep_old = np.ones(len(old_ts), dtype=bool)
+    keep_old[pos_c[matched]] = False
+    merged = pa.concat_tables([old.filter(pa.array(keep_old)), new]).combine_chunks()
+    order = np.argsort(_ts_ms(merged), kind="stable")
+    merged = merged.take(pa.array(order))
+    return merged, int(changed_ts[0]), int(changed_ts[-1])
+
+
+def _write_year(path: Path, table: pa.Table) -> None:
+    def writer(t: pa.Table, tmp: Path) -> None:
+        global _writes_done
+        pq.write_table(t, tmp, **WRITE_OPTIONS)
+        _writes_done += 1
+        kill_at = os.environ.get(KILL_BEFORE_RENAME_ENV)
+        if kill_at and _writes_done == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    write_parquet_atomic(path, table, writer=writer)
+
+
+def _ms_to_dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, CHICAGO)
+
+
+def upsert_bars(
+    settings: Settings,
+    inst: str,
+    table: pa.Table,
+    before_write: Callable[[datetime, datetime], None] | None = None,
+) -> tuple[datetime, datetime] | None:
+    """Merge bars into the store of ``inst``; on an equal timestamp the new bar wins.
+
+    ``table`` needs a tz-aware ``timestamp`` (bar open) and ``open high low close volume``; it
+    need not be sorted (equal timestamps within it: the last row wins). Each touched year file
+    is rewritten atomically; an unchanged year is not rewritten. ``before_write`` is called
+    with the changed range before the first file is written (so a caller can record pending
+    work durably before the store changes). Returns the first and last timestamp (Chicago) of
+    a bar that was added or changed, or None when nothing changed.
+    """
+    return upsert_years(settings, inst, split_years(normalise(table, inst)).items(), before_write)
+
+
+def upsert_years(
+    settings: Settings,
+    inst: str,
+    years: Iterable[tuple[int, pa.Table]],
+    before_write: Callable[[datetime, datetime], None] | None = None,
+) -> tuple[datetime, datetime] | None:
+    """Like :func:`upsert_bars` for bars already normalised and cut by Chicago year."""
+    # Two passes so the changed range is known (and handed to ``before_write``) before any
+    # file changes, without holding every merged year in memory at once.
+    todo: list[tuple[int, pa.Table]] = []
+    first: int | None = None
+    last: int | None = None
+    for year, new in sorted(years, key=lambda kv: kv[0]):
+        path = store_path(settings, inst, year)
+        old = read_year(path) if path.exists() else None
+        _, f, lst = merge_year(old, new)
+        if f is None or lst is None:
+            continue
+        first = f if first is None else min(first, f)
+        last = lst if last is None else max(last, lst)
+        todo.append((year, new))
+    if first is None or last is None:
+        return None
+    changed = (_ms_to_dt(first), _ms_to_dt(last))
+    if before_write is not None:
+        before_write(*changed)
+    for year, new in todo:
+        path = store_path(settings, inst, year)
+        old = read_year(path) if path.exists() else None
+        merged, _, _ = merge_year(old, new)
+        _write_year(path, merged)
+    return changed
