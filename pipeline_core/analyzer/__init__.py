@@ -1,0 +1,1 @@
+"""The analyzer: the opening-range breakout strategy (``strategy``) and its stage runner."""
