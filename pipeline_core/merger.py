@@ -1,0 +1,551 @@
+"""Merger stage (SPEC §5): per-run analyzer output → monthly result files.
+
+``python -m pipeline_core.merger [--root R] [--config C] [--run-id ID]``
+
+Every run folder ``data/analyzer_temp/<run_id>/`` holds one ``<INST>.parquet`` per analysed
+instrument. Its rows are upserted into
+``data/analyzer_runs/<STREAM>/<YYYY>/<STREAM>_an_<YYYY>_<MM>.parquet`` on the key
+(Date, Time, Session, Instrument): Direction and Result are not in the key, so a provisional row
+is replaced, never duplicated. Runs are applied oldest first (``created_ns`` in each file's
+metadata), so the newer run wins. A run from ``--full`` stands for the instrument's whole
+history: rows of older runs that it does not hold are dropped.
+
+Each monthly file is read once and written atomically. A run folder is removed only after every
+group (stream, year, month) it feeds is written. Which groups of a retained run are already
+written is journalled in ``data/state/merger.json``, so a retry does not lay an older run over
+rows a newer run wrote since; a retry without a journal entry simply re-applies the run (merging
+is idempotent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline_core import clock
+from pipeline_core.analyzer.strategy import RESULT_SCHEMA
+from pipeline_core.fsutil import (
+    fsync_dir,
+    read_json,
+    remove_stale_temp_files,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from pipeline_core.protocol import Reporter, stage_main
+from pipeline_core.results import (
+    META_ANALYSIS_HASH,
+    META_CREATED_NS,
+    META_ENGINE_VERSION,
+    META_INSTRUMENT,
+    META_MODE,
+    META_RUN_ID,
+    META_UPDATED,
+    file_metadata,
+    monthly_files,
+    monthly_path,
+    read_monthly_file,
+    schema_difference,
+    stream_instrument,
+)
+from pipeline_core.settings import Settings
+
+KEY = ("Date", "Time", "Session", "Instrument")
+# Deterministic crash point for tests: SIGKILL this process right after the temporary file of
+# the Nth monthly write is complete (before it replaces the monthly file).
+KILL_ENV = "QTSW_MERGER_KILL_AFTER_WRITES"
+
+GroupKey = tuple[str, int, int]  # (stream, year, month)
+
+
+class RunFileError(Exception):
+    """A run file that cannot be merged: names the file and the reason."""
+
+
+@dataclass
+class RunFile:
+    """One analyzer output file awaiting the merge."""
+
+    path: Path
+    run_dir: Path
+    instrument: str
+    run_id: str
+    created_ns: int
+    full: bool
+    engine_version: str
+    analysis_hash: str
+    table: pa.Table
+
+    @property
+    def journal_key(self) -> str:
+        return f"{self.run_dir.name}/{self.path.name}"
+
+
+@dataclass
+class GroupOutcome:
+    """What merging one monthly file did."""
+
+    stream: str
+    year: int
+    month: int
+    path: Path
+    rows: int = 0
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    action: str = "unchanged"  # written | deleted | unchanged | failed
+    error: str | None = None
+
+
+@dataclass
+class MergeSummary:
+    """The outcome of one merge: per group, per run file, and the folders removed."""
+
+    groups: list[GroupOutcome] = field(default_factory=list)
+    files: list[RunFile] = field(default_factory=list)
+    file_errors: list[str] = field(default_factory=list)
+    folders_removed: list[str] = field(default_factory=list)
+    folders_kept: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return self.file_errors + [g.error for g in self.groups if g.error]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def counts(self) -> dict[str, Any]:
+        written = [g for g in self.groups if g.action in ("written", "deleted")]
+        return {
+            "run_files": len(self.files) + len(self.file_errors),
+            "groups": len(self.groups),
+            "files_written": sum(g.action == "written" for g in self.groups),
+            "files_deleted": sum(g.action == "deleted" for g in self.groups),
+            "files_unchanged": sum(g.action == "unchanged" for g in self.groups),
+            "groups_failed": sum(g.action == "failed" for g in self.groups),
+            "rows_added": sum(g.added for g in written),
+            "rows_replaced": sum(g.replaced for g in written),
+            "rows_removed": sum(g.removed for g in written),
+            "folders_removed": len(self.folders_removed),
+            "folders_kept": len(self.folders_kept),
+            "errors": len(self.errors),
+        }
+
+
+# --- the journal of groups already written for retained runs -------------------------------------
+
+
+def journal_path(settings: Settings) -> Path:
+    return settings.state_dir / "merger.json"
+
+
+def _read_journal(settings: Settings) -> dict[str, dict[str, Any]]:
+    raw = read_json(journal_path(settings), {}) or {}
+    return raw.get("files", {}) if isinstance(raw, dict) else {}
+
+
+def _write_journal(settings: Settings, files: dict[str, dict[str, Any]]) -> None:
+    path = journal_path(settings)
+    if not files:
+        if path.exists():
+            path.unlink()
+        return
+    write_json_atomic(path, {"files": files})
+
+
+def _group_id(key: GroupKey) -> str:
+    return f"{key[0]}/{key[1]:04d}/{key[2]:02d}"
+
+
+# --- loading run files -----------------------------------------------------------------------------
+
+
+def run_folders(settings: Settings) -> list[Path]:
+    """Run folders under ``data/analyzer_temp`` (any folder; empty ones are cleaned up)."""
+    base = settings.analyzer_temp_dir
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_run_file(path: Path) -> RunFile:
+    """Read and check one analyzer output file; :class:`RunFileError` says what is wrong with it."""
+    try:
+        table = pq.read_table(path)
+        meta = file_metadata(path)
+    except Exception as exc:  # any unreadable file: corrupt, truncated, not Parquet
+        raise RunFileError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    if not table.schema.equals(RESULT_SCHEMA, check_metadata=False):
+        raise RunFileError(f"{path}: schema mismatch: {schema_difference(table.schema, RESULT_SCHEMA)}")
+    table = table.replace_schema_metadata(None)
+    instrument = meta.get(META_INSTRUMENT) or path.stem
+    try:
+        created_ns = int(meta[META_CREATED_NS])
+    except (KeyError, ValueError):
+        # Not written by the analyzer stage: order it by its modification time.
+        created_ns = path.stat().st_mtime_ns
+    for name in ("Date", "Time", "Session", "Instrument", "Stream", "Result"):
+        if table.column(name).null_count:
+            raise RunFileError(f"{path}: column {name} has empty values")
+    if table.num_rows:
+        if not pc.all(pc.equal(table.column("Instrument"), instrument)).as_py():
+            bad = pc.unique(table.column("Instrument")).to_pylist()
+            raise RunFileError(
+                f"{path}: rows of instrument(s) {', '.join(map(str, bad))} in the file of {instrument}"
+            )
+        expected_stream = pc.binary_join_element_wise(
+            table.column("Instrument"), pc.utf8_slice_codeunits(table.column("Session"), 1), ""
+        )
+        if not pc.all(pc.equal(table.column("Stream"), expected_stream)).as_py():
+            raise RunFileError(f"{path}: Stream is not Instrument + session digit in some rows")
+    return RunFile(
+        path=path,
+        run_dir=path.parent,
+        instrument=instrument,
+        run_id=meta.get(META_RUN_ID) or path.parent.name,
+        created_ns=created_ns,
+        full=meta.get(META_MODE) == "full",
+        engine_version=meta.get(META_ENGINE_VERSION, ""),
+        analysis_hash=meta.get(META_ANALYSIS_HASH, ""),
+        table=table,
+    )
+
+
+def _split_by_month(table: pa.Table) -> dict[GroupKey, np.ndarray]:
+    """Row indices of ``table`` per (stream, year, month), vectorised."""
+    if table.num_rows == 0:
+        return {}
+    streams, stream_code = np.unique(
+        table.column("Stream").to_numpy(zero_copy_only=False), return_inverse=True
+    )
+    dates = table.column("Date")
+    ym = pc.year(dates).to_numpy() * 12 + (pc.month(dates).to_numpy() - 1)
+    code = stream_code.astype(np.int64) * 1_000_000 + ym
+    order = np.argsort(code, kind="stable")
+    uniq, starts = np.unique(code[order], return_index=True)
+    out: dict[GroupKey, np.ndarray] = {}
+    for u, idx in zip(uniq, np.split(order, starts[1:]), strict=True):
+        s, m = divmod(int(u), 1_000_000)
+        out[(str(streams[s]), m // 12, m % 12 + 1)] = idx
+    return out
+
+
+# --- merging one monthly file ----------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    rank: int  # 1 = oldest run in this merge
+    run: RunFile
+    rows: np.ndarray  # indices into run.table
+
+
+def _key_codes(table: pa.Table) -> list[np.ndarray]:
+    """Sortable integer codes of the key columns: Date, Time, Session, Instrument."""
+    codes = [table.column("Date").cast(pa.int32()).to_numpy()]
+    for name in ("Time", "Session", "Instrument"):
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        codes.append(np.unique(values, return_inverse=True)[1])
+    return codes
+
+
+def _rows_equal(a: pa.Table, b: pa.Table) -> np.ndarray:
+    """Per row pair, whether every column of ``a`` equals ``b`` (nulls equal nulls)."""
+    same = np.ones(a.num_rows, dtype=bool)
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        eq = pc.fill_null(pc.equal(x, y), False)
+        both_null = pc.and_(pc.is_null(x), pc.is_null(y))
+        same &= pc.or_(eq, both_null).to_numpy(zero_copy_only=False)
+    return same
+
+
+def merge_group(
+    existing: pa.Table | None, sources: list[_Source]
+) -> tuple[pa.Table, dict[str, int]]:
+    """Upsert ``sources`` (oldest first) into the ``existing`` monthly rows.
+
+    Returns the new monthly rows (sorted by Date, Time, Session, Instrument) and the counts
+    added / replaced / unchanged / removed. A full run drops every older row it does not hold.
+    """
+    parts = []
+    ranks = []
+    if existing is not None and existing.num_rows:
+        parts.append(existing)
+        ranks.append(np.zeros(existing.num_rows, dtype=np.int64))
+    for s in sources:
+        if len(s.rows):
+            parts.append(s.run.table.take(pa.array(s.rows)))
+            ranks.append(np.full(len(s.rows), s.rank, dtype=np.int64))
+    cut = max((s.rank for s in sources if s.run.full), default=0)
+    counts = {"added": 0, "replaced": 0, "unchanged": 0, "removed": 0}
+    if not parts:
+        return RESULT_SCHEMA.empty_table(), counts
+    combined = pa.concat_tables(parts)
+    rank = np.concatenate(ranks)
+    date, tcode, scode, icode = _key_codes(combined)
+    # lexsort: last key is the primary one; stable, so equal ranks keep file order (last wins).
+    order = np.lexsort((rank, icode, scode, tcode, date))
+    k = np.stack([date[order], tcode[order], scode[order], icode[order]])
+    boundary = np.any(k[:, 1:] != k[:, :-1], axis=0)
+    starts = np.flatnonzero(np.concatenate(([True], boundary)))
+    ends = np.flatnonzero(np.concatenate((boundary, [True])))
+    first_rank = rank[order[starts]]
+    last_rank = rank[order[ends]]
+    existed = first_rank == 0
+    has_winner = last_rank >= cut  # rows older than a full run are dropped
+    if existing is None or existing.num_rows == 0:
+        existed[:] = False
+    counts["added"] = int(np.sum(has_winner & ~existed))
+    counts["removed"] = int(np.sum(existed & ~has_winner))
+    touched = existed & has_winner & (last_rank > 0)
+    if touched.any():
+        old = combined.take(pa.array(order[starts[touched]]))
+        new = combined.take(pa.array(order[ends[touched]]))
+        same = _rows_equal(old, new)
+        counts["unchanged"] = int(same.sum())
+        counts["replaced"] = int((~same).sum())
+    result = combined.take(pa.array(order[ends[has_winner]]))
+    return result, counts
+
+
+# --- the merge -------------------------------------------------------------------------------------
+
+
+class _Killer:
+    """Test hook (see KILL_ENV): counts monthly writes and SIGKILLs the process at the Nth."""
+
+    def __init__(self) -> None:
+        raw = os.environ.get(KILL_ENV, "")
+        self.at = int(raw) if raw.strip().isdigit() else 0
+        self.writes = 0
+
+    def after_temp_written(self) -> None:
+        self.writes += 1
+        if self.at and self.writes >= self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
+    """Merge every run folder in ``data/analyzer_temp`` into the monthly files.
+
+    Never raises for a bad file or a failed write: those are in ``summary.errors`` and the run
+    folders concerned stay for the next merge.
+    """
+    summary = MergeSummary()
+    remove_stale_temp_files(settings.analyzer_runs_dir)
+    folders = run_folders(settings)
+    bad_dirs: set[Path] = set()
+    for folder in folders:
+        for path in sorted(folder.glob("*.parquet")):
+            try:
+                summary.files.append(load_run_file(path))
+            except RunFileError as exc:
+                summary.file_errors.append(str(exc))
+                bad_dirs.add(folder)
+                if reporter:
+                    reporter.warning(str(exc), file=str(path))
+    summary.files.sort(key=lambda f: (f.created_ns, f.run_dir.name, f.path.name))
+
+    journal = _read_journal(settings)
+    done: dict[str, set[str]] = {}
+    for f in summary.files:
+        entry = journal.get(f.journal_key)
+        ok = entry and entry.get("created_ns") == f.created_ns
+        done[f.journal_key] = set(entry.get("done", [])) if ok else set()
+
+    groups: dict[GroupKey, list[_Source]] = defaultdict(list)
+    file_groups: dict[str, set[GroupKey]] = defaultdict(set)
+    existing_by_stream = monthly_files(settings)
+    for rank, f in enumerate(summary.files, start=1):
+        split = _split_by_month(f.table)
+        if f.full:
+            # A full run also speaks for the months it holds no rows for: they are emptied.
+            for stream, paths in existing_by_stream.items():
+                if stream_instrument(stream) != f.instrument:
+                    continue
+                for p in paths:
+                    y, m = int(p.parent.name), int(p.stem.rsplit("_", 1)[1])
+                    split.setdefault((stream, y, m), np.empty(0, dtype=np.int64))
+        for key, rows in split.items():
+            file_groups[f.journal_key].add(key)
+            if _group_id(key) in done[f.journal_key]:
+                continue  # already in the monthly file from an earlier, interrupted merge
+            groups[key].append(_Source(rank, f, rows))
+
+    killer = _Killer()
+    total = len(groups)
+    last_report = 0.0
+    if reporter:
+        reporter.progress(0, total, "merging monthly files")
+    for n, key in enumerate(sorted(groups), start=1):
+        outcome = _merge_one(settings, key, groups[key], killer)
+        summary.groups.append(outcome)
+        if outcome.error is None:
+            for s in groups[key]:
+                done[s.run.journal_key].add(_group_id(key))
+        if reporter:
+            _report_group(reporter, settings, outcome)
+            now = time.monotonic()
+            if n == total or now - last_report >= 0.5:
+                reporter.progress(n, total, f"{n}/{total} monthly files", stream=key[0])
+                last_report = now
+
+    # Which folders are complete: every file loaded and every group of every file written.
+    complete = [
+        folder
+        for folder in folders
+        if folder not in bad_dirs
+        and all(
+            {_group_id(k) for k in file_groups[f.journal_key]} <= done[f.journal_key]
+            for f in summary.files
+            if f.run_dir == folder
+        )
+    ]
+
+    def journal_of(files: Iterable[RunFile]) -> dict[str, dict[str, Any]]:
+        return {
+            f.journal_key: {"created_ns": f.created_ns, "done": sorted(done[f.journal_key])}
+            for f in files
+            if done[f.journal_key]
+        }
+
+    kept_files = [f for f in summary.files if f.run_dir not in complete]
+    journalled = bool(len(complete) > 1 or kept_files or journal)
+    if journalled:
+        # Journal before removing: a crash in between must not let a retry lay a run's rows
+        # over rows a newer run wrote in this merge.
+        _write_journal(settings, journal_of(summary.files))
+    for folder in complete:
+        shutil.rmtree(folder)
+        summary.folders_removed.append(folder.name)
+    if complete:
+        fsync_dir(settings.analyzer_temp_dir)
+        if journalled:
+            _write_journal(settings, journal_of(kept_files))
+    summary.folders_kept = [f.name for f in folders if f not in complete]
+    return summary
+
+
+def _merge_one(
+    settings: Settings, key: GroupKey, sources: list[_Source], killer: _Killer
+) -> GroupOutcome:
+    stream, year, month = key
+    path = monthly_path(settings, stream, year, month)
+    outcome = GroupOutcome(stream, year, month, path)
+    try:
+        existing = read_monthly_file(path) if path.exists() else None
+        old_meta = file_metadata(path) if existing is not None else {}
+        result, counts = merge_group(existing, sources)
+        outcome.rows = result.num_rows
+        outcome.added, outcome.replaced = counts["added"], counts["replaced"]
+        outcome.unchanged, outcome.removed = counts["unchanged"], counts["removed"]
+        newest = sources[-1].run
+        meta = {
+            META_ENGINE_VERSION: newest.engine_version,
+            META_ANALYSIS_HASH: newest.analysis_hash,
+            META_RUN_ID: newest.run_id,
+        }
+        changed = outcome.added or outcome.replaced or outcome.removed
+        same_meta = all(old_meta.get(k) == v for k, v in meta.items())
+        if result.num_rows == 0:
+            if existing is not None:
+                path.unlink()
+                fsync_dir(path.parent)
+                outcome.action = "deleted"
+            return outcome
+        if existing is not None and not changed and same_meta:
+            return outcome
+        meta[META_UPDATED] = clock.iso_now()
+        table = result.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
+
+        def write(t: pa.Table, tmp: Path) -> None:
+            pq.write_table(t, tmp)
+            killer.after_temp_written()
+
+        write_parquet_atomic(path, table, writer=write)
+        outcome.action = "written"
+    except Exception as exc:  # a failed group keeps its run folders for the next merge
+        outcome.action = "failed"
+        outcome.error = f"{path}: {type(exc).__name__}: {exc}"
+    return outcome
+
+
+def _report_group(rep: Reporter, settings: Settings, g: GroupOutcome) -> None:
+    rel = g.path.relative_to(settings.root) if g.path.is_relative_to(settings.root) else g.path
+    if g.action == "failed":
+        rep.warning(f"merge failed for {rel}: {g.error}", file=str(rel), error=g.error)
+    elif g.action in ("written", "deleted"):
+        rep.metric(
+            f"{g.path.name}: {g.added} added, {g.replaced} replaced"
+            + (f", {g.removed} removed" if g.removed else "")
+            + (" (file removed: no rows left)" if g.action == "deleted" else ""),
+            file=str(rel),
+            stream=g.stream,
+            year=g.year,
+            month=g.month,
+            rows=g.rows,
+            added=g.added,
+            replaced=g.replaced,
+            unchanged=g.unchanged,
+            removed=g.removed,
+            action=g.action,
+        )
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
+    """The merger stage: merge every pending run folder, report per file, and the result."""
+    settings.ensure_dirs()
+    started = time.monotonic()
+    folders = run_folders(settings)
+    if not folders:
+        rep.say("nothing to merge: data/analyzer_temp holds no run folders")
+        rep.result("success", "nothing to merge", counts=MergeSummary().counts())
+        return "success"
+    rep.say(f"merging {len(folders)} run folder(s): {', '.join(f.name for f in folders)}")
+    summary = merge(settings, rep)
+    counts = summary.counts()
+    counts["seconds"] = round(time.monotonic() - started, 3)
+    rep.metric("merge totals", **counts)
+    if summary.ok:
+        msg = (
+            f"merged {len(summary.files)} run file(s) into {counts['groups']} monthly file(s): "
+            f"{counts['rows_added']} rows added, {counts['rows_replaced']} replaced"
+        )
+        rep.say(msg)
+        rep.result("success", msg, counts=counts)
+        return "success"
+    first = summary.errors[0]
+    more = f" (and {len(summary.errors) - 1} more)" if len(summary.errors) > 1 else ""
+    for e in summary.errors:
+        rep.say(f"ERROR {e}")
+    msg = f"merge failed: {first}{more}; kept run folder(s) {', '.join(summary.folders_kept)}"
+    rep.result("failure", msg, counts=counts, error=first)
+    return "failure"
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """``python -m pipeline_core.merger``; returns the exit code."""
+    return stage_main("merger", lambda p: None, run, list(argv) if argv is not None else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
