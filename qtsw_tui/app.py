@@ -1,0 +1,445 @@
+"""The qtsw operator console: the App, its keys, the engine worker and the message feed.
+
+One factory, :func:`build_app`, builds the console for the command line and for the tests.
+The engine's scheduler (:meth:`Engine.serve`) runs in a worker on the app's event loop; the
+engine calls :meth:`QtswApp.receive` for every event and every line a stage prints, which only
+appends to bounded buffers. A timer hands the buffers to the widgets in batches every
+``FLUSH_SECONDS`` — never one message per line — so a flood of output cannot starve the keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.events import Resize
+from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
+
+from pipeline_core import clock as chicago
+from pipeline_core.events import Event
+from pipeline_core.runstate import STAGE_NAMES, EngineSnapshot, EventMessage, OutputMessage
+from pipeline_core.settings import Settings
+from qtsw_tui.screens.confirm import ConfirmScreen
+from qtsw_tui.screens.help import HelpScreen
+from qtsw_tui.screens.history import HistoryScreen
+from qtsw_tui.screens.results import ResultsScreen
+from qtsw_tui.widgets.counters import CountersPanel, read_counters
+from qtsw_tui.widgets.event_table import EventsPanel
+from qtsw_tui.widgets.format import clock_time, short_id
+from qtsw_tui.widgets.header import StatusHeader
+from qtsw_tui.widgets.progress import InstrumentProgressList
+from qtsw_tui.widgets.stage_pane import StagePane
+
+if TYPE_CHECKING:  # the console only talks to the engine object it is given
+    from pipeline_core.engine import Engine
+
+FLUSH_SECONDS = 0.2  # how often buffered engine messages reach the widgets
+STATUS_SECONDS = 1.0  # header clock, elapsed times, progress bars
+COUNTERS_SECONDS = 3.0  # raw files, store, pending work (a thread worker)
+PANE_LINES = 2000  # per stage pane; the full output is in the stage's .log file
+EVENT_CAPACITY = 100_000  # events kept in memory for the table and its filter
+EVENT_WINDOW = 1000  # rows in the table at most
+LINE_CHARS = 2000  # a longer output line is cut on screen (the .log file has all of it)
+STOP_SECONDS = 60.0  # how long quitting waits for the engine to record a cancelled run
+WIDE = (120, 36)  # from this size on, the events table shows beside the stage panes
+
+
+class QtswApp(App[int]):
+    """The operator console over one :class:`Engine`."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "qtsw"
+    ENABLE_COMMAND_PALETTE = False
+
+    _STAGE_KEYS = Binding.Group("stage")
+    BINDINGS = [
+        Binding("r", "run_now", "run", id="run_now"),
+        Binding("t", "run_stage('translator')", "translator", id="run_translator", group=_STAGE_KEYS),
+        Binding("a", "run_stage('analyzer')", "analyzer", id="run_analyzer", group=_STAGE_KEYS),
+        Binding("m", "run_stage('merger')", "merger", id="run_merger", group=_STAGE_KEYS),
+        Binding("p", "toggle_pause", "pause", id="toggle_pause"),
+        Binding("c", "cancel_run", "cancel", id="cancel_run"),
+        Binding("h", "history", "history", id="history"),
+        Binding("e", "events", "events", id="events"),
+        Binding("slash", "filter", "filter", id="filter"),
+        Binding("s", "results", "results", show=False, id="results"),
+        Binding("question_mark", "help", "help", id="help"),
+        Binding("q", "request_quit", "quit", id="quit"),
+        Binding("ctrl+q", "request_quit", "quit", show=False, id="quit_ctrl", priority=True),
+    ]
+    # what each binding does, in the operator's words (help screen)
+    DESCRIPTIONS = {
+        "run_now": "run the whole pipeline now",
+        "run_translator": "run the translator only",
+        "run_analyzer": "run the analyzer only",
+        "run_merger": "run the merger only",
+        "toggle_pause": "pause / resume the schedule (a running run continues)",
+        "cancel_run": "cancel the active run (asks first)",
+        "history": "run history (Enter: a run's stages, events and logs)",
+        "events": "show the live event table",
+        "filter": "filter the events: stage, event type or words",
+        "results": "monthly results per stream",
+        "help": "this help",
+        "quit": "quit (asks first while a run is active)",
+        "quit_ctrl": "quit",
+    }
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        options: dict[str, Any] | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.engine = engine
+        self.options = dict(options or {})
+        self.clock = clock or chicago.now
+        self.snapshot: EngineSnapshot | None = None
+        self.serve_worker: Worker[None] | None = None
+        self.closing = False
+        self.notified: list[tuple[str, str]] = []  # (severity, text) of failure notifications
+        self.exit_code = 0
+        self._unsubscribe: Callable[[], None] | None = None
+        self._events: deque[Event] = deque(maxlen=EVENT_CAPACITY)
+        self._lines: dict[str, deque[str]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
+        self.received = {"events": 0, "lines": 0}
+        self.flushed = {"events": 0, "batches": 0}
+        self._stage_states: dict[str, str] = {}
+        unknown = sorted(set(settings.keys) - {b.id for b in self.BINDINGS if isinstance(b, Binding)})
+        self._unknown_keys = unknown
+        self.set_keymap({k: v for k, v in settings.keys.items() if k not in unknown})
+
+    # --- layout ---------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield StatusHeader(id="header")
+        with Vertical(id="main"):
+            with Horizontal(id="pipeline"):
+                with Vertical(id="panes"):
+                    for stage in STAGE_NAMES:
+                        yield StagePane(stage, max_lines=PANE_LINES, id=f"pane-{stage}", classes="stage-pane")
+                with Vertical(id="side"):
+                    yield InstrumentProgressList(id="progress")
+                    yield CountersPanel("reading…", id="counters")
+            yield EventsPanel(capacity=EVENT_CAPACITY, window=EVENT_WINDOW, id="events")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#progress").border_title = "Analyzer"
+        self.query_one("#counters").border_title = "Counters"
+        self.query_one("#events").border_title = "Events"
+        self._unsubscribe = self.engine.subscribe(self.receive)
+        self.set_interval(FLUSH_SECONDS, self.flush, name="flush")
+        self.set_interval(STATUS_SECONDS, self.refresh_status, name="status")
+        self.set_interval(COUNTERS_SECONDS, self.refresh_counters, name="counters")
+        self.serve_worker = self._serve()
+        self.refresh_status()
+        self.refresh_counters()
+        self._layout_for(self.size.width, self.size.height)
+        if self._unknown_keys:
+            self.notify(
+                "keys: unknown binding id(s) " + ", ".join(self._unknown_keys)
+                + "; known: " + ", ".join(b.id or "" for b in self.BINDINGS if isinstance(b, Binding)),
+                severity="warning",
+                timeout=15,
+            )
+        if not self.is_headless:
+            # losing the terminal or a SIGTERM: stop the engine cleanly (the run is recorded)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, self._signal_quit)
+        self.call_after_refresh(self._start_requested)
+
+    def _start_requested(self) -> None:
+        """``qtsw --run-now`` / ``--stage X`` with the console: ask for that run once serving."""
+        if self.options.get("stage"):
+            self.engine.request_run("stage", stages=[self.options["stage"]], full=self.options.get("full"))
+        elif self.options.get("run_now"):
+            self.engine.request_run("manual", full=self.options.get("full"))
+
+    def on_resize(self, event: Resize) -> None:
+        self._layout_for(event.size.width, event.size.height)
+
+    def _layout_for(self, width: int, height: int) -> None:
+        try:
+            main = self.query_one("#main")
+        except Exception:  # resized before compose finished
+            return
+        main.set_class(width >= WIDE[0] and height >= WIDE[1], "-wide")
+
+    # --- the engine -----------------------------------------------------------------------------
+    @work(exclusive=True, group="engine", exit_on_error=False, name="engine")
+    async def _serve(self) -> None:
+        await self.engine.serve(
+            schedule=bool(self.options.get("schedule", True)),
+            not_before=self.options.get("not_before"),
+        )
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is not self.serve_worker:
+            if event.state == WorkerState.ERROR and event.worker.error is not None:
+                self.notify(f"{event.worker.name or 'worker'}: {event.worker.error}", severity="error")
+            return
+        if event.state == WorkerState.ERROR:
+            self.notify(f"The engine stopped: {event.worker.error}", title="Engine", severity="error", timeout=30)
+        elif event.state == WorkerState.SUCCESS and not self.closing:
+            self.notify("The engine stopped.", title="Engine", severity="warning")
+        self.refresh_status()
+
+    def receive(self, message: EventMessage | OutputMessage) -> None:
+        """The engine's subscriber: append to the buffers, nothing else (quick; never raises)."""
+        try:
+            if isinstance(message, OutputMessage):
+                buf = self._lines.get(message.stage)
+                if buf is not None:
+                    line = message.line if len(message.line) <= LINE_CHARS else message.line[:LINE_CHARS] + " …"
+                    buf.append(f"{message.instrument} │ {line}" if message.instrument else line)
+                    self.received["lines"] += 1
+            elif isinstance(message, EventMessage):
+                ev = message.event
+                self._events.append(ev)
+                self.received["events"] += 1
+                if ev.event == "start" and ev.stage in self._lines:
+                    self._lines[ev.stage].append(
+                        f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)} ──"
+                    )
+        except Exception:  # noqa: BLE001 - a display problem must never reach the engine
+            pass
+
+    def flush(self) -> None:
+        """Hand the buffered messages to the widgets: one batch per pane and one for the events."""
+        events: list[Event] = list(self._events) if self._events else []
+        self._events.clear()
+        lines = {s: list(buf) for s, buf in self._lines.items() if buf}
+        for buf in self._lines.values():
+            buf.clear()
+        if not events and not lines:
+            return
+        with self.batch_update():
+            for stage, batch in lines.items():
+                self.query_one(f"#pane-{stage}", StagePane).add_lines(batch)
+            if events:
+                self.query_one("#events", EventsPanel).add_events(events)
+        self.flushed["events"] += len(events)
+        self.flushed["batches"] += 1
+        if events:
+            self._notify_failures(events)
+            self.refresh_status()
+            if any(e.stage == "pipeline" and e.is_terminal for e in events):
+                self.refresh_counters()
+
+    def _notify_failures(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            if ev.event != "failure":
+                continue
+            error = _error_text(ev)
+            if ev.stage == "pipeline":
+                status = str(ev.data.get("status") or "failure")
+                severity = "warning" if status == "partial" else "error"
+                text = f"Run {short_id(ev.run_id)} ended {status}: {error}"
+                title = "Run " + status
+            else:
+                who = ev.stage + (f" {ev.data['instrument']}" if ev.data.get("instrument") else "")
+                severity = "error"
+                text = f"{who} failed: {error}"
+                title = f"{ev.stage.title()} failed"
+            self.notified.append((severity, text))
+            self.notify(text, title=title, severity=severity, timeout=20, markup=False)
+
+    def refresh_status(self) -> None:
+        """Header, stage pane titles and instrument bars from the engine snapshot."""
+        snap = self.engine.snapshot()
+        self.snapshot = snap
+        now = self.clock()
+        self.query_one("#header", StatusHeader).show(snap, now)
+        run = snap.current
+        for stage in STAGE_NAMES:
+            pane = self.query_one(f"#pane-{stage}", StagePane)
+            if run is not None and stage in run.stages:
+                st = run.stages[stage]
+                pane.set_state(st.state, st.elapsed(now) if st.started else None)
+            elif run is None and snap.last_run:
+                pane.set_state((snap.last_run.get("stages") or {}).get(stage))
+        if run is not None:
+            self.query_one("#progress", InstrumentProgressList).show(run.run_id, run.instruments, now)
+
+    @work(thread=True, exclusive=True, group="counters", exit_on_error=False, name="counters")
+    def refresh_counters(self) -> None:
+        counters = read_counters(self.settings)
+        self.call_from_thread(self.query_one("#counters", CountersPanel).show, counters)
+
+    # --- actions --------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The event view and its filter live on the main screen; elsewhere they would act unseen.
+        if action in ("events", "filter") and len(self.screen_stack) > 1:
+            return False
+        return True
+
+    def _serving(self) -> bool:
+        if self.serve_worker is None or self.serve_worker.state not in (WorkerState.PENDING, WorkerState.RUNNING):
+            self.notify("The engine is not running (see the earlier message).", severity="error")
+            return False
+        return True
+
+    def action_run_now(self) -> None:
+        if self._serving() and not self.engine.request_run("manual"):
+            self.notify("A run is already active: not started.", severity="warning")
+        self.refresh_status()
+
+    def action_run_stage(self, stage: str) -> None:
+        if self._serving() and not self.engine.request_run("stage", stages=[stage]):
+            self.notify(f"A run is already active: {stage} not started.", severity="warning")
+        self.refresh_status()
+
+    def action_toggle_pause(self) -> None:
+        if self.engine.paused:
+            self.engine.resume()
+            self.notify("Schedule resumed.")
+        else:
+            self.engine.pause()
+            self.notify("Schedule paused: no scheduled runs until resumed (r still runs).")
+        self.refresh_status()
+
+    def action_cancel_run(self) -> None:
+        if not self.engine.busy:
+            self.notify("No run is active.")
+            return
+        run = self.engine.snapshot().current
+        what = f"run {short_id(run.run_id)}" + (f" ({run.stage} running)" if run and run.stage else "") if run else "the run"
+
+        def answered(yes: bool | None) -> None:
+            if yes and not self.engine.cancel():
+                self.notify("The run had already ended.")
+            elif yes:
+                self.notify("Cancelling: the stages are being stopped.")
+
+        self.push_screen(ConfirmScreen(f"Cancel {what}?", yes="Cancel run", no="Keep running"), answered)
+
+    def action_history(self) -> None:
+        self.push_screen(HistoryScreen(self.settings))
+
+    def action_results(self) -> None:
+        self.push_screen(ResultsScreen(self.settings))
+
+    def action_events(self) -> None:
+        main = self.query_one("#main")
+        panel = self.query_one("#events", EventsPanel)
+        if main.has_class("-wide"):
+            panel.table.focus()
+            return
+        main.toggle_class("-events")
+        if main.has_class("-events"):
+            panel.table.focus()
+
+    def action_filter(self) -> None:
+        main = self.query_one("#main")
+        main.add_class("-events")
+        self.query_one("#events", EventsPanel).open_filter()
+
+    def key_help(self) -> list[tuple[str, str]]:
+        """(key as currently bound, what it does) for every app binding."""
+        out = []
+        for binding in self.BINDINGS:
+            if not isinstance(binding, Binding):
+                continue
+            keys = self._keymap.get(binding.id or "", binding.key)
+            shown = ", ".join(self.get_key_display(Binding(k.strip(), "")) for k in keys.split(","))
+            out.append((shown, self.DESCRIPTIONS.get(binding.id or "", binding.description)))
+        return out
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.key_help()))
+
+    async def action_request_quit(self) -> None:
+        if self.closing:
+            return
+        if self.engine.busy:
+            run = self.engine.snapshot().current
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.run_worker(self.shutdown(), group="quit", exit_on_error=False)
+
+            which = f"Run {short_id(run.run_id)} is active" if run else "A run is active"
+            self.push_screen(
+                ConfirmScreen(f"{which}. Cancel it and quit?", yes="Cancel and quit", no="Stay"), answered
+            )
+        else:
+            await self.shutdown()
+
+    async def action_quit(self) -> None:
+        await self.action_request_quit()
+
+    def _signal_quit(self) -> None:
+        self.run_worker(self.shutdown(), group="quit", exit_on_error=False)
+
+    async def shutdown(self) -> None:
+        """Stop the engine (an active run is cancelled and recorded), wait for it, then exit."""
+        if self.closing:
+            return
+        self.closing = True
+        busy = self.engine.busy
+        if busy:
+            self.notify("Cancelling the run and stopping the engine…", timeout=STOP_SECONDS)
+        self.engine.stop()
+        worker = self.serve_worker
+        if worker is not None and worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            try:
+                await asyncio.wait_for(worker.wait(), STOP_SECONDS)
+            except Exception:  # noqa: BLE001 - failed, cancelled or too slow: exit anyway
+                worker.cancel()
+        self.exit(3 if busy else 0)
+
+    def on_unmount(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if not self.is_headless:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+
+
+def _error_text(ev: Event) -> str:
+    """The message of a failure event, with its data's error when that adds something."""
+    msg, err = ev.msg.strip(), str(ev.data.get("error") or "").strip()
+    if msg and err and err not in msg:
+        return f"{msg}: {err}"
+    return msg or err or "no error message"
+
+
+def build_app(
+    settings: Settings,
+    engine: Engine,
+    options: dict[str, Any] | None = None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> QtswApp:
+    """The console over ``engine``, as the command line runs it and the tests drive it.
+
+    ``options`` (all optional): ``schedule`` (bool, default True: the quarter-hour schedule
+    runs), ``not_before`` (aware datetime: first scheduled run not before it), ``run_now``
+    (bool: a full run at start), ``stage`` (``translator``/``analyzer``/``merger``: one stage
+    at start), ``full`` (bool: with ``run_now``/``stage``, re-analyse everything).
+    ``clock`` is the console's Chicago clock (tests and snapshots pass a fixed one).
+    Keys are remapped from ``settings.keys`` ({binding id: key}).
+    """
+    return QtswApp(settings, engine, options, clock=clock)
+
+
+APP_CSS = Path(__file__).with_name("app.tcss")

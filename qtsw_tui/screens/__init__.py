@@ -1,0 +1,1 @@
+"""The console's screens: run history, run detail, results, help, confirmation."""

@@ -1,0 +1,1 @@
+"""The console's widgets: header, stage panes, instrument progress, event table, counters."""

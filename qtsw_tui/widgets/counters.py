@@ -1,0 +1,151 @@
+"""Counters: raw files ready / being exported, store size, pending work, monthly files per stream.
+
+:func:`read_counters` only lists folders and stats files (plus the small export signal JSONs),
+so the console can call it every few seconds from a thread worker.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from pipeline_core import rawfiles, state
+from pipeline_core.settings import Settings
+from qtsw_tui.widgets.format import clock_time, size
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What is where, as the counters panel shows it."""
+
+    raw_ready: int = 0
+    raw_waiting: int = 0
+    raw_stale: int = 0
+    exporting: tuple[dict[str, Any], ...] = ()
+    store_bytes: int = 0
+    store_files: int = 0
+    store_instruments: int = 0
+    pending_analysis: int = 0
+    pending_merges: int = 0
+    monthly: dict[str, int] = field(default_factory=dict)  # stream -> monthly files
+    problems: tuple[str, ...] = ()
+
+
+def _tree_size(folder: Path) -> tuple[int, int]:
+    """(bytes, files) of the Parquet files under ``folder``."""
+    total = files = 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            if name.endswith(".parquet"):
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                    files += 1
+                except FileNotFoundError:  # replaced between listing and stat: next refresh
+                    pass
+    return total, files
+
+
+def monthly_counts(settings: Settings) -> dict[str, int]:
+    """Monthly result files per stream (``analyzer_runs/<stream>/<YYYY>/*_an_*.parquet``)."""
+    out: dict[str, int] = {}
+    base = settings.analyzer_runs_dir
+    if not base.is_dir():
+        return out
+    for stream in sorted(p for p in base.iterdir() if p.is_dir()):
+        n = sum(1 for _ in stream.glob("*/*_an_*.parquet"))
+        if n:
+            out[stream.name] = n
+    return out
+
+
+def read_counters(settings: Settings, now: float | None = None) -> Counters:
+    """Count raw files, store, pending work and monthly files; a failing part is reported, not raised."""
+    problems: list[str] = []
+    ready = waiting = stale = 0
+    exporting: tuple[dict[str, Any], ...] = ()
+    try:
+        scan = rawfiles.scan_raw(settings, now=now)
+        ready, waiting, stale = len(scan.ready), len(scan.waiting), len(scan.stale)
+        exporting = tuple(scan.exporting)
+    except Exception as exc:  # a half-written signal file must not blank the panel
+        problems.append(f"raw: {exc}")
+    store_bytes, store_files = _tree_size(settings.processed_dir) if settings.processed_dir.is_dir() else (0, 0)
+    try:
+        store_insts = len(state.store_instruments(settings))
+        pending_an = len(state.pending_analysis(settings))
+        pending_mg = len(state.pending_merges(settings))
+    except Exception as exc:
+        problems.append(f"state: {exc}")
+        store_insts = pending_an = pending_mg = 0
+    return Counters(
+        raw_ready=ready,
+        raw_waiting=waiting,
+        raw_stale=stale,
+        exporting=exporting,
+        store_bytes=store_bytes,
+        store_files=store_files,
+        store_instruments=store_insts,
+        pending_analysis=pending_an,
+        pending_merges=pending_mg,
+        monthly=monthly_counts(settings),
+        problems=tuple(problems),
+    )
+
+
+def counters_text(c: Counters) -> Text:
+    """The counters panel's text."""
+    t = Text()
+
+    def row(label: str) -> None:
+        if t:
+            t.append("\n")
+        t.append(f"{label:<9}", style="dim")
+
+    row("Raw")
+    t.append(f"{c.raw_ready} ready", style="bold" if c.raw_ready else "")
+    t.append(f" · {len(c.exporting)} exporting")
+    if c.raw_waiting:
+        t.append(f" · {c.raw_waiting} waiting")
+    if c.raw_stale:
+        t.append(f" · {c.raw_stale} stale", style="bold yellow")
+    row("Store")
+    t.append(f"{size(c.store_bytes)} · {c.store_instruments} inst")
+    row("Pending")
+    t.append(f"{c.pending_analysis} analysis · {c.pending_merges} merge")
+    row("Monthly")
+    if c.monthly:
+        t.append(" ".join(f"{s}:{n}" for s, n in c.monthly.items()))
+    else:
+        t.append("none yet", style="dim")
+    for exp in c.exporting:
+        row("Export")
+        name = exp.get("instrument") or exp.get("fileName") or "?"
+        bars = exp.get("totalBarsProcessed")
+        mb = exp.get("fileSizeMB")
+        t.append(f"{name}")
+        if bars is not None:
+            t.append(f" {int(bars):,} bars")
+        if mb is not None:
+            t.append(f" {float(mb):.1f} MB")
+        last = exp.get("lastBarTime") or exp.get("lastUpdateTime")
+        if last:
+            t.append(f" {clock_time(last, '%m-%d %H:%M')}", style="dim")
+    for p in c.problems:
+        row("!")
+        t.append(p, style="bold red")
+    return t
+
+
+class CountersPanel(Static):
+    """Shows the latest :class:`Counters`."""
+
+    counters: Counters | None = None
+
+    def show(self, c: Counters) -> None:
+        self.counters = c
+        self.update(counters_text(c))

@@ -1,0 +1,90 @@
+"""Small text formats shared by the console's widgets and screens (plain functions, no Textual)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pipeline_core.settings import CHICAGO
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``3:07``, ``1:02:03`` — elapsed time as an operator reads it; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def countdown(seconds: float) -> str:
+    """``12:55`` (or ``1:02:03``) until a moment; never negative."""
+    s = max(0, int(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+def size(n_bytes: int) -> str:
+    """``0 B``, ``12.3 KB``, ``4.5 MB``, ``1.2 GB``."""
+    value = float(n_bytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"  # pragma: no cover - the loop always returns
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO-8601 time from a record (event, runs.jsonl line, report) in Chicago; None if absent."""
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str) and value:
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=CHICAGO)
+    return dt.astimezone(CHICAGO)
+
+
+def clock_time(value: Any, fmt: str = "%H:%M:%S") -> str:
+    """The Chicago wall-clock time of an ISO timestamp, ``-`` if it is missing or unreadable."""
+    dt = parse_time(value)
+    return dt.strftime(fmt) if dt else "-"
+
+
+def short_id(run_id: str | None) -> str:
+    """The first 8 characters of a run id (what the header and the tables show)."""
+    return (run_id or "")[:8]
+
+
+def run_seconds(record: dict[str, Any]) -> float | None:
+    """Seconds between a run record's ``started`` and ``ended``; None if either is missing."""
+    start, end = parse_time(record.get("started")), parse_time(record.get("ended"))
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
+# One glyph and one style per state, so the state reads the same with or without colour.
+STATE_STYLE: dict[str, tuple[str, str]] = {
+    "waiting": ("·", "dim"),
+    "running": ("▶", "bold cyan"),
+    "success": ("✓", "green"),
+    "partial": ("!", "bold yellow"),
+    "failure": ("✗", "bold red"),
+    "skipped": ("-", "dim"),
+    "cancelled": ("■", "magenta"),
+}
+
+
+def state_mark(state: str | None) -> tuple[str, str]:
+    """The glyph and style of a run, stage or instrument state."""
+    return STATE_STYLE.get(state or "", ("?", ""))

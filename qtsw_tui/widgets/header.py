@@ -1,0 +1,70 @@
+"""The console header: Chicago clock, schedule state, next run, current run, last run."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+from textual.widgets import Static
+
+from pipeline_core.runstate import EngineSnapshot
+from qtsw_tui.widgets.format import countdown, duration, parse_time, short_id, state_mark
+
+SCHEDULER_STYLE = {"running": "bold green", "paused": "bold black on yellow", "off": "dim"}
+
+
+def header_lines(snap: EngineSnapshot, now: datetime) -> tuple[Text, Text]:
+    """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock)."""
+    top = Text()
+    top.append(now.strftime("%H:%M:%S"), style="bold")
+    top.append(" CT", style="dim")
+    top.append("  schedule ", style="dim")
+    top.append(snap.scheduler, style=SCHEDULER_STYLE.get(snap.scheduler, ""))
+    top.append("  next ", style="dim")
+    if snap.next_mark is not None:
+        top.append(snap.next_mark.strftime("%H:%M"))
+        top.append(f" in {countdown((snap.next_mark - now).total_seconds())}")
+        if snap.scheduler == "paused":
+            top.append(" (paused)", style="dim")
+    else:
+        top.append("-")
+    top.append("  last ", style="dim")
+    last = snap.last_run
+    if last:
+        mark, style = state_mark(last.get("status"))
+        top.append(f"{mark} {last.get('status', '?')}", style=style)
+        ended = parse_time(last.get("ended")) or parse_time(last.get("started"))
+        if ended is not None:
+            top.append(f" {ended:%H:%M}")
+    else:
+        top.append("-")
+
+    bottom = Text()
+    run = snap.current
+    if run is None:
+        bottom.append("idle", style="dim")
+        bottom.append("  r run now · t/a/m one stage · s results · ? help", style="dim")
+    else:
+        bottom.append("▶ run ", style="bold cyan")
+        bottom.append(short_id(run.run_id), style="bold")
+        bottom.append(f" {run.trigger}", style="dim")
+        bottom.append(f"  {duration((now - run.started).total_seconds())}")
+        if run.stage:
+            st = run.stages.get(run.stage)
+            bottom.append("  stage ", style="dim")
+            bottom.append(run.stage, style="bold")
+            if st is not None and st.started is not None:
+                bottom.append(f" {duration(st.elapsed(now))}")
+        done = [s for s in run.stages.values() if s.state not in ("waiting", "running")]
+        for st in done:
+            mark, style = state_mark(st.state)
+            bottom.append(f"  {st.name[0].upper()}{mark}", style=style)
+    return top, bottom
+
+
+class StatusHeader(Static):
+    """Two lines at the top of the main screen, refreshed from the engine snapshot."""
+
+    def show(self, snap: EngineSnapshot, now: datetime) -> None:
+        top, bottom = header_lines(snap, now)
+        self.update(Text("\n").join([top, bottom]))
