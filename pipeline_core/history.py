@@ -1,0 +1,146 @@
+"""The record of past runs, read side (and the two appends the engine makes).
+
+* ``logs/runs.jsonl`` — one summary line per run:
+  ``{"run_id", "trigger", "started", "ended", "status", "stages": {name: status}}``;
+* ``logs/reports/pipeline_report_<YYYYMMDD_HHMMSS>_<run8>.json`` — the audit report of a run;
+* ``logs/events/pipeline_<run_id>.jsonl`` — its events;
+* ``logs/runs/<run_id>/<stage>[-<INST>].log`` — the free-text output of its stage processes.
+
+Readers tolerate a partial or corrupt line (a crash mid-append) and skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline_core import clock
+from pipeline_core.events import Event, read_events, run_event_path
+from pipeline_core.fsutil import write_json_atomic
+from pipeline_core.settings import Settings
+
+_TAIL_BLOCK = 64 * 1024
+
+
+def _parse_run_line(raw: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(obj, dict) or "run_id" not in obj:
+        return None
+    return obj
+
+
+def read_runs(settings: Settings, limit: int | None = None) -> list[dict[str, Any]]:
+    """The runs.jsonl lines, oldest first / newest last; only the last ``limit`` if given.
+
+    A partial last line (a crash mid-append) or a corrupt line is skipped.
+    """
+    path = settings.runs_index
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return []
+    with fh:
+        if limit is None:
+            chunks = fh.read().split(b"\n")
+        else:
+            if limit <= 0:
+                return []
+            # read blocks from the end until enough whole lines are in hand
+            size = fh.seek(0, os.SEEK_END)
+            data = b""
+            pos = size
+            while pos > 0 and data.count(b"\n") <= limit + 1:
+                step = min(_TAIL_BLOCK, pos)
+                pos -= step
+                fh.seek(pos)
+                data = fh.read(step) + data
+            chunks = data.split(b"\n")
+            if pos > 0:
+                chunks = chunks[1:]  # the first piece may be the tail of an earlier line
+    runs = [r for r in (_parse_run_line(c) for c in chunks if c.strip()) if r is not None]
+    return runs if limit is None else runs[-limit:]
+
+
+def last_run(settings: Settings) -> dict[str, Any] | None:
+    """The newest runs.jsonl line, or None."""
+    runs = read_runs(settings, limit=1)
+    return runs[-1] if runs else None
+
+
+def run_ids(settings: Settings) -> set[str]:
+    """The ids of every run with a runs.jsonl line."""
+    return {str(r["run_id"]) for r in read_runs(settings)}
+
+
+def append_run(settings: Settings, line: dict[str, Any]) -> None:
+    """Append one summary line to runs.jsonl, whole (one write), flushed and synced."""
+    path = settings.runs_index
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(line, ensure_ascii=False, default=str, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        # a previous crash may have left a partial last line: start ours on a fresh line
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def report_path(settings: Settings, run_id: str, started: datetime) -> Path:
+    """``logs/reports/pipeline_report_<YYYYMMDD_HHMMSS>_<run8>.json`` (start time, Chicago)."""
+    return settings.reports_dir / f"pipeline_report_{clock.stamp(started)}_{run_id[:8]}.json"
+
+
+def write_report(settings: Settings, report: dict[str, Any], started: datetime) -> Path:
+    path = report_path(settings, str(report["run_id"]), started)
+    write_json_atomic(path, report)
+    return path
+
+
+def find_report(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    """The audit report of ``run_id``, or None."""
+    d = settings.reports_dir
+    if not d.is_dir():
+        return None
+    for p in sorted(d.glob(f"pipeline_report_*_{run_id[:8]}.json"), reverse=True):
+        try:
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(obj, dict) and obj.get("run_id") == run_id:
+            obj.setdefault("path", str(p))
+            return obj
+    return None
+
+
+def run_events(settings: Settings, run_id: str) -> list[Event]:
+    """The events of ``run_id`` in order (corrupt lines skipped)."""
+    events, _ = read_events(run_event_path(settings.events_dir, run_id))
+    return events
+
+
+def run_logs(settings: Settings, run_id: str) -> dict[str, Path]:
+    """The stage log files of ``run_id``: ``{"translator": path, "analyzer-ES": path, ...}``."""
+    d = settings.runs_dir / run_id
+    if not d.is_dir():
+        return {}
+    order = {"translator": 0, "analyzer": 1, "merger": 2}
+    files = sorted(d.glob("*.log"), key=lambda p: (order.get(p.stem.split("-")[0], 9), p.stem))
+    return {p.stem: p for p in files}
+
+
+def log_name(stage: str, instrument: str | None = None) -> str:
+    """``translator``, ``analyzer-ES``, ``merger``: the stem of a stage's log file."""
+    return f"{stage}-{instrument}" if instrument else stage

@@ -1,0 +1,460 @@
+"""Stage subprocesses (SPEC §6.1): spawn, stream, time out, and kill the whole process group.
+
+A stage runs as its own process group (new session), stdin from /dev/null, unbuffered UTF-8
+output, stderr merged into stdout so the log keeps the order the stage wrote in. The byte
+stream is split on ``\\n`` by hand, so a line may be any length (a 1 MB line is one line).
+Each line is either a structured message of the stage protocol (:func:`protocol.parse`) or
+free text; free text goes to the stage's ``.log`` file and to the caller.
+
+The success contract: a stage succeeds only if it exits 0 *and* its final result says success
+(or partial). Exit 0 without a result is a failure. A stage that reports its result and then
+does not exit within the grace period is killed and counted as a failure: its result was never
+confirmed by a clean exit, and waiting out the full timeout (hours for the analyzer) would hold
+up the run for nothing. We never infer success from output text or files.
+
+Whatever happens — normal end, timeout, cancellation, an exception in the engine — the
+``finally`` of :func:`run_stage` terminates the process group (SIGTERM, then SIGKILL after the
+grace period) and then sweeps for processes that left the group but still carry the stage's
+token in their environment. Cancelling a task does not kill its child; this code does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pipeline_core import protocol
+
+PROC_DIR = Path("/proc")
+TOKEN_VAR = "QTSW_PROC_TOKEN"  # unique per stage process; inherited by everything it spawns
+RUN_ID_VAR = "QTSW_RUN_ID"
+DRAIN_SECONDS = 2.0  # after exit, how long to wait for the rest of the output
+POLL_SECONDS = 0.02
+
+
+@dataclass
+class StageOutcome:
+    """How a stage process ended, judged by the success contract."""
+
+    status: str  # success | partial | failure
+    exit_code: int | None
+    msg: str = ""
+    error: str | None = None
+    result: dict[str, Any] | None = None  # the body of the stage's result message
+    counts: dict[str, Any] = field(default_factory=dict)
+    timed_out: bool = False
+    hung_after_result: bool = False
+    pid: int | None = None
+    duration: float = 0.0
+
+
+def stage_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a stage: ours, plus unbuffered UTF-8 output and ``extra``."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONUTF8": "1",
+            TOKEN_VAR: uuid.uuid4().hex,
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+# --- process table ------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of ``pid`` from /proc, or None if it is gone."""
+    try:
+        raw = (PROC_DIR / str(pid) / "stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return None
+    # "pid (comm) state ppid pgrp ..." — comm may hold spaces and parentheses.
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return rest[0].decode(), int(rest[2])
+    except (IndexError, ValueError):
+        return None
+
+
+def _all_pids() -> list[int]:
+    try:
+        return [int(p) for p in os.listdir(PROC_DIR) if p.isdigit()]
+    except OSError:
+        return []
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie awaiting its reaper counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    st = _proc_stat(pid)
+    if st is None:
+        return not PROC_DIR.is_dir()
+    return st[0] not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
+    if not PROC_DIR.is_dir():
+        return [pgid]
+    out = []
+    for pid in _all_pids():
+        st = _proc_stat(pid)
+        if st is not None and st[1] == pgid and st[0] not in ("Z", "X"):
+            out.append(pid)
+    return out
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes whose environment has ``name=value`` (ours to see: same user)."""
+    needle = f"{name}={value}".encode()
+    me = os.getpid()
+    out = []
+    for pid in _all_pids():
+        if pid == me:
+            continue
+        try:
+            environ = (PROC_DIR / str(pid) / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and pid_alive(pid):
+            out.append(pid)
+    return out
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _signal_pids(pids: Sequence[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+async def terminate_group(pgid: int, grace: float) -> str:
+    """SIGTERM process group ``pgid``, SIGKILL it after ``grace`` seconds if anything is left.
+
+    Returns ``"gone"`` (nothing was running), ``"terminated"`` or ``"killed"``.
+    """
+    if not group_members(pgid):
+        return "gone"
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        await anyio.sleep(POLL_SECONDS)
+        if not group_members(pgid):
+            return "terminated"
+    _signal_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while group_members(pgid) and time.monotonic() < deadline:
+        await anyio.sleep(POLL_SECONDS)
+    return "killed"
+
+
+async def kill_escaped(token: str, grace: float) -> list[int]:
+    """Terminate processes that carry a stage's token but left its process group (setsid)."""
+    pids = processes_with_env(TOKEN_VAR, token)
+    if not pids:
+        return []
+    _signal_pids(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        await anyio.sleep(POLL_SECONDS)
+    _signal_pids([p for p in pids if pid_alive(p)], signal.SIGKILL)
+    return pids
+
+
+def kill_run_processes(run_id: str) -> list[int]:
+    """SIGKILL every process still carrying ``run_id`` (stages orphaned by a dead engine)."""
+    pids = processes_with_env(RUN_ID_VAR, run_id)
+    groups = set()
+    for pid in pids:
+        st = _proc_stat(pid)
+        if st is not None and st[1] > 1 and st[1] != os.getpgrp():
+            groups.add(st[1])
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+    _signal_pids(pids, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(POLL_SECONDS)
+    return pids
+
+
+# --- running a stage ------------------------------------------------------------------------
+
+
+def _noop(*_args: Any) -> None:
+    return None
+
+
+async def run_stage(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    timeout: float,
+    grace: float,
+    silence_warning: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    on_start: Callable[[int], None] = _noop,
+    on_output: Callable[[str], None] = _noop,
+    on_message: Callable[[protocol.Message], None] = _noop,
+    on_silence: Callable[[float], None] = _noop,
+    on_note: Callable[[str], None] = _noop,
+) -> StageOutcome:
+    """Run one stage process to its end and judge it.
+
+    ``argv`` is the command; free-text lines go to ``log_path`` and ``on_output``; structured
+    messages to ``on_message``; ``on_silence(seconds)`` fires after ``silence_warning`` seconds
+    without output (and again after each further period); ``on_note`` receives what the engine
+    itself did (timeout, kill). Returns the :class:`StageOutcome`. Raises the cancellation
+    exception when the caller is cancelled — after the process group is gone.
+    """
+    full_env = stage_env(env)
+    token = full_env[TOKEN_VAR]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    started = time.monotonic()
+    last_output = started
+    result: dict[str, Any] | None = None
+    exit_code: int | None = None
+    exited = anyio.Event()
+    eof = anyio.Event()
+    result_seen = anyio.Event()
+    proc: anyio.abc.Process | None = None
+
+    def note(text: str) -> None:
+        log.write(f"[qtsw] {text}\n")
+        log.flush()
+        on_note(text)
+
+    def handle_line(raw: bytes) -> None:
+        nonlocal result
+        text = raw.decode("utf-8", errors="replace")
+        if text.endswith("\r"):
+            text = text[:-1]
+        msg = protocol.parse(text)
+        if msg is None:
+            log.write(text + "\n")
+            on_output(text)
+            return
+        if msg.type == "result":
+            result = dict(msg.body)
+            result_seen.set()
+        on_message(msg)
+
+    async def read_output() -> None:
+        nonlocal last_output
+        assert proc is not None and proc.stdout is not None
+        buf = bytearray()
+        try:
+            async for chunk in proc.stdout:
+                last_output = time.monotonic()
+                scan_from = len(buf)
+                buf += chunk
+                start = 0
+                while True:
+                    i = buf.find(b"\n", scan_from)
+                    if i < 0:
+                        break
+                    handle_line(bytes(buf[start:i]))
+                    start = scan_from = i + 1
+                if start:
+                    del buf[:start]
+                log.flush()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+        if buf:
+            handle_line(bytes(buf))
+            log.flush()
+        eof.set()
+
+    async def wait_exit() -> None:
+        nonlocal exit_code
+        assert proc is not None
+        exit_code = await proc.wait()
+        exited.set()
+
+    async def watch_silence() -> None:
+        warned_at = started
+        while True:
+            base = max(last_output, warned_at)
+            wait = base + silence_warning - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
+                continue
+            warned_at = time.monotonic()
+            on_silence(warned_at - last_output)
+
+    timed_out = hung = False
+    try:
+        proc = await anyio.open_process(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        pgid = proc.pid  # a new session: the child leads its own process group
+        on_start(proc.pid)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_output)
+            tg.start_soon(wait_exit)
+            tg.start_soon(watch_silence)
+            with anyio.move_on_after(timeout) as deadline:
+                async with anyio.create_task_group() as first:
+                    # whichever comes first: the exit, or the result
+
+                    async def until(ev: anyio.Event) -> None:
+                        await ev.wait()
+                        first.cancel_scope.cancel()
+
+                    first.start_soon(until, exited)
+                    first.start_soon(until, result_seen)
+                if not exited.is_set():
+                    with anyio.move_on_after(grace):
+                        await exited.wait()
+                    hung = not exited.is_set()
+                if exited.is_set():
+                    with anyio.move_on_after(DRAIN_SECONDS):
+                        await eof.wait()
+            timed_out = deadline.cancelled_caught
+            if timed_out or hung:
+                what = await terminate_group(pgid, grace)
+                if timed_out:
+                    note(f"timed out after {timeout:g} s: process group {pgid} {what}")
+                else:
+                    note(
+                        f"reported its result but did not exit within {grace:g} s: "
+                        f"process group {pgid} {what}"
+                    )
+                with anyio.move_on_after(grace + 5):
+                    await exited.wait()
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    await eof.wait()
+            tg.cancel_scope.cancel()
+    except BaseException as exc:
+        if proc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
+            note("cancelled: terminating the process group")
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc is not None:
+                what = await terminate_group(proc.pid, grace)
+                if what != "gone" and not (timed_out or hung):
+                    note(f"process group {proc.pid} still running at the end: {what}")
+                escaped = await kill_escaped(token, grace)
+                if escaped:
+                    note(f"killed {len(escaped)} process(es) that had left the group: {escaped}")
+                with anyio.move_on_after(grace + 5):
+                    exit_code = await proc.wait()
+                with contextlib.suppress(Exception):
+                    await proc.aclose()
+            log.flush()
+            log.close()
+
+    return judge(
+        exit_code,
+        result,
+        timed_out=timed_out,
+        hung=hung,
+        timeout=timeout,
+        grace=grace,
+        pid=proc.pid,
+        duration=time.monotonic() - started,
+    )
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exit code {code}"
+
+
+def judge(
+    exit_code: int | None,
+    result: dict[str, Any] | None,
+    *,
+    timed_out: bool = False,
+    hung: bool = False,
+    timeout: float = 0.0,
+    grace: float = 0.0,
+    pid: int | None = None,
+    duration: float = 0.0,
+) -> StageOutcome:
+    """Apply the success contract: exit 0 *and* a result saying success/partial."""
+    counts = dict((result or {}).get("counts") or {})
+    rmsg = str((result or {}).get("msg") or "")
+    rstatus = (result or {}).get("status")
+    rerror = (result or {}).get("error")
+    out = StageOutcome(
+        status="failure",
+        exit_code=exit_code,
+        msg=rmsg,
+        result=result,
+        counts=counts,
+        timed_out=timed_out,
+        hung_after_result=hung,
+        pid=pid,
+        duration=duration,
+    )
+    if timed_out:
+        out.error = f"timed out after {timeout:g} s (process group killed)"
+    elif hung:
+        out.error = (
+            f"reported {rstatus!s} but did not exit within {grace:g} s after its result; killed"
+        )
+    elif result is None:
+        out.error = f"{_describe_exit(exit_code)} without a result"
+    elif exit_code != 0:
+        detail = f": {rerror}" if rerror else (f": {rmsg}" if rmsg else "")
+        out.error = f"{_describe_exit(exit_code)}, result {rstatus}{detail}"
+    elif rstatus in ("success", "partial"):
+        out.status = rstatus
+        out.error = str(rerror) if rerror else None
+    else:
+        out.error = str(rerror or rmsg or "result says failure")
+    if not out.msg:
+        out.msg = out.error or ""
+    return out
+
+
+def python_command(module: str, *args: str) -> list[str]:
+    """``python -X utf8 -m <module> <args>`` with this interpreter."""
+    return [sys.executable, "-X", "utf8", "-m", module, *args]
