@@ -1,0 +1,390 @@
+"""Analyzer stage (SPEC §4.6–§4.8): one instrument's bars → ``data/analyzer_temp/<run_id>/<INST>.parquet``.
+
+``python -m pipeline_core.analyzer --instrument ES [--full] [--root R] [--config C] [--run-id ID]``
+
+Which trading dates are analysed (§4.7):
+
+* never analysed (no analyzer state) or ``--full``: every candidate date in the store;
+* otherwise the dates whose range, entry or horizon window overlaps the bars the translator
+  changed (``state.read_changes``), plus the dates that still hold ``Final = false`` rows (kept in
+  the analyzer state). Only the bars those dates need are read from the store.
+
+A different analysis-settings hash than the state's makes an incremental run fail: the settings
+changed and a full re-analysis (``--full``) is required.
+
+The output is written atomically with the engine version, the analysis hash, the run id and a
+``created_ns`` stamp (the merger's run order) in its Parquet metadata. Only once it is durable are
+the analyzer state and the pending change range updated, so a crash at any moment loses nothing:
+the next run simply does the same dates again. The engine runs one such process per instrument
+concurrently; each touches only its own state file and output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline_core import clock, state, store
+from pipeline_core.analyzer.strategy import (
+    RESULT_SCHEMA,
+    Bars,
+    StrategyConfig,
+    affected_dates,
+    analyze,
+    candidate_dates,
+)
+from pipeline_core.fsutil import write_parquet_atomic
+from pipeline_core.protocol import Reporter, stage_main
+from pipeline_core.results import (
+    META_ANALYSIS_HASH,
+    META_CREATED,
+    META_CREATED_NS,
+    META_ENGINE_VERSION,
+    META_INSTRUMENT,
+    META_MODE,
+    META_RUN_ID,
+    RESULTS,
+    file_metadata,
+)
+from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings
+
+# Windows of dates closer than this are read from the store as one range.
+_JOIN_GAP = timedelta(days=3)
+# Report progress at least this often while analysing (seconds).
+_PROGRESS_EVERY = 0.5
+
+
+class AnalysisSettingsChanged(Exception):
+    """The analysis settings differ from those of the last analysis: ``--full`` is required."""
+
+
+@dataclass
+class AnalyzerOutcome:
+    """What one analyzer run for one instrument did."""
+
+    instrument: str
+    mode: str  # "full" | "incremental" | "none" (nothing to do)
+    dates: int = 0
+    rows: int = 0
+    bars: int = 0
+    results: dict[str, int] = field(default_factory=dict)  # rows by Result
+    provisional_rows: int = 0
+    provisional_dates: list[date] = field(default_factory=list)  # after this run
+    output: Path | None = None
+    load_seconds: float = 0.0
+    analysis_seconds: float = 0.0
+    write_seconds: float = 0.0
+    message: str = ""
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "instrument": self.instrument,
+            "mode": self.mode,
+            "dates": self.dates,
+            "rows": self.rows,
+            "bars": self.bars,
+            **{r: self.results.get(r, 0) for r in RESULTS},
+            "provisional_rows": self.provisional_rows,
+            "provisional_dates": len(self.provisional_dates),
+            "load_seconds": round(self.load_seconds, 3),
+            "analysis_seconds": round(self.analysis_seconds, 3),
+            "write_seconds": round(self.write_seconds, 3),
+        }
+
+
+# --- which bars the dates need --------------------------------------------------------------------
+
+
+def _next_day(d: date, days: frozenset[int]) -> date:
+    for k in range(1, 8):
+        nd = d + timedelta(days=k)
+        if nd.weekday() in days:
+            return nd
+    return d + timedelta(days=7)
+
+
+def date_windows(dates: Iterable[date], cfg: StrategyConfig) -> list[tuple[datetime, datetime]]:
+    """The bar ranges [start, end) that analysing ``dates`` reads, joined where close together.
+
+    A date needs its bars from the earliest range start up to its horizon (the latest slot on
+    the next trade day). The next bar at or after the end also matters (it makes a window
+    complete); :func:`load_bars_for_dates` adds it.
+    """
+    first_start = min(s.range_start for s in cfg.sessions)
+    last_slot = max(t for s in cfg.sessions for t in s.slots)
+    windows: list[tuple[datetime, datetime]] = []
+    for d in sorted(set(dates)):
+        # The later of the next trade day and the next weekday: never shorter than the horizon.
+        horizon_day = max(_next_day(d, cfg.trade_days), _next_day(d, frozenset(range(5))))
+        lo = clock.wall(d, first_start)
+        hi = max(clock.wall(horizon_day, last_slot), clock.wall(d, cfg.entry_cutoff) + timedelta(minutes=1))
+        if windows and lo <= windows[-1][1] + _JOIN_GAP:
+            windows[-1] = (windows[-1][0], max(windows[-1][1], hi))
+        else:
+            windows.append((lo, hi))
+    return windows
+
+
+def _first_bar_from(settings: Settings, inst: str, start: datetime) -> pa.Table:
+    """The first stored bar at or after ``start`` (empty table if none)."""
+    for year in store.store_years(settings, inst):
+        if year < start.astimezone(CHICAGO).year:
+            continue
+        part = store.read_bars(settings, inst, start, datetime(year + 1, 1, 1, tzinfo=CHICAGO))
+        if part.num_rows:
+            return part.slice(0, 1)
+    return store.empty_table()
+
+
+def load_bars_for_dates(
+    settings: Settings, inst: str, dates: Iterable[date], cfg: StrategyConfig
+) -> pa.Table:
+    """The stored bars analysing ``dates`` needs: their windows, plus the next bar after them."""
+    windows = date_windows(dates, cfg)
+    if not windows:
+        return store.empty_table()
+    parts = [store.read_bars(settings, inst, lo, hi) for lo, hi in windows]
+    parts.append(_first_bar_from(settings, inst, windows[-1][1]))
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        return store.empty_table()
+    return pa.concat_tables(parts).combine_chunks()
+
+
+# --- state ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _changes_lock(settings: Settings) -> Iterator[None]:
+    """Serialise read-modify-write of ``changes.json`` between concurrent analyzer processes."""
+    path = settings.state_dir / ".changes.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def provisional_dates(settings: Settings, inst: str) -> list[date]:
+    """The instrument's dates that hold ``Final = false`` rows, per its analyzer state."""
+    st = state.read_analyzer_state(settings, inst) or {}
+    return sorted(date.fromisoformat(d) for d in st.get("provisional_dates", []))
+
+
+def output_path(settings: Settings, run_id: str, inst: str) -> Path:
+    """Where the run's output for ``inst`` goes: ``data/analyzer_temp/<run_id>/<INST>.parquet``."""
+    return settings.analyzer_temp_dir / run_id / f"{inst}.parquet"
+
+
+# --- the work ---------------------------------------------------------------------------------------
+
+
+def analyze_instrument(
+    settings: Settings,
+    inst: str,
+    *,
+    full: bool = False,
+    run_id: str | None = None,
+    reporter: Reporter | None = None,
+) -> AnalyzerOutcome:
+    """Analyse what is due for ``inst`` (everything with ``full``), write the run output, update state.
+
+    Raises :class:`AnalysisSettingsChanged` when the settings hash differs from the last analysis
+    and ``full`` is not set, and KeyError for an instrument not in the settings.
+    """
+    run_id = run_id or str(uuid.uuid4())
+    settings.instrument(inst)  # a clear error for an unknown symbol
+    cfg = StrategyConfig.from_settings(settings, inst)
+    st = state.read_analyzer_state(settings, inst)
+    changes = state.read_changes(settings).get(inst)
+    if st is not None and not full and st.get("analysis_hash") != settings.analysis_hash:
+        raise AnalysisSettingsChanged(
+            f"the analysis settings changed since {inst} was last analysed "
+            f"(settings hash {st.get('analysis_hash')} -> {settings.analysis_hash}): "
+            f"a full re-analysis is required: run the analyzer with --full"
+        )
+    if st is not None and not full and st.get("engine_version") != ENGINE_VERSION and reporter:
+        reporter.warning(
+            f"{inst}: older results come from engine {st.get('engine_version')} "
+            f"(now {ENGINE_VERSION}); a full re-analysis (--full) recomputes them",
+            instrument=inst,
+        )
+    full_mode = full or st is None
+    out = AnalyzerOutcome(inst, "full" if full_mode else "incremental")
+    t0 = time.perf_counter()
+    old_provisional: set[date] = set()
+    if full_mode:
+        table = store.read_bars(settings, inst)
+        bars = Bars.from_table(table)
+        dates = candidate_dates(bars, cfg)
+    else:
+        old_provisional = set(provisional_dates(settings, inst))
+        changed = set(affected_dates(changes[0], changes[1], cfg)) if changes else set()
+        dates = sorted(changed | old_provisional)
+        if reporter:
+            reporter.say(
+                f"{inst}: {len(dates)} date(s) to analyse: {len(changed)} touched by changed bars"
+                + (f" ({changes[0]:%Y-%m-%d %H:%M} to {changes[1]:%Y-%m-%d %H:%M})" if changes else "")
+                + f", {len(old_provisional)} with provisional rows"
+            )
+        table = load_bars_for_dates(settings, inst, dates, cfg)
+        bars = Bars.from_table(table)
+    out.bars = table.num_rows
+    out.load_seconds = time.perf_counter() - t0
+
+    if not dates:
+        out.mode = "none"
+        out.provisional_dates = sorted(old_provisional)
+        if st is not None or out.bars:  # an empty store stays "never analysed"
+            _save_state(settings, inst, run_id, out.provisional_dates, changes)
+        out.message = f"{inst}: nothing to analyse (0 dates)"
+        return out
+
+    out.dates = len(dates)
+    total = len(dates)
+    last = [0.0]
+
+    def progress(done: int, total_: int) -> None:
+        now = time.monotonic()
+        if reporter and (done >= total_ or now - last[0] >= _PROGRESS_EVERY):
+            last[0] = now
+            reporter.progress(done, total_, f"{inst}: {done}/{total_} dates", instrument=inst)
+
+    if reporter:
+        reporter.progress(0, total, f"{inst}: {total} dates to analyse", instrument=inst)
+        last[0] = time.monotonic()
+    t1 = time.perf_counter()
+    result = analyze(bars, cfg, dates=dates, progress=progress)
+    out.analysis_seconds = time.perf_counter() - t1
+
+    out.rows = result.num_rows
+    res_counts = pc.value_counts(result.column("Result")).to_pylist() if result.num_rows else []
+    out.results = {r: 0 for r in RESULTS} | {d["values"]: d["counts"] for d in res_counts}
+    not_final = pc.invert(result.column("Final"))
+    out.provisional_rows = pc.sum(not_final.cast(pa.int64())).as_py() or 0
+    new_provisional = {
+        d for d in result.column("Date").filter(not_final).to_pylist() if d is not None
+    }
+    out.provisional_dates = sorted((old_provisional - set(dates)) | new_provisional)
+
+    # Write the output (even with zero rows for a full run: it says "nothing" for every month).
+    t2 = time.perf_counter()
+    if result.num_rows or full_mode:
+        out.output = _write_output(settings, run_id, inst, result, dates, full_mode)
+    out.write_seconds = time.perf_counter() - t2
+    # Only now that the output is durable: the new state, then the consumed change range.
+    _save_state(settings, inst, run_id, out.provisional_dates, changes)
+    out.message = (
+        f"{inst}: {out.mode} analysis of {out.dates} date(s): {out.rows} rows "
+        f"({out.provisional_rows} provisional)"
+    )
+    return out
+
+
+def _save_state(
+    settings: Settings,
+    inst: str,
+    run_id: str,
+    provisional: list[date],
+    consumed: tuple[datetime, datetime] | None,
+) -> None:
+    state.write_analyzer_state(
+        settings,
+        inst,
+        {
+            "analysis_hash": settings.analysis_hash,
+            "engine_version": ENGINE_VERSION,
+            "provisional_dates": [d.isoformat() for d in provisional],
+            "last_run_id": run_id,
+            "updated": clock.iso_now(),
+        },
+    )
+    if consumed is not None:
+        with _changes_lock(settings):
+            state.clear_changes(settings, inst, consumed)
+
+
+def _write_output(
+    settings: Settings, run_id: str, inst: str, result: pa.Table, dates: list[date], full: bool
+) -> Path:
+    path = output_path(settings, run_id, inst)
+    mode = "full" if full else "incremental"
+    if path.exists() and not full:
+        # The same run analysed this instrument before: keep its rows for the other dates.
+        prev = pq.read_table(path)
+        if file_metadata(path).get(META_MODE) == "full":
+            mode = "full"
+        keep = pc.invert(pc.is_in(prev.column("Date"), value_set=pa.array(dates, pa.date32())))
+        prev = prev.filter(keep).replace_schema_metadata(None).cast(RESULT_SCHEMA)
+        result = pa.concat_tables([prev, result]).sort_by(
+            [("Date", "ascending"), ("Time", "ascending"), ("Session", "ascending")]
+        )
+    meta = {
+        META_ENGINE_VERSION: ENGINE_VERSION,
+        META_ANALYSIS_HASH: settings.analysis_hash,
+        META_RUN_ID: run_id,
+        META_INSTRUMENT: inst,
+        META_CREATED: clock.iso_now(),
+        META_CREATED_NS: str(time.time_ns()),
+        META_MODE: mode,
+    }
+    table = result.cast(RESULT_SCHEMA).replace_schema_metadata(
+        {k.encode(): v.encode() for k, v in meta.items()}
+    )
+    write_parquet_atomic(path, table)
+    return path
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+def _build_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instrument", required=True, help="the instrument to analyse, e.g. ES")
+    p.add_argument("--full", action="store_true", help="re-analyse every date in the store")
+
+
+def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
+    """The analyzer stage for one instrument: analyse, report metrics and the result."""
+    inst = args.instrument
+    if inst not in settings.instruments:
+        msg = f"unknown instrument {inst!r}; configured: {', '.join(sorted(settings.instruments))}"
+        rep.result("failure", msg, error=msg)
+        return "failure"
+    run_id = args.run_id or str(uuid.uuid4())
+    try:
+        out = analyze_instrument(settings, inst, full=args.full, run_id=run_id, reporter=rep)
+    except AnalysisSettingsChanged as exc:
+        rep.say(f"ERROR {exc}")
+        rep.result("failure", str(exc), counts={"instrument": inst, "dates": 0}, error=str(exc))
+        return "failure"
+    counts = out.counts()
+    rep.metric(f"{inst} analysis", **counts)
+    if out.output is not None:
+        rep.say(f"{inst}: wrote {out.output}")
+    rep.say(out.message)
+    rep.result("success", out.message, counts=counts)
+    return "success"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline_core.analyzer``; returns the exit code."""
+    return stage_main("analyzer", _build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
