@@ -229,6 +229,37 @@ def _wall_ns(d: date, t: time) -> int:
     return (datetime.combine(d, t, tzinfo=CHICAGO) - _EPOCH) // _ONE_US * 1000
 
 
+_LAST_SECOND = time(23, 59, 59)
+_NS_PER_DAY = 86_400 * 10**9
+
+
+def _wall_table(days: Sequence[date], times: Sequence[time]) -> np.ndarray:
+    """Epoch ns of every (day, time) as Chicago wall-clock times, shape (len(days), len(times)).
+
+    Same values as :func:`_wall_ns`, computed faster: on a day whose UTC offset (from zoneinfo)
+    is the same at 00:00 and 23:59:59 there is no clock change (Chicago changes at most once a
+    day), so every time that day is local midnight + time − offset. Days with a change are
+    built time by time with zoneinfo.
+    """
+    tod = np.array(
+        [((t.hour * 60 + t.minute) * 60 + t.second) * 10**9 + t.microsecond * 1000 for t in times],
+        dtype=np.int64,
+    )
+    midnight = np.empty(len(days), dtype=np.int64)  # local midnight, as if it were UTC
+    offset = np.empty(len(days), dtype=np.int64)
+    changes = []
+    for i, d in enumerate(days):
+        first = CHICAGO.utcoffset(datetime.combine(d, time(0)))
+        if first != CHICAGO.utcoffset(datetime.combine(d, _LAST_SECOND)):
+            changes.append(i)
+        midnight[i] = (d.toordinal() - _EPOCH_ORDINAL) * _NS_PER_DAY
+        offset[i] = first // _ONE_US * 1000
+    out = (midnight - offset)[:, None] + tod[None, :]
+    for i in changes:
+        out[i] = [_wall_ns(days[i], t) for t in times]
+    return out
+
+
 def _chicago_date(ns: int) -> date:
     return (_EPOCH + timedelta(microseconds=ns // 1000)).astimezone(CHICAGO).date()
 
@@ -258,7 +289,7 @@ def candidate_dates(bars: Bars, cfg: StrategyConfig) -> list[date]:
         return []
     first, last = _chicago_date(int(bars.ts[0])), _chicago_date(int(bars.ts[-1]))
     days = [first + timedelta(days=i) for i in range((last - first).days + 2)]
-    bounds = np.array([_wall_ns(d, time(0)) for d in days], dtype=np.int64)
+    bounds = _wall_table(days, [time(0)])[:, 0]
     counts = np.diff(np.searchsorted(bars.ts, bounds))
     return [d for d, c in zip(days[:-1], counts, strict=True) if c and d.weekday() in cfg.trade_days]
 
@@ -298,13 +329,15 @@ def affected_dates(first: datetime, last: datetime, cfg: StrategyConfig) -> list
 _SHIFT = 5
 _BLOCK = 1 << _SHIFT
 _OFFS = np.arange(_BLOCK, dtype=np.int64)
-_NEG = np.int64(-(2**62))  # below every price in ticks: padding and "empty window"
+_NEG = -np.inf  # below every price in ticks: padding and "empty window"
 NOT_FOUND = np.int64(2**62)  # index returned by a first-crossing query that found nothing
 
 
 class _BlockMax:
-    """Maxima of an int64 array over blocks of 32, with a sparse table over the blocks.
+    """Maxima of an array over blocks of 32, with a sparse table over the blocks.
 
+    The array holds whole numbers of ticks as float64 (exact up to 2**53, and float64 avoids a
+    slow integer conversion of millions of prices); padding is -inf.
     Answers, for many windows at once: the first index in [s, e) whose value is ≥ v, and the
     maximum over [s, e). Each query reads two or three 32-element blocks plus O(log n) table
     cells, so the cost does not grow with the window length.
@@ -316,12 +349,13 @@ class _BlockMax:
         nb = len(z) >> _SHIFT
         self.nb = nb
         levels = nb.bit_length()  # level k covers 2**k blocks; 2**(levels-1) <= nb
-        table = np.full((levels, nb), _NEG, dtype=np.int64)
+        table = np.empty((levels, nb), dtype=np.float64)
         table[0] = z.reshape(nb, _BLOCK).max(axis=1)
         for k in range(1, levels):
             width = nb - (1 << k) + 1
             half = 1 << (k - 1)
             np.maximum(table[k - 1, :width], table[k - 1, half : half + width], out=table[k, :width])
+            table[k, width:] = _NEG  # cells whose span would run past the last block
         self.table = table
 
     def first_ge(self, s: np.ndarray, e: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -341,9 +375,11 @@ class _BlockMax:
             return out
         idx, e_, v_ = idx[rest], e_[rest], v_[rest]
         # Binary lifting over the blocks: jump while every block jumped over stays below v.
+        # Levels up to the longest window suffice (jumping past a window's end finds nothing).
         j = (base[rest] >> _SHIFT) + 1
         nb = self.nb
-        for k in range(len(self.table) - 1, -1, -1):
+        reach = int((((e_ - 1) >> _SHIFT) - j).max()) + 1
+        for k in range(min(len(self.table), reach.bit_length()) - 1, -1, -1):
             step = 1 << k
             move = (j + step <= nb) & (self.table[k, np.minimum(j, nb - 1)] < v_)
             j = j + np.where(move, step, 0)
@@ -359,13 +395,13 @@ class _BlockMax:
 
     def range_max(self, s: np.ndarray, e: np.ndarray) -> np.ndarray:
         """Per query, max(z[s:e]); the sentinel _NEG for an empty window."""
-        out = np.full(len(s), _NEG, dtype=np.int64)
+        out = np.full(len(s), _NEG, dtype=np.float64)
         idx = np.flatnonzero(s < e)
         if not len(idx):
             return out
         s_, e_ = s[idx], e[idx]
         first_blk, last_blk = s_ >> _SHIFT, (e_ - 1) >> _SHIFT
-        best = np.full(len(idx), _NEG, dtype=np.int64)
+        best = np.full(len(idx), _NEG, dtype=np.float64)
         for blk in (first_blk, last_blk):
             pos = (blk << _SHIFT)[:, None] + _OFFS
             inside = (pos >= s_[:, None]) & (pos < e_[:, None])
@@ -402,20 +438,11 @@ def analyze(
         days = sorted({d for d in dates if d.weekday() in cfg.trade_days})
     slots = _slot_order(cfg)
     ticks = _Ticks.of(cfg)
-    wall_cache: dict[tuple[date, time], int] = {}
-
-    def wall(d: date, t: time) -> int:
-        key = (d, t)
-        ns = wall_cache.get(key)
-        if ns is None:
-            ns = wall_cache[key] = _wall_ns(d, t)
-        return ns
-
     parts: list[dict[str, np.ndarray]] = []
     total = len(days)
     for i in range(0, total, _DATES_PER_BATCH):
         batch = days[i : i + _DATES_PER_BATCH]
-        part = _analyze_batch(bars, cfg, ticks, batch, slots, wall)
+        part = _analyze_batch(bars, cfg, ticks, batch, slots)
         if part is not None:
             parts.append(part)
         if progress is not None and i + len(batch) < total:
@@ -431,22 +458,24 @@ def _analyze_batch(
     ticks: _Ticks,
     days: Sequence[date],
     slots: Sequence[tuple[Session, time]],
-    wall: Callable[[date, time], int],
 ) -> dict[str, np.ndarray] | None:
     """Rows for a batch of dates as arrays of ticks and codes (None if no slot has a range)."""
     n_slots = len(slots)
-    shape = (len(days), n_slots)
-    range_start = np.empty(shape, dtype=np.int64)
-    slot_end = np.empty(shape, dtype=np.int64)
-    horizon = np.empty(shape, dtype=np.int64)
-    cutoff = np.empty(len(days), dtype=np.int64)
-    for i, d in enumerate(days):
-        nxt = _next_trade_day(d, cfg.trade_days)
-        cutoff[i] = wall(d, cfg.entry_cutoff)
-        for j, (session, slot) in enumerate(slots):
-            range_start[i, j] = wall(d, session.range_start)
-            slot_end[i, j] = wall(d, slot)
-            horizon[i, j] = wall(nxt, slot)
+    # Every clock time of the batch: range starts, slot ends and the cutoff on each date, and
+    # the slot ends on each date's next trade day (the horizon X).
+    nexts = [_next_trade_day(d, cfg.trade_days) for d in days]
+    clock_days = sorted(set(days) | set(nexts))
+    day_row = {d: i for i, d in enumerate(clock_days)}
+    times = sorted({s.range_start for s, _ in slots} | {t for _, t in slots} | {cfg.entry_cutoff})
+    col = {t: i for i, t in enumerate(times)}
+    wall = _wall_table(clock_days, times)
+    on_day = wall[[day_row[d] for d in days]]
+    on_next = wall[[day_row[d] for d in nexts]]
+    slot_cols = [col[t] for _, t in slots]
+    range_start = on_day[:, [col[s.range_start] for s, _ in slots]]
+    slot_end = on_day[:, slot_cols]
+    horizon = on_next[:, slot_cols]
+    cutoff = on_day[:, col[cfg.entry_cutoff]]
 
     # Window bounds as positions in the whole bar array (completeness needs the global view).
     ts = bars.ts
@@ -466,17 +495,22 @@ def _analyze_batch(
     hi = int(max(g_x1.max(), g_c1.max()))
     m = hi - lo
     mp = m + (-m) % _BLOCK
-    z = np.full(2 * mp, _NEG, dtype=np.int64)
-    z[:m] = _to_ticks(bars.high[lo:hi], cfg.tick)
-    z[mp : mp + m] = -_to_ticks(bars.low[lo:hi], cfg.tick)
-    opens = _to_ticks(bars.open[lo:hi], cfg.tick)
-    closes = _to_ticks(bars.close[lo:hi], cfg.tick)
+    z = np.empty(2 * mp, dtype=np.float64)
+    highs, neg_lows = z[:m], z[mp : mp + m]
+    np.divide(bars.high[lo:hi], cfg.tick, out=highs)
+    np.rint(highs, out=highs)
+    np.divide(bars.low[lo:hi], -cfg.tick, out=neg_lows)  # -(low / tick): exact negation
+    np.rint(neg_lows, out=neg_lows)
+    z[m:mp] = _NEG
+    z[mp + m :] = _NEG
+    # Opens and closes are needed only at a few bars per trade: converted where they are read.
+    opens, closes = bars.open[lo:hi], bars.close[lo:hi]
     table = _BlockMax(z)
     r0, r1, c1, x1 = g_r0 - lo, g_r1 - lo, g_c1 - lo, g_x1 - lo
 
     # §4.2 range and §4.3 entry.
-    range_high = table.range_max(r0, r1)
-    range_low = -table.range_max(r0 + mp, r1 + mp)
+    range_high = table.range_max(r0, r1).astype(np.int64)
+    range_low = -table.range_max(r0 + mp, r1 + mp).astype(np.int64)
     long_level = range_high + 1
     short_level = range_low - 1
     first_long = table.first_ge(r1, c1, long_level)
@@ -515,6 +549,7 @@ def _analyze_batch(
             opens,
             closes,
             mp,
+            cfg.tick,
             ticks,
             t_long,
             entry_idx,
@@ -547,6 +582,7 @@ def _exits(
     opens: np.ndarray,
     closes: np.ndarray,
     mp: int,
+    tick: float,
     ticks: _Ticks,
     is_long: np.ndarray,
     entry_idx: np.ndarray,
@@ -594,9 +630,9 @@ def _exits(
 
     # Rule 2 in a bar where the target is reachable (the stop is already entry − 1 tick there).
     j = np.where(on_target_bar, decisive, 0)
-    bar_open = sign * opens[j]
-    bar_close = sign * closes[j]
-    bar_low = -table.z[j + adv]
+    bar_open = sign * _to_ticks(opens[j], tick)
+    bar_close = sign * _to_ticks(closes[j], tick)
+    bar_low = -table.z[j + adv].astype(np.int64)
     opens_at_target = bar_open >= target
     opens_at_stop = ~opens_at_target & (bar_open <= be_stop)
     stop_inside = ~opens_at_target & ~opens_at_stop & (bar_low <= be_stop)
@@ -609,14 +645,14 @@ def _exits(
     exit_price = np.select(
         [result == _WIN, result == _BE, result == _LOSS],
         [target, be_stop, stop0],
-        default=sign * closes[last],
+        default=sign * _to_ticks(closes[last], tick),
     )
 
     # Peak: the best favourable excursion from the entry bar up to (not including) the first bar
     # that touches the initial stop, else up to X; it keeps counting after a Win or BE exit.
     peak_end = np.minimum(hit_stop0, end)
     best = table.range_max(entry_idx + fav, peak_end + fav)
-    peak = np.where(peak_end > entry_idx, np.maximum(best - entry, 0), 0)
+    peak = np.where(peak_end > entry_idx, np.maximum(best - entry, 0), 0).astype(np.int64)
 
     return {
         "result": result,
@@ -630,7 +666,10 @@ def _exits(
 
 
 def _to_ticks(prices: np.ndarray, tick: float) -> np.ndarray:
-    return np.rint(prices / tick).astype(np.int64)
+    """Prices in integer ticks: round(price / tick), half to even like Python's round."""
+    q = prices / tick
+    np.rint(q, out=q)
+    return q.astype(np.int64)
 
 
 def _to_table(
