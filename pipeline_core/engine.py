@@ -35,7 +35,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -86,7 +86,8 @@ def _iso(dt: datetime | None) -> str | None:
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:
     if a is None or b is None:
         return None
-    return round((b - a).total_seconds(), 3)
+    # in UTC: same-zone aware datetimes subtract by wall time, wrong across a DST change
+    return round((b.astimezone(UTC) - a.astimezone(UTC)).total_seconds(), 3)
 
 
 def worst(statuses: Sequence[str]) -> str:

@@ -346,7 +346,7 @@ async def run_stage(
                         await exited.wait()
                     hung = not exited.is_set()
                 if exited.is_set():
-                    with anyio.move_on_after(DRAIN_SECONDS):
+                    with anyio.move_on_after(min(DRAIN_SECONDS, grace)):
                         await eof.wait()
             timed_out = deadline.cancelled_caught
             if timed_out or hung:
@@ -360,7 +360,7 @@ async def run_stage(
                     )
                 with anyio.move_on_after(grace + 5):
                     await exited.wait()
-                with anyio.move_on_after(DRAIN_SECONDS):
+                with anyio.move_on_after(min(DRAIN_SECONDS, grace)):
                     await eof.wait()
             tg.cancel_scope.cancel()
     except BaseException as exc:

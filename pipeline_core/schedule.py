@@ -78,11 +78,17 @@ def next_mark(after: datetime, minutes: Sequence[int]) -> datetime:
     return best.astimezone(CHICAGO)
 
 
+def _utc(dt: datetime) -> datetime:
+    # Aware datetimes sharing a tzinfo compare and subtract by wall time, ignoring the fold:
+    # in the repeated hour 01:15 CDT would "equal" 01:15 CST. Compare in UTC, always.
+    return dt.astimezone(UTC)
+
+
 def marks_between(start: datetime, end: datetime, minutes: Sequence[int]) -> list[datetime]:
     """All marks ``m`` with ``start < m <= end``, in order."""
     out: list[datetime] = []
     m = next_mark(start, minutes)
-    while m <= end:
+    while _utc(m) <= _utc(end):
         out.append(m)
         m = next_mark(m, minutes)
     return out
@@ -111,7 +117,7 @@ def not_before_from(hhmm: time, now: datetime) -> datetime:
         wall = datetime.combine(d, hhmm, tzinfo=CHICAGO)
         if not _exists(wall):
             wall = wall.astimezone(UTC).astimezone(CHICAGO)
-        if wall >= local:
+        if _utc(wall) >= _utc(local):
             return wall
     raise AssertionError("unreachable")
 
@@ -138,7 +144,7 @@ class _MarkJob(schedule_lib.Job):
     @property
     def should_run(self) -> bool:
         assert self.next_run is not None
-        return self.owner.clock() >= self.next_run
+        return _utc(self.owner.clock()) >= _utc(self.next_run)
 
     def run(self) -> object:
         ret = self.job_func()
@@ -156,7 +162,7 @@ class _Scheduler(schedule_lib.Scheduler):
     def idle_seconds(self) -> float | None:  # the library's version uses the local clock
         if not self.next_run:
             return None
-        return (self.next_run - self.clock()).total_seconds()
+        return (_utc(self.next_run) - _utc(self.clock())).total_seconds()
 
 
 class MarkSchedule:
@@ -175,11 +181,11 @@ class MarkSchedule:
         self.minutes = tuple(sorted({int(m) for m in minutes}))
         self.clock = clock
         self.not_before = not_before
-        now = clock()
-        self.cursor = now  # marks up to here have been dealt with
-        if not_before is not None and not_before > now:
+        now = _utc(clock())
+        self.cursor = now  # marks up to here have been dealt with (UTC)
+        if not_before is not None and _utc(not_before) > now:
             # a mark exactly at not_before counts ("not before", inclusive)
-            self.cursor = not_before - timedelta(microseconds=1)
+            self.cursor = _utc(not_before) - timedelta(microseconds=1)
         self.scheduler = _Scheduler(clock)
         self._due = Due()
         self.job = _MarkJob(self).do(self._collect)
@@ -199,7 +205,7 @@ class MarkSchedule:
         return max(0.0, idle if idle is not None else 0.0)
 
     def _collect(self) -> None:
-        now = self.clock()
+        now = _utc(self.clock())
         marks = marks_between(self.cursor, now, self.minutes)
         self.cursor = max(self.cursor, now)
         if marks:
@@ -207,9 +213,9 @@ class MarkSchedule:
 
     def poll(self) -> Due:
         """Marks that passed since the last poll: the one to run for, and the missed ones."""
-        now = self.clock()
+        now = _utc(self.clock())
         if now < self.cursor - timedelta(minutes=1) and (
-            self.not_before is None or now >= self.not_before
+            self.not_before is None or now >= _utc(self.not_before)
         ):
             # The clock moved back (not a DST change: instants are aware). Start afresh from
             # now rather than waiting for the old cursor to come round again.
