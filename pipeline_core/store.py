@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -50,8 +52,23 @@ WRITE_OPTIONS: dict = {
 # its N-th store write, after the temporary file is written and before it is renamed.
 KILL_BEFORE_RENAME_ENV = "QTSW_STORE_KILL_BEFORE_RENAME"
 _writes_done = 0
+_writes_lock = threading.Lock()
 
 _YEAR_FILE = re.compile(r"^(?P<inst>[A-Z0-9]+)_(?P<year>\d{4})\.parquet$")
+
+
+def to_arrow(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    """A numpy array as an arrow array of fixed-width ``type_`` (zero-copy when contiguous).
+
+    Used instead of ``pa.array``, which checks for pandas objects and so imports pandas
+    (a third of a second at a stage's start-up).
+    """
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
+
+
+def _indices(idx: np.ndarray) -> pa.Array:
+    return to_arrow(idx.astype(np.int64, copy=False), pa.int64())
 
 
 def store_dir(settings: Settings, inst: str) -> Path:
@@ -94,7 +111,7 @@ def _ts_ms(table: pa.Table) -> np.ndarray:
         col = col.combine_chunks()
     else:
         col = col.chunk(0)
-    return col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    return np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col), offset=col.offset * 8)
 
 
 def read_year(path: Path, start_ms: int | None = None, end_ms: int | None = None) -> pa.Table:
@@ -182,7 +199,7 @@ def normalise(table: pa.Table, inst: str) -> pa.Table:
     }
     for c in PRICE_COLUMNS:
         cols[c] = table.column(c).cast(pa.float64())
-    cols["instrument"] = pa.chunked_array([pa.array([inst] * table.num_rows, pa.string())])
+    cols["instrument"] = pa.chunked_array([pa.repeat(pa.scalar(inst, pa.string()), table.num_rows)])
     out = pa.table(cols, schema=SCHEMA).combine_chunks()
     ts = _ts_ms(out)
     if len(ts) > 1 and not bool(np.all(ts[1:] > ts[:-1])):
@@ -191,13 +208,13 @@ def normalise(table: pa.Table, inst: str) -> pa.Table:
         # keep the last of each run of equal timestamps (the stable sort keeps input order)
         keep = np.ones(len(ts_sorted), dtype=bool)
         keep[:-1] = ts_sorted[1:] != ts_sorted[:-1]
-        out = out.take(pa.array(order[keep]))
+        out = out.take(_indices(order[keep]))
     return out
 
 
 def chicago_years(ts_ms: np.ndarray) -> np.ndarray:
     """The Chicago calendar year of each epoch-millisecond moment."""
-    arr = pa.array(ts_ms, pa.timestamp("ms", tz="America/Chicago"))
+    arr = to_arrow(ts_ms, pa.timestamp("ms", tz="America/Chicago"))
     return pc.year(arr).to_numpy(zero_copy_only=False)
 
 
@@ -249,9 +266,9 @@ def merge_year(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int | Non
     changed_ts = new_ts[changed]
     keep_old = np.ones(len(old_ts), dtype=bool)
     keep_old[pos_c[matched]] = False
-    merged = pa.concat_tables([old.filter(pa.array(keep_old)), new]).combine_chunks()
+    merged = pa.concat_tables([old.take(_indices(np.flatnonzero(keep_old))), new]).combine_chunks()
     order = np.argsort(_ts_ms(merged), kind="stable")
-    merged = merged.take(pa.array(order))
+    merged = merged.take(_indices(order))
     return merged, int(changed_ts[0]), int(changed_ts[-1])
 
 
@@ -259,10 +276,12 @@ def _write_year(path: Path, table: pa.Table) -> None:
     def writer(t: pa.Table, tmp: Path) -> None:
         global _writes_done
         pq.write_table(t, tmp, **WRITE_OPTIONS)
-        _writes_done += 1
         kill_at = os.environ.get(KILL_BEFORE_RENAME_ENV)
-        if kill_at and _writes_done == int(kill_at):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if kill_at:
+            with _writes_lock:
+                _writes_done += 1
+                if _writes_done == int(kill_at):
+                    os.kill(os.getpid(), signal.SIGKILL)
 
     write_parquet_atomic(path, table, writer=writer)
 
@@ -315,9 +334,20 @@ def upsert_years(
     changed = (_ms_to_dt(first), _ms_to_dt(last))
     if before_write is not None:
         before_write(*changed)
-    for year, new in todo:
+
+    def write(item: tuple[int, pa.Table]) -> None:
+        year, new = item
         path = store_path(settings, inst, year)
         old = read_year(path) if path.exists() else None
         merged, _, _ = merge_year(old, new)
         _write_year(path, merged)
+
+    # Parquet encoding releases the GIL: write the year files on every core.
+    workers = min(len(todo), os.cpu_count() or 1, 4)
+    if workers <= 1:
+        for item in todo:
+            write(item)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store") as pool:
+            list(pool.map(write, todo))
     return changed

@@ -1,0 +1,1117 @@
+"""Translator stage: raw bar exports in ``data/raw`` → the Parquet bar store (SPEC §2, §3).
+
+Run as ``python -m pipeline_core.translator [--root R] [--config C] [--run-id ID]``. It takes
+the files :func:`pipeline_core.rawfiles.scan_raw` calls ready (oldest first, so on an equal
+timestamp the newer file wins) and for each:
+
+1. rejects a zero-byte file, a name no parser accepts and an unconfigured symbol;
+2. hashes it; a file whose sha256 is already in ``data/state/manifest.jsonl`` is not
+   translated again, only archived (the stage says when it was ingested);
+3. parses it with pyarrow's streaming CSV reader (explicit column types; the file is cut at
+   line boundaries into pieces parsed on all cores; no Python loop over rows). Bad rows are
+   dropped and counted per rule; duplicates within the file: the last row wins;
+4. rejects the whole file when more than ``max_bad_row_fraction`` of its rows are bad, or when
+   its bar times are implausible in Chicago (a bar in the future, or more than 1 % of the bars
+   in the 16:00–16:59 break or on a Saturday: the input time zone is probably wrong);
+5. records the changed bar range (``state.record_changes``), then upserts the bars into the
+   store (each year file replaced atomically);
+6. only then appends the manifest record and archives (or deletes, or keeps) the raw file and
+   its export signal files.
+
+A rejected file is moved unchanged to ``data/raw/quarantine/`` with ``<name>.error.txt``
+beside it (file, line, rule); the others go on and the stage ends ``partial``. A crash at any
+point leaves each store file old or new; the raw file is still in place and a rerun completes
+the work without losing or doubling a bar.
+
+Stage protocol (:mod:`pipeline_core.protocol`): free-text lines for the operator; a
+``progress`` message per file (files done / total, and within a large file the bytes parsed);
+a ``metric`` per file (``data``: file, instrument, rows_in, rows_kept, dropped {rule: n},
+duplicates, first_bar, last_bar, seconds, mb_per_s, status); a ``warning`` per quarantined
+file, stale export and already-ingested file; and the ``result`` with ``counts``: files,
+translated, already_ingested, quarantined, errors, waiting, stale, rows_in, rows_kept,
+rows_dropped, duplicates, dropped_by_rule {rule: n}, instruments {symbol: rows_kept},
+bytes, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from pipeline_core import clock, state, store
+from pipeline_core.fsutil import fsync_dir, remove_stale_temp_files, write_bytes_atomic
+from pipeline_core.protocol import Reporter, stage_main
+from pipeline_core.rawfiles import RawFileError, parse_instrument, scan_raw, signal_files
+from pipeline_core.settings import CHICAGO, Settings
+from pipeline_core.store import to_arrow
+
+STAGE = "translator"
+
+# Bad-row rules, in the order a row is judged (a row counts once, under its first rule).
+RULES: dict[str, str] = {
+    "malformed": "wrong number of fields",
+    "time": "unparseable time",
+    "non_numeric": "non-numeric price or volume",
+    "nan": "NaN or infinite price or volume",
+    "high_low": "high < low",
+    "open_close": "open or close outside [low, high]",
+    "volume": "negative volume",
+}
+_RULE_CODE = {rule: i + 1 for i, rule in enumerate(RULES)}  # 0 = a good row
+
+PIECE_BYTES = 24 << 20  # a file is parsed in pieces of about this size, one per worker
+BLOCK_BYTES = 1 << 20  # pyarrow's block size within a piece (bounded memory per worker)
+FUTURE_SLACK_MS = 5 * 60_000
+SUSPECT_FRACTION = 0.01
+_DAY_MS = 86_400_000
+_MIN_MS = 60_000
+_PRICES = ("open", "high", "low", "close", "volume")
+_BOM = b"\xef\xbb\xbf"
+
+
+class FileRejected(Exception):
+    """A whole file refused: ``rule`` names the check, ``line`` the first offending line."""
+
+    def __init__(self, reason: str, rule: str, line: int | None = None) -> None:
+        self.reason, self.rule, self.line = reason, rule, line
+        super().__init__(reason)
+
+
+# --- the layout of a file ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to read one raw file: its form, separator, column names and time handling."""
+
+    form: str  # "exporter" (Date,Time header), "timestamp_utc", "ninjatrader" (no header)
+    delimiter: str
+    columns: tuple[str, ...]  # every field of a line, lower-case
+    header_lines: int
+    start: int  # byte offset of the first line (after a byte-order mark)
+    zone: str  # the zone of naive wall-clock times; "UTC" means none to convert
+    shift_ms: int  # added to parsed times: -60 s for bar-close stamps
+
+    @property
+    def fields(self) -> int:
+        return len(self.columns)
+
+
+def sniff(path: Path, name: str, settings: Settings) -> Layout:
+    """Decide the form of ``path`` from its first line (SPEC §2.1); FileRejected if none fits."""
+    with open(path, "rb") as fh:
+        head = fh.read(64 * 1024)
+    start = len(_BOM) if head.startswith(_BOM) else 0
+    first = head[start:].split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        text = first.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FileRejected(f"{name} line 1: not UTF-8 text", "format", 1) from None
+    zone = settings.timezone_for(name).key
+    lower = text.strip().lower()
+    if lower.startswith("timestamp_utc"):
+        cols = tuple(c.strip().lower() for c in text.split(","))
+        _require(name, cols, ("timestamp_utc", *_PRICES))
+        return Layout("timestamp_utc", ",", cols, 1, start, "UTC", 0)
+    if lower.startswith("date"):
+        cols = tuple(c.strip().lower() for c in text.split(","))
+        _require(name, cols, ("date", "time", *_PRICES))
+        return Layout("exporter", ",", cols, 1, start, zone, 0)
+    if len(text) > 16 and text[:8].isdigit() and text[8] == " " and text[9:15].isdigit():
+        sep = text[15]
+        if sep in ";,":
+            cols = ("stamp", *_PRICES)
+            # NinjaTrader stamps a bar with its close; the store keys bars by their open.
+            return Layout("ninjatrader", sep, cols, 0, start, zone, -_MIN_MS)
+    shown = text[:60] + ("…" if len(text) > 60 else "")
+    raise FileRejected(
+        f"{name} line 1: unrecognised first line {shown!r} (expected a Date,Time,… or "
+        "timestamp_utc,… header, or a NinjaTrader 'yyyyMMdd HHmmss;…' line)",
+        "format",
+        1,
+    )
+
+
+def _require(name: str, cols: tuple[str, ...], needed: tuple[str, ...]) -> None:
+    missing = [c for c in needed if c not in cols]
+    if missing:
+        raise FileRejected(f"{name} line 1: header lacks column(s) {', '.join(missing)}", "format", 1)
+
+
+# --- parsing one piece of a file ----------------------------------------------------------
+
+
+@dataclass
+class Piece:
+    """What the parse of one byte range of a file produced."""
+
+    index: int
+    rows_in: int = 0
+    malformed: int = 0
+    bad: dict[str, int] = field(default_factory=dict)
+    first_bad: dict[str, int] = field(default_factory=dict)  # rule -> row index within piece
+    # per Chicago year: list of good-row column chunks (ts_ms, open, high, low, close, volume)
+    years: dict[int, list[tuple[np.ndarray, ...]]] = field(default_factory=dict)
+    suspect: int = 0  # good bars in the daily break or on a Saturday
+    max_ts: int | None = None
+    ambiguous: int = 0
+
+
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks, pos = [], start
+        while pos < end:
+            data = os.pread(fd, min(end - pos, 64 << 20), pos)
+            if not data:
+                break
+            chunks.append(data)
+            pos += len(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def split_points(path: Path, start: int, size: int, piece_bytes: int = PIECE_BYTES) -> list[int]:
+    """Byte offsets cutting ``[start, size)`` into pieces that each begin at a line start."""
+    points = [start]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos = start + piece_bytes
+        while pos < size:
+            window = os.pread(fd, 1 << 16, pos)
+            nl = window.find(b"\n")
+            if nl < 0:
+                break  # a line longer than the window: let the piece run on
+            cut = pos + nl + 1
+            if cut >= size:
+                break
+            points.append(cut)
+            pos = cut + piece_bytes
+    finally:
+        os.close(fd)
+    points.append(size)
+    return points
+
+
+def _column_types(layout: Layout, tolerant: bool) -> dict[str, pa.DataType]:
+    if tolerant:
+        return {c: pa.string() for c in _used_columns(layout)}
+    types: dict[str, pa.DataType] = {c: pa.float64() for c in _PRICES}
+    if layout.form == "exporter":
+        types["date"] = pa.date32()
+        types["time"] = pa.time32("ms")
+    elif layout.form == "timestamp_utc":
+        types["timestamp_utc"] = pa.timestamp("ms", tz="UTC")
+    else:
+        types["stamp"] = pa.string()  # parsed with strptime below (faster than the CSV parser's)
+    return types
+
+
+def _used_columns(layout: Layout) -> list[str]:
+    times = {"exporter": ["date", "time"], "timestamp_utc": ["timestamp_utc"], "ninjatrader": ["stamp"]}
+    return times[layout.form] + list(_PRICES)
+
+
+_NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_NANLIKE_RE = r"(?i)^[+-]?(nan|inf|infinity)$"
+_DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
+_TIME_RE = r"^\d{2}:\d{2}:\d{2}(\.\d{1,9})?$"
+_STAMP_RE = r"^\d{8} \d{6}$"
+_ISO_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:?\d{2})$"
+
+
+def _np(arr: pa.Array, dtype: type) -> np.ndarray:
+    """The values buffer of a null-free fixed-width arrow array as a numpy view (no copy)."""
+    width = np.dtype(dtype).itemsize
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * width)
+
+
+def _numbers(col: pa.Array, tolerant: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A price column as float64 (and, in tolerant mode, the mask of non-numeric cells)."""
+    if not tolerant:
+        return _np(col, np.float64), None
+    s = pc.utf8_trim_whitespace(col)
+    ok = pc.or_(pc.match_substring_regex(s, _NUMBER_RE), pc.match_substring_regex(s, _NANLIKE_RE))
+    vals = pc.cast(pc.if_else(ok, s, "0"), pa.float64())
+    return vals.to_numpy(zero_copy_only=False), ~ok.to_numpy(zero_copy_only=False)
+
+
+def _times(batch: pa.RecordBatch, layout: Layout, tolerant: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The bar-open epoch ms of each row (before any zone conversion) and a mask of bad times."""
+    n = batch.num_rows
+    if layout.form == "exporter":
+        d, t = batch.column("date"), batch.column("time")
+        if not tolerant:
+            ts = _np(d, np.int32).astype(np.int64)
+            ts *= _DAY_MS
+            ts += _np(t, np.int32)
+            return ts, np.zeros(n, dtype=bool)
+        d, t = pc.utf8_trim_whitespace(d), pc.utf8_trim_whitespace(t)
+        ok = pc.and_(pc.match_substring_regex(d, _DATE_RE), pc.match_substring_regex(t, _TIME_RE))
+        whole = pc.utf8_slice_codeunits(t, 0, 8)
+        text = pc.binary_join_element_wise(d, whole, " ")
+        secs = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+        frac = pc.utf8_slice_codeunits(pc.if_else(ok, t, "00:00:00"), 9, 12)
+        frac_ms = pc.cast(pc.if_else(pc.equal(frac, ""), "0", pc.utf8_rpad(frac, 3, "0")), pa.int64())
+        good = pc.and_(ok, pc.is_valid(secs)).to_numpy(zero_copy_only=False)
+        base = pc.fill_null(secs.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        fr = frac_ms.to_numpy(zero_copy_only=False)
+        return base * 1000 + fr, ~good
+    if layout.form == "ninjatrader":
+        s = batch.column("stamp")
+        if tolerant:
+            s = pc.utf8_trim_whitespace(s)
+        secs = pc.strptime(s, format="%Y%m%d %H%M%S", unit="s", error_is_null=True)
+        good = pc.is_valid(secs)
+        if tolerant:
+            good = pc.and_(good, pc.match_substring_regex(s, _STAMP_RE))
+        base = pc.fill_null(secs.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        return base * 1000, ~good.to_numpy(zero_copy_only=False)
+    col = batch.column("timestamp_utc")
+    if not tolerant:
+        return _np(col, np.int64), np.zeros(n, dtype=bool)
+    s = pc.utf8_trim_whitespace(col)
+    ok = pc.match_substring_regex(s, _ISO_RE)
+    # a well-formed string can still name an impossible date or time: check them too
+    core = pc.replace_substring(pc.utf8_slice_codeunits(s, 0, 19), " ", "T")
+    moment = pc.strptime(core, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+    ok = pc.and_(ok, pc.is_valid(moment))
+    safe = pc.if_else(ok, s, "1970-01-01T00:00:00Z")
+    ts = pc.cast(safe, pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    return ts.to_numpy(zero_copy_only=False), ~ok.to_numpy(zero_copy_only=False)
+
+
+def _to_utc(local_ms: np.ndarray, zone: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Wall-clock ms in ``zone`` → epoch ms; also the mask of times that do not exist there.
+
+    A wall time that occurs twice (the autumn change) is read as the first occurrence; CME
+    markets are closed at those hours, so real bars never hit it (counted for the log).
+    """
+    naive = to_arrow(local_ms, pa.timestamp("ms"))
+    early = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="earliest")
+    late = pc.assume_timezone(naive, zone, ambiguous="latest", nonexistent="latest")
+    e = early.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    diff = late.cast(pa.int64()).to_numpy(zero_copy_only=False) - e
+    missing = (diff > 0) & (diff < 60_000)  # a skipped wall time: 'earliest' is 1 ms before
+    ambiguous = int(np.count_nonzero(diff >= 60_000))
+    return e, missing, ambiguous
+
+
+def _offset_ms(utc_ms: int) -> int:
+    return int(datetime.fromtimestamp(utc_ms / 1000, CHICAGO).utcoffset().total_seconds()) * 1000  # type: ignore[union-attr]
+
+
+def chicago_local(utc_ms: np.ndarray) -> np.ndarray:
+    """Chicago wall-clock ms (as if UTC) of each epoch-ms moment."""
+    lo, hi = int(utc_ms.min()), int(utc_ms.max())
+    # DST changes are months apart: a batch spanning under 30 days with the same offset at
+    # both ends has that offset throughout (the common case, and far cheaper).
+    if hi - lo < 30 * _DAY_MS:
+        off = _offset_ms(lo)
+        if off == _offset_ms(hi):
+            return utc_ms + off
+    arr = to_arrow(utc_ms, pa.timestamp("ms", tz="America/Chicago"))
+    return _np(pc.local_timestamp(arr), np.int64)
+
+
+def _year_of_days(days: np.ndarray) -> np.ndarray:
+    return days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
+
+
+def _judge(
+    batch: pa.RecordBatch, layout: Layout, tolerant: bool, piece: Piece, row0: int
+) -> None:
+    """Check and convert one record batch; good rows go into ``piece.years``."""
+    n = batch.num_rows
+    ts, bad_time = _times(batch, layout, tolerant)
+    cols, non_numeric = [], np.zeros(n, dtype=bool)
+    for c in _PRICES:
+        vals, nn = _numbers(batch.column(c), tolerant)
+        cols.append(vals)
+        if nn is not None:
+            non_numeric |= nn
+    o, h, lo, c_, v = cols
+    if layout.zone != "UTC":
+        ts, missing, amb = _to_utc(ts, layout.zone)
+        bad_time |= missing
+        piece.ambiguous += amb
+    if layout.shift_ms:
+        ts = ts + layout.shift_ms
+    piece.rows_in += n
+    # One pass for the common all-good batch: a NaN fails every comparison, and finite
+    # high, low and volume bound open and close.
+    good = (h >= lo) & (o >= lo) & (o <= h) & (c_ >= lo) & (c_ <= h) & (v >= 0)
+    good &= np.isfinite(h) & np.isfinite(lo) & np.isfinite(v) & ~bad_time
+    if tolerant:
+        good &= ~non_numeric
+    if not good.all():
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c_) & np.isfinite(v)
+            checks = (
+                ("time", bad_time),
+                ("non_numeric", non_numeric),
+                ("nan", ~finite),
+                ("high_low", h < lo),
+                ("open_close", (o < lo) | (o > h) | (c_ < lo) | (c_ > h)),
+                ("volume", v < 0),
+            )
+        code = np.zeros(n, dtype=np.uint8)
+        for rule, mask in reversed(checks):  # the first rule in order wins
+            if mask.any():
+                code[mask] = _RULE_CODE[rule]
+        for rule, k in _RULE_CODE.items():
+            hits = np.flatnonzero(code == k)
+            if len(hits):
+                piece.bad[rule] = piece.bad.get(rule, 0) + len(hits)
+                piece.first_bad.setdefault(rule, row0 + int(hits[0]))
+        ts, o, h, lo, c_, v = (a[good] for a in (ts, o, h, lo, c_, v))
+    if len(ts) == 0:
+        return
+    local = chicago_local(ts)
+    days = local // _DAY_MS
+    minute = (local - days * _DAY_MS) // _MIN_MS
+    suspect = ((minute >= 16 * 60) & (minute < 17 * 60)) | ((days + 3) % 7 == 5)  # 5 = Saturday
+    piece.suspect += int(np.count_nonzero(suspect))
+    top = int(ts.max())
+    piece.max_ts = top if piece.max_ts is None else max(piece.max_ts, top)
+    y_first, y_last = _year_of_days(np.array([days.min(), days.max()]))
+    if y_first == y_last:
+        piece.years.setdefault(int(y_first), []).append((ts, o, h, lo, c_, v))
+        return
+    years = _year_of_days(days)
+    for y in np.unique(years):
+        sel = years == y
+        piece.years.setdefault(int(y), []).append(tuple(a[sel] for a in (ts, o, h, lo, c_, v)))
+
+
+class _ConversionFailed(Exception):
+    """A cell the typed fast path could not convert: parse this piece tolerantly."""
+
+
+def parse_piece(
+    path: Path, layout: Layout, index: int, start: int, end: int, tolerant: bool = False
+) -> Piece:
+    """Parse bytes ``[start, end)`` of ``path`` (whole lines) with the streaming CSV reader.
+
+    The fast path converts with explicit column types; if any cell does not convert, the piece
+    is parsed again with string columns and checked cell by cell (vectorised), so every bad row
+    is found and counted by its rule.
+    """
+    if not tolerant:
+        try:
+            return _parse_piece(path, layout, index, start, end, tolerant=False)
+        except _ConversionFailed:
+            pass
+    return _parse_piece(path, layout, index, start, end, tolerant=True)
+
+
+def _parse_piece(
+    path: Path, layout: Layout, index: int, start: int, end: int, tolerant: bool
+) -> Piece:
+    piece = Piece(index)
+    data = _read_range(path, start, end)
+    skip = layout.header_lines if index == 0 else 0
+
+    def on_invalid(row: Any) -> str:
+        piece.malformed += 1
+        return "skip"
+
+    # The fast path has no handler: a Python callback makes pyarrow hold the GIL and would
+    # serialise the pieces. A line with a wrong field count fails it like a bad cell does.
+    parse_extra = {"invalid_row_handler": on_invalid} if tolerant else {}
+
+    reader = pacsv.open_csv(
+        pa.BufferReader(data),
+        read_options=pacsv.ReadOptions(
+            column_names=list(layout.columns),
+            skip_rows=skip,
+            block_size=BLOCK_BYTES,
+            use_threads=False,  # the pieces already run on every core
+        ),
+        parse_options=pacsv.ParseOptions(
+            delimiter=layout.delimiter, quote_char=False, **parse_extra
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=_column_types(layout, tolerant),
+            include_columns=_used_columns(layout),
+            null_values=[],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    row = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except pa.ArrowInvalid as exc:
+            if tolerant:
+                raise
+            raise _ConversionFailed(str(exc)) from None
+        _judge(batch, layout, tolerant, piece, row)
+        row += batch.num_rows
+    piece.rows_in += piece.malformed
+    if piece.malformed:
+        piece.bad["malformed"] = piece.bad.get("malformed", 0) + piece.malformed
+    return piece
+
+
+# --- locating rows in the file -------------------------------------------------------------
+
+
+def locate_lines(
+    path: Path, layout: Layout, data_rows: list[int], want_malformed: bool
+) -> tuple[dict[int, int], int | None]:
+    """Physical line numbers (1-based) of the given data-row indices, and of the first line
+    with a wrong field count.
+
+    Counts lines as pyarrow does: the header and blank lines are not data rows, a line with a
+    wrong number of fields was skipped. Vectorised over the bytes; reads only as far as needed.
+    """
+    want = sorted(set(data_rows))
+    found: dict[int, int] = {}
+    first_malformed: int | None = None
+    delim = ord(layout.delimiter)
+    line_no = 0  # lines completed so far
+    data_row = 0
+    pending = b""
+    with open(path, "rb") as fh:
+        fh.seek(layout.start)
+        while True:
+            chunk = fh.read(8 << 20)
+            buf = pending + chunk
+            if not chunk:
+                if not buf:
+                    break
+                buf += b"\n"
+            last_nl = buf.rfind(b"\n")
+            if last_nl < 0:
+                pending = buf
+                continue
+            body, pending = buf[: last_nl + 1], buf[last_nl + 1 :]
+            arr = np.frombuffer(body, dtype=np.uint8)
+            nl = np.flatnonzero(arr == 10)
+            starts = np.concatenate(([0], nl[:-1] + 1))
+            lengths = nl - starts
+            cr = (lengths > 0) & (arr[np.maximum(nl - 1, 0)] == 13)
+            lengths = lengths - cr
+            dcum = np.concatenate(([0], np.cumsum(arr == delim)))
+            fields = dcum[nl] - dcum[starts] + 1
+            numbers = line_no + 1 + np.arange(len(nl))
+            is_header = numbers <= layout.header_lines
+            blank = lengths == 0
+            malformed = ~blank & ~is_header & (fields != layout.fields)
+            is_data = ~blank & ~is_header & ~malformed
+            if want_malformed and first_malformed is None and malformed.any():
+                first_malformed = int(numbers[np.argmax(malformed)])
+            data_numbers = numbers[is_data]
+            lo, hi = data_row, data_row + len(data_numbers)
+            for r in want:
+                if lo <= r < hi and r not in found:
+                    found[r] = int(data_numbers[r - lo])
+            data_row = hi
+            line_no += len(nl)
+            done_rows = all(r in found for r in want)
+            if done_rows and (not want_malformed or first_malformed is not None):
+                break
+            if not chunk:
+                break
+    return found, first_malformed
+
+
+# --- translating one file --------------------------------------------------------------------
+
+
+@dataclass
+class FileResult:
+    name: str
+    instrument: str
+    size: int
+    sha256: str
+    rows_in: int = 0
+    rows_kept: int = 0
+    duplicates: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    first_lines: dict[str, int | None] = field(default_factory=dict)  # rule -> first bad line
+    first_bar: datetime | None = None
+    last_bar: datetime | None = None
+    changed: tuple[datetime, datetime] | None = None
+    form: str = ""
+    seconds: float = 0.0
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(8 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_file(
+    path: Path,
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    tolerant: bool = False,
+    piece_bytes: int = PIECE_BYTES,
+    on_piece: Callable[[int, int], None] | None = None,
+) -> tuple[Layout, list[Piece]]:
+    """Parse a raw file into pieces (no store access). Raises FileRejected for a refused file."""
+    name = path.name
+    size = path.stat().st_size
+    if size == 0:
+        raise FileRejected(f"{name}: zero-byte file (an export that wrote nothing)", "empty")
+    layout = sniff(path, name, settings)
+    points = split_points(path, layout.start, size, piece_bytes)
+    ranges = list(zip(points[:-1], points[1:], strict=True))
+    workers = workers or min(len(ranges), settings.effective_workers, 8)
+    done_bytes = 0
+
+    def run(i: int) -> Piece:
+        return parse_piece(path, layout, i, ranges[i][0], ranges[i][1], tolerant)
+
+    pieces: list[Piece] = []
+    if workers <= 1 or len(ranges) == 1:
+        for i in range(len(ranges)):
+            pieces.append(run(i))
+            done_bytes += ranges[i][1] - ranges[i][0]
+            if on_piece:
+                on_piece(done_bytes, size)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="translate") as pool:
+            for i, piece in enumerate(pool.map(run, range(len(ranges)))):
+                pieces.append(piece)
+                done_bytes += ranges[i][1] - ranges[i][0]
+                if on_piece:
+                    on_piece(done_bytes, size)
+    return layout, pieces
+
+
+def assemble(
+    path: Path,
+    settings: Settings,
+    instrument: str,
+    layout: Layout,
+    pieces: list[Piece],
+    result: FileResult,
+    now_ms: int,
+) -> dict[int, pa.Table]:
+    """Judge the parsed pieces as a whole; the bars per Chicago year, sorted and unique.
+
+    Fills ``result`` (counts, first bad line per rule, first/last bar); raises FileRejected
+    when the file has too many bad rows or implausible times.
+    """
+    name = path.name
+    rows_in = sum(p.rows_in for p in pieces)
+    dropped: dict[str, int] = {}
+    offsets = np.cumsum([0] + [p.rows_in - p.malformed for p in pieces])
+    first_rows: dict[str, int] = {}
+    for p, off in zip(pieces, offsets, strict=False):
+        for rule, n in p.bad.items():
+            dropped[rule] = dropped.get(rule, 0) + n
+        for rule, r in p.first_bad.items():
+            first_rows.setdefault(rule, int(off) + r)
+    result.rows_in = rows_in
+    result.dropped = {r: dropped[r] for r in RULES if r in dropped}
+    result.form = layout.form
+    bad = sum(dropped.values())
+    if bad:
+        lines, first_malformed = locate_lines(
+            path, layout, list(first_rows.values()), "malformed" in dropped
+        )
+        result.first_lines = {rule: lines.get(r) for rule, r in first_rows.items()}
+        if "malformed" in dropped:
+            result.first_lines["malformed"] = first_malformed
+        result.first_lines = {r: result.first_lines.get(r) for r in RULES if r in dropped}
+    if rows_in and bad / rows_in > settings.max_bad_row_fraction:
+        # name the first bad line of the file
+        first_rule = min(result.first_lines, key=lambda r: result.first_lines[r] or 1 << 62)
+        line = result.first_lines[first_rule]
+        detail = "; ".join(
+            f"{RULES[r]}: {n} row(s), first at line {result.first_lines.get(r)}"
+            for r, n in result.dropped.items()
+        )
+        raise FileRejected(
+            f"{name} line {line}: {RULES[first_rule]} — {bad} of {rows_in} rows are bad "
+            f"({bad / rows_in:.2%}, more than max_bad_row_fraction "
+            f"{settings.max_bad_row_fraction:.2%}); {detail}",
+            first_rule,
+            line,
+        )
+    good = rows_in - bad
+    suspect = sum(p.suspect for p in pieces)
+    max_ts = max((p.max_ts for p in pieces if p.max_ts is not None), default=None)
+    zone_note = f"input time zone {layout.zone}" if layout.form != "timestamp_utc" else "UTC stamps"
+    if max_ts is not None and max_ts > now_ms + FUTURE_SLACK_MS:
+        when = datetime.fromtimestamp(max_ts / 1000, CHICAGO)
+        raise FileRejected(
+            f"{name}: implausible times — a bar at {when:%Y-%m-%d %H:%M %Z} is in the future "
+            f"({zone_note}; is the time zone setting right?)",
+            "future_bar",
+        )
+    if good and suspect / good > SUSPECT_FRACTION:
+        raise FileRejected(
+            f"{name}: implausible times — {suspect} of {good} bars ({suspect / good:.1%}) fall "
+            f"in the 16:00–16:59 Chicago break or on a Saturday ({zone_note}; is the time "
+            "zone setting right?)",
+            "suspect_times",
+        )
+    years: dict[int, pa.Table] = {}
+    duplicates = 0
+    all_years = sorted({y for p in pieces for y in p.years})
+    for y in all_years:
+        chunks = [c for p in pieces for c in p.years.pop(y, [])]
+        table, dups = _year_table(chunks, instrument)
+        duplicates += dups
+        years[y] = table
+    result.duplicates = duplicates
+    result.rows_kept = sum(t.num_rows for t in years.values())
+    if years:
+        first_t, last_t = years[all_years[0]], years[all_years[-1]]
+        result.first_bar = first_t.column("timestamp")[0].as_py()
+        result.last_bar = last_t.column("timestamp")[-1].as_py()
+    return years
+
+
+def _year_table(chunks: list[tuple[np.ndarray, ...]], instrument: str) -> tuple[pa.Table, int]:
+    """One year's bars as a store table, sorted, one bar per timestamp (the last one in the
+    file wins); also the number of duplicates dropped."""
+    ts = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+    n = len(ts)
+    order = None
+    dups = 0
+    if n > 1 and not bool(np.all(ts[1:] > ts[:-1])):
+        order = np.argsort(ts, kind="stable")
+        s = ts[order]
+        keep = np.ones(n, dtype=bool)
+        keep[:-1] = s[1:] != s[:-1]  # the stable sort keeps file order: keep the last of a run
+        order = order[keep]
+        dups = n - len(order)
+    cols: dict[str, Any] = {}
+    if order is None:
+        cols["timestamp"] = pa.chunked_array(
+            [to_arrow(c[0], store.TIMESTAMP_TYPE) for c in chunks], store.TIMESTAMP_TYPE
+        )
+        for i, name in enumerate(_PRICES, start=1):
+            cols[name] = pa.chunked_array([to_arrow(c[i], pa.float64()) for c in chunks], pa.float64())
+    else:
+        cols["timestamp"] = to_arrow(ts[order], store.TIMESTAMP_TYPE)
+        for i, name in enumerate(_PRICES, start=1):
+            full = np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
+            cols[name] = to_arrow(full[order], pa.float64())
+    rows = len(ts) if order is None else len(order)
+    cols["instrument"] = pa.repeat(pa.scalar(instrument, pa.string()), rows)
+    return pa.table(cols, schema=store.SCHEMA), dups
+
+
+# --- the manifest -----------------------------------------------------------------------------
+
+
+def read_manifest(settings: Settings) -> list[dict[str, Any]]:
+    """The manifest records (a partial last line, from a crash mid-append, is skipped)."""
+    path = state.manifest_path(settings)
+    out = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def append_manifest(settings: Settings, record: dict[str, Any]) -> None:
+    """Append one record durably (one whole line, fsynced)."""
+    path = state.manifest_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=False) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        # a crash may have left a partial last line: start on a fresh one
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- moving raw files -------------------------------------------------------------------------
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/<stem>-N<suffix>`` if that is taken."""
+    dest = folder / name
+    if not dest.exists() and not (folder / f"{name}.error.txt").exists():
+        return dest
+    stem, dot, suffix = name.partition(".")
+    n = 2
+    while True:
+        cand = folder / f"{stem}-{n}{dot}{suffix}"
+        if not cand.exists() and not (folder / f"{cand.name}.error.txt").exists():
+            return cand
+        n += 1
+
+
+def _move(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dest)
+    fsync_dir(dest.parent)
+
+
+def quarantine(settings: Settings, path: Path, exc: FileRejected, run_id: str | None) -> Path:
+    """Move a rejected file unchanged to ``data/raw/quarantine`` with ``<name>.error.txt``."""
+    qdir = settings.quarantine_dir
+    qdir.mkdir(parents=True, exist_ok=True)
+    dest = _free_name(qdir, path.name)
+    text = (
+        f"file: {path.name}\n"
+        f"rejected_at: {clock.iso_now()}\n"
+        f"run_id: {run_id or '-'}\n"
+        f"rule: {exc.rule}\n"
+        f"line: {exc.line if exc.line is not None else '-'}\n"
+        f"reason: {exc.reason}\n"
+    )
+    write_bytes_atomic(qdir / f"{dest.name}.error.txt", text.encode("utf-8"))
+    _move(path, dest)
+    for sig in signal_files(settings, path.name):
+        _move(sig, qdir / "logs" / sig.name)
+    return dest
+
+
+def dispose(settings: Settings, path: Path) -> Path | None:
+    """Archive, delete or keep a translated raw file (``raw_policy``), with its signal files.
+
+    Returns the archive path (None when deleted or kept).
+    """
+    policy = settings.raw_policy
+    if policy == "keep":
+        return None
+    signals = signal_files(settings, path.name)
+    if policy == "delete":
+        for p in (path, *signals):
+            p.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+        return None
+    day = settings.archive_dir / clock.now().strftime("%Y-%m-%d")
+    dest = _free_name(day, path.name)
+    _move(path, dest)
+    for sig in signals:
+        _move(sig, _free_name(day / "logs", sig.name))
+    return dest
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(CHICAGO).isoformat() if dt is not None else None
+
+
+@dataclass
+class Ingested:
+    """What the manifest says was ingested: the first record per sha256, and the file sizes."""
+
+    by_sha: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sizes: set[int] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, settings: Settings) -> Ingested:
+        out = cls()
+        for rec in read_manifest(settings):
+            if rec.get("status", "ingested") == "ingested" and rec.get("sha256"):
+                out.add(rec)
+        return out
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.by_sha.setdefault(rec["sha256"], rec)
+        if isinstance(rec.get("size"), int):
+            self.sizes.add(rec["size"])
+
+
+def translate_file(
+    path: Path,
+    settings: Settings,
+    rep: Reporter,
+    ingested: Ingested,
+    run_id: str | None,
+    *,
+    now_ms: int | None = None,
+) -> tuple[str, FileResult | None, Any]:
+    """Translate one ready raw file. Returns ``(outcome, result, extra)`` with outcome
+    ``translated``, ``already_ingested`` (extra: the earlier manifest record) or
+    ``quarantined`` (extra: the FileRejected)."""
+    name = path.name
+    t0 = time.perf_counter()
+    st = path.stat()
+    try:
+        if st.st_size == 0:
+            raise FileRejected(f"{name}: zero-byte file (an export that wrote nothing)", "empty")
+        try:
+            instrument = parse_instrument(name, settings)
+        except RawFileError as exc:
+            raise FileRejected(f"{name}: {exc.reason}", "file_name") from None
+        hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        try:
+            # Only a file of a size already in the manifest can be a copy of an ingested one:
+            # hash it before parsing. Any other file is hashed while it is parsed.
+            pending = hasher.submit(sha256_file, path)
+            if st.st_size in ingested.sizes:
+                layout_pieces = None
+            else:
+                layout_pieces = _parse(path, settings, rep, name)
+            digest = pending.result()
+        finally:
+            hasher.shutdown(wait=True)
+        earlier = ingested.by_sha.get(digest)
+        if earlier is not None:
+            if settings.raw_policy == "keep":
+                append_manifest(
+                    settings,
+                    {
+                        "name": name,
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                        "sha256": digest,
+                        "status": "already_ingested",
+                        "ingested_at": clock.iso_now(),
+                        "first_ingested_at": earlier.get("ingested_at"),
+                        "run_id": run_id,
+                    },
+                )
+            dispose(settings, path)
+            return "already_ingested", None, earlier
+        result = FileResult(name, instrument, st.st_size, digest)
+        layout, pieces = layout_pieces or _parse(path, settings, rep, name)
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        years = assemble(path, settings, instrument, layout, pieces, result, now_ms)
+    except FileRejected as exc:
+        quarantine(settings, path, exc, run_id)
+        return "quarantined", None, exc
+    del pieces
+
+    def record(first: datetime, last: datetime) -> None:
+        # durable before the store changes, so a crash cannot lose the analyzer's pending work
+        state.record_changes(settings, instrument, first, last)
+
+    result.changed = store.upsert_years(settings, instrument, list(years.items()), before_write=record)
+    years.clear()
+    result.seconds = time.perf_counter() - t0
+    append_manifest(
+        settings,
+        {
+            "name": name,
+            "size": st.st_size,
+            "mtime": datetime.fromtimestamp(st.st_mtime, CHICAGO).isoformat(),
+            "mtime_ns": st.st_mtime_ns,
+            "sha256": digest,
+            "status": "ingested",
+            "form": result.form,
+            "instrument": instrument,
+            "rows_in": result.rows_in,
+            "rows_kept": result.rows_kept,
+            "dropped": result.dropped,
+            "duplicates": result.duplicates,
+            "first_bar": _iso(result.first_bar),
+            "last_bar": _iso(result.last_bar),
+            "changed_first": _iso(result.changed[0]) if result.changed else None,
+            "changed_last": _iso(result.changed[1]) if result.changed else None,
+            "ingested_at": clock.iso_now(),
+            "run_id": run_id,
+        },
+    )
+    dispose(settings, path)
+    return "translated", result, None
+
+
+def _parse(path: Path, settings: Settings, rep: Reporter, name: str) -> tuple[Layout, list[Piece]]:
+    """parse_file with a progress message every few seconds for a large file."""
+    last_report = [time.monotonic()]
+
+    def on_piece(done: int, total: int) -> None:
+        if time.monotonic() - last_report[0] >= 2.0 and done < total:
+            last_report[0] = time.monotonic()
+            rep.progress(
+                done, total, f"{name}: {done / 1e6:.0f} of {total / 1e6:.0f} MB parsed",
+                unit="bytes", file=name,
+            )
+
+    return parse_file(path, settings, on_piece=on_piece)
+
+
+def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
+    """The translator stage: translate every ready raw file; report and return the status."""
+    t_start = time.perf_counter()
+    settings.ensure_dirs()
+    cleaned = remove_stale_temp_files(settings.processed_dir)
+    if cleaned:
+        rep.say(f"removed {cleaned} temporary file(s) left in the store by an interrupted write")
+    scan = scan_raw(settings)
+    files = scan.ready
+    counts: dict[str, Any] = {
+        "files": len(files),
+        "translated": 0,
+        "already_ingested": 0,
+        "quarantined": 0,
+        "errors": 0,
+        "waiting": len(scan.waiting),
+        "stale": len(scan.stale),
+        "rows_in": 0,
+        "rows_kept": 0,
+        "rows_dropped": 0,
+        "duplicates": 0,
+        "dropped_by_rule": {},
+        "instruments": {},
+        "bytes": 0,
+        "seconds": 0.0,
+    }
+    for p in scan.waiting:
+        rep.say(f"waiting: {p.name} is still being written")
+    for p in scan.stale:
+        rep.warning(
+            f"{p.name}: its export never completed (progress file older than "
+            f"{settings.export_stale_seconds:g} s); translating it as it is",
+            file=p.name,
+        )
+    if not files:
+        msg = "no raw files ready" + (f" ({len(scan.waiting)} still being written)" if scan.waiting else "")
+        rep.say(msg)
+        rep.result("success", msg, counts)
+        return "success"
+    ingested = Ingested.load(settings)
+    rep.say(f"translating {len(files)} raw file(s) into {settings.processed_dir}")
+    errors: list[str] = []
+    for i, path in enumerate(files):
+        rep.progress(i, len(files), f"translating {path.name}", file=path.name)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            rep.say(f"{path.name}: gone before it was translated; skipped")
+            continue
+        try:
+            outcome, res, extra = translate_file(path, settings, rep, ingested, args.run_id)
+        except Exception as exc:  # one file's unexpected failure must not stop the others
+            counts["errors"] += 1
+            errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
+            rep.say(traceback.format_exc())
+            rep.warning(f"{path.name}: translation failed: {exc}; the file stays in data/raw", file=path.name)
+            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
+            continue
+        counts["bytes"] += size
+        if outcome == "quarantined":
+            counts["quarantined"] += 1
+            rep.warning(f"quarantined {path.name}: {extra.reason}", file=path.name, rule=extra.rule, line=extra.line)
+            rep.metric(
+                f"{path.name}: quarantined ({extra.rule})",
+                file=path.name,
+                status="quarantined",
+                rule=extra.rule,
+                line=extra.line,
+                reason=extra.reason,
+            )
+        elif outcome == "already_ingested":
+            counts["already_ingested"] += 1
+            when = extra.get("ingested_at", "?")
+            rep.warning(f"{path.name}: already ingested at {when} (same sha256); not translated again", file=path.name, ingested_at=when)
+            rep.metric(f"{path.name}: already ingested at {when}", file=path.name, status="already_ingested", ingested_at=when)
+        else:
+            assert res is not None
+            counts["translated"] += 1
+            ingested.add({"sha256": res.sha256, "size": res.size, "ingested_at": clock.iso_now()})
+            _count_file(counts, res)
+            mb_s = res.size / 1e6 / res.seconds if res.seconds > 0 else 0.0
+            dropped = ", ".join(f"{RULES[r]} {n} (first at line {res.first_lines.get(r)})" for r, n in res.dropped.items())
+            rep.say(
+                f"{res.name}: {res.instrument} {res.rows_kept} bars kept of {res.rows_in} rows"
+                + (f"; dropped {dropped}" if dropped else "")
+                + (f"; {res.duplicates} duplicate timestamp(s), last kept" if res.duplicates else "")
+                + (f"; {res.first_bar:%Y-%m-%d %H:%M} to {res.last_bar:%Y-%m-%d %H:%M} Chicago" if res.first_bar and res.last_bar else "")
+                + f"; {res.size / 1e6:.1f} MB in {res.seconds:.2f} s ({mb_s:.0f} MB/s)"
+            )
+            rep.metric(
+                f"{res.name}: {res.rows_kept} bars kept",
+                file=res.name,
+                status="translated",
+                instrument=res.instrument,
+                form=res.form,
+                rows_in=res.rows_in,
+                rows_kept=res.rows_kept,
+                dropped=res.dropped,
+                first_bad_line=res.first_lines,
+                duplicates=res.duplicates,
+                first_bar=_iso(res.first_bar),
+                last_bar=_iso(res.last_bar),
+                changed_first=_iso(res.changed[0]) if res.changed else None,
+                changed_last=_iso(res.changed[1]) if res.changed else None,
+                seconds=round(res.seconds, 3),
+                mb_per_s=round(mb_s, 1),
+            )
+    rep.progress(len(files), len(files), "all files done")
+    counts["seconds"] = round(time.perf_counter() - t_start, 3)
+    summary = (
+        f"{counts['translated']} file(s) translated, {counts['rows_kept']} bars kept"
+        + (f", {counts['rows_dropped']} bad rows dropped" if counts["rows_dropped"] else "")
+        + (f", {counts['already_ingested']} already ingested" if counts["already_ingested"] else "")
+        + (f", {counts['quarantined']} quarantined" if counts["quarantined"] else "")
+        + (f", {counts['errors']} failed" if counts["errors"] else "")
+    )
+    rep.say(summary)
+    if counts["errors"]:
+        rep.result("failure", summary, counts, error="; ".join(errors))
+        return "failure"
+    status = "partial" if counts["quarantined"] else "success"
+    rep.result(status, summary, counts)
+    return status
+
+
+def _count_file(counts: dict[str, Any], res: FileResult) -> None:
+    counts["rows_in"] += res.rows_in
+    counts["rows_kept"] += res.rows_kept
+    counts["rows_dropped"] += sum(res.dropped.values())
+    counts["duplicates"] += res.duplicates
+    for rule, n in res.dropped.items():
+        counts["dropped_by_rule"][rule] = counts["dropped_by_rule"].get(rule, 0) + n
+    inst = counts["instruments"]
+    inst[res.instrument] = inst.get(res.instrument, 0) + res.rows_kept
+
+
+def _build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Translate ready raw exports in data/raw into the Parquet bar store."
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(STAGE, _build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
