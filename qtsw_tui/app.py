@@ -111,7 +111,7 @@ class QtswApp(App[int]):
         self.snapshot: EngineSnapshot | None = None
         self.serve_worker: Worker[None] | None = None
         self.closing = False
-        self.notified: list[tuple[str, str]] = []  # (severity, text) of failure notifications
+        self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
         self.exit_code = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._events: deque[Event] = deque(maxlen=EVENT_CAPACITY)
@@ -207,7 +207,9 @@ class QtswApp(App[int]):
                 buf = self._lines.get(message.stage)
                 if buf is not None:
                     line = message.line if len(message.line) <= LINE_CHARS else message.line[:LINE_CHARS] + " …"
-                    buf.append(f"{message.instrument} │ {line}" if message.instrument else line)
+                    inst = message.instrument
+                    # the analyzer's processes share a pane: say whose line it is (once)
+                    buf.append(f"{inst} │ {line}" if inst and not line.startswith(inst) else line)
                     self.received["lines"] += 1
             elif isinstance(message, EventMessage):
                 ev = message.event
@@ -250,14 +252,15 @@ class QtswApp(App[int]):
             if ev.stage == "pipeline":
                 status = str(ev.data.get("status") or "failure")
                 severity = "warning" if status == "partial" else "error"
-                text = f"Run {short_id(ev.run_id)} ended {status}: {error}"
-                title = "Run " + status
+                text = error if status in error else f"Run ended {status}: {error}"
+                title = f"Run {short_id(ev.run_id)} {status}"
             else:
-                who = ev.stage + (f" {ev.data['instrument']}" if ev.data.get("instrument") else "")
-                severity = "error"
-                text = f"{who} failed: {error}"
-                title = f"{ev.stage.title()} failed"
-            self.notified.append((severity, text))
+                # a stage's terminal failure event also reports `partial` (data.status)
+                partial = ev.data.get("status") == "partial"
+                severity = "warning" if partial else "error"
+                text = f"{ev.stage} {'partial' if partial else 'failed'}: {error}" if error not in ev.msg else error
+                title = f"{ev.stage.title()} {'partial' if partial else 'failed'}"
+            self.notified.append((severity, title, text))
             self.notify(text, title=title, severity=severity, timeout=20, markup=False)
 
     def refresh_status(self) -> None:

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from pipeline_core import history
 from pipeline_core.settings import Settings
+from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.format import clock_time, duration, run_seconds, short_id, state_mark
 
 HISTORY_LIMIT = 1000
@@ -88,7 +89,8 @@ class HistoryScreen(Screen[None]):
                 stages_cell(r.get("stages")),
                 key=f"{r.get('run_id', '')}#{i}",
             )
-        note = f"{len(self.runs)} runs" if self.runs else "no runs yet"
+        n = len(self.runs)
+        note = f"{n} run{'s' if n != 1 else ''}" if n else "no runs yet"
         if len(runs) >= HISTORY_LIMIT:
             note += f" (the newest {HISTORY_LIMIT})"
         self.query_one("#history-status", Static).update(f"{note} · Enter: details · Esc: back")
@@ -96,8 +98,6 @@ class HistoryScreen(Screen[None]):
 
     @on(DataTable.RowSelected, "#history-table")
     def _open(self, message: DataTable.RowSelected) -> None:
-        from qtsw_tui.screens.run_detail import RunDetailScreen
-
         idx = message.cursor_row
         if 0 <= idx < len(self.runs):
             self.app.push_screen(RunDetailScreen(self.settings, self.runs[idx]))

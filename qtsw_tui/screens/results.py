@@ -108,12 +108,10 @@ class ResultsScreen(Screen[None]):
         table = self.query_one("#results-table", DataTable)
         table.clear()
         tot_counts = dict.fromkeys(RESULT_COLUMNS, 0)
-        tot_profit = 0.0
         for s in rows:
             counts = dict(s.counts)
             for name in RESULT_COLUMNS:
                 tot_counts[name] += int(counts.get(name, 0))
-            tot_profit += float(s.profit)
             table.add_row(
                 s.stream,
                 *(Text(str(counts.get(name, 0)), justify="right") for name in RESULT_COLUMNS),
@@ -127,5 +125,5 @@ class ResultsScreen(Screen[None]):
         self.query_one("#results-status", Static).update(
             f"{month_label(*month)}: {streams} streams · "
             + " · ".join(f"{n} {k}" for k, n in tot_counts.items())
-            + f" · profit {tot_profit:+,.2f} pts · Prov = provisional rows · [ ] month"
+            + " · profit in points · Prov = provisional rows · [ ] month"
         )

@@ -17,6 +17,7 @@ from textual.widgets import Footer, Log, Select, Static, TabbedContent, TabPane
 
 from pipeline_core import history
 from pipeline_core.events import Event
+from pipeline_core.runstate import STAGE_NAMES
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.event_table import EventsPanel
 from qtsw_tui.widgets.format import clock_time, duration, parse_time, run_seconds, state_mark
@@ -62,35 +63,50 @@ def counts_text(counts: dict[str, Any] | None) -> str:
     return " ".join(parts)
 
 
+def _detail(info: dict[str, Any], counts: bool = True) -> Text:
+    """A stage's message, counts (dim), skip reason and error (red), one per line."""
+    parts: list[Text] = []
+    if info.get("msg"):
+        parts.append(Text(str(info["msg"])))
+    if counts and info.get("counts"):
+        parts.append(Text(counts_text(info.get("counts")), style="dim"))
+    if info.get("reason"):
+        parts.append(Text(str(info["reason"]), style="dim"))
+    if info.get("error") and info.get("error") != info.get("msg"):
+        parts.append(Text(str(info["error"]), style="bold red"))
+    return Text("\n").join(parts)
+
+
 def stages_table(record: dict[str, Any], report: dict[str, Any] | None) -> Table:
-    """Stage, status, duration, counts and error of each stage (the report, else the runs line)."""
+    """Stage, status, duration and message/counts/error of each stage (the report, else the runs line).
+
+    The analyzer's instruments follow it, one line each.
+    """
     table = Table(expand=True, box=None, padding=(0, 1), show_edge=False)
     table.add_column("Stage", style="bold", no_wrap=True)
     table.add_column("Status", no_wrap=True)
     table.add_column("Time", no_wrap=True, justify="right")
-    table.add_column("Counts / error", ratio=1)
-    stages: dict[str, Any] = dict((report or {}).get("stages") or {})
+    table.add_column("Result / counts / error", ratio=1)
+    found: dict[str, Any] = dict((report or {}).get("stages") or {})
     for name, status in (record.get("stages") or {}).items():
-        stages.setdefault(name, {"status": status})
-    for name, info in stages.items():
-        info = info if isinstance(info, dict) else {"status": info}
+        found.setdefault(name, {"status": status})
+    order = [n for n in STAGE_NAMES if n in found] + [n for n in found if n not in STAGE_NAMES]
+    for name in order:
+        info = found[name] if isinstance(found[name], dict) else {"status": found[name]}
         status = info.get("status")
         mark, style = state_mark(status)
-        detail = Text(counts_text(info.get("counts")))
-        if info.get("error"):
-            if detail:
-                detail.append("\n")
-            detail.append(str(info["error"]), style="bold red")
-        if info.get("reason"):
-            if detail:
-                detail.append("\n")
-            detail.append(str(info["reason"]), style="dim")
         table.add_row(
-            name,
-            Text(f"{mark} {status or '?'}", style=style),
-            duration(info.get("duration_seconds")),
-            detail,
+            name, Text(f"{mark} {status or '?'}", style=style), duration(info.get("duration_seconds")), _detail(info)
         )
+        for inst, sub in sorted((info.get("instruments") or {}).items()):
+            sub = sub if isinstance(sub, dict) else {"status": sub}
+            imark, istyle = state_mark(sub.get("status"))
+            table.add_row(
+                Text(f"  {inst}", style="not bold"),
+                Text(f"{imark} {sub.get('status') or '?'}", style=istyle),
+                duration(sub.get("duration_seconds")),
+                _detail(sub, counts=False),
+            )
     return table
 
 

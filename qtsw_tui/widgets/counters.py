@@ -97,8 +97,8 @@ def read_counters(settings: Settings, now: float | None = None) -> Counters:
     )
 
 
-def counters_text(c: Counters) -> Text:
-    """The counters panel's text."""
+def counters_text(c: Counters, width: int = 32) -> Text:
+    """The counters panel's text, its stream list wrapped at ``width`` columns."""
     t = Text()
 
     def row(label: str) -> None:
@@ -108,7 +108,7 @@ def counters_text(c: Counters) -> Text:
 
     row("Raw")
     t.append(f"{c.raw_ready} ready", style="bold" if c.raw_ready else "")
-    t.append(f" · {len(c.exporting)} exporting")
+    t.append(f" · {sum(1 for e in c.exporting if not e.get('stale'))} exporting")
     if c.raw_waiting:
         t.append(f" · {c.raw_waiting} waiting")
     if c.raw_stale:
@@ -119,7 +119,17 @@ def counters_text(c: Counters) -> Text:
     t.append(f"{c.pending_analysis} analysis · {c.pending_merges} merge")
     row("Monthly")
     if c.monthly:
-        t.append(" ".join(f"{s}:{n}" for s, n in c.monthly.items()))
+        files = sum(c.monthly.values())
+        t.append(f"{files} file{'s' if files != 1 else ''} · {len(c.monthly)} streams")
+        # streams with their file counts, wrapped under the value column
+        line = ""
+        for token in (f"{s} {n}" for s, n in c.monthly.items()):
+            if line and 9 + len(line) + 2 + len(token) > width:
+                t.append("\n" + " " * 9 + line, style="dim")
+                line = ""
+            line = f"{line}  {token}" if line else token
+        if line:
+            t.append("\n" + " " * 9 + line, style="dim")
     else:
         t.append("none yet", style="dim")
     for exp in c.exporting:
@@ -134,7 +144,10 @@ def counters_text(c: Counters) -> Text:
             t.append(f" {float(mb):.1f} MB")
         last = exp.get("lastBarTime") or exp.get("lastUpdateTime")
         if last:
-            t.append(f" {clock_time(last, '%m-%d %H:%M')}", style="dim")
+            shown = clock_time(last, "%m-%d %H:%M")
+            t.append(f" {shown if shown != '-' else last}", style="dim")
+        if exp.get("stale"):
+            t.append(" stale", style="bold yellow")
     for p in c.problems:
         row("!")
         t.append(p, style="bold red")
@@ -148,4 +161,8 @@ class CountersPanel(Static):
 
     def show(self, c: Counters) -> None:
         self.counters = c
-        self.update(counters_text(c))
+        self.update(counters_text(c, max(20, self.content_size.width or 32)))
+
+    def on_resize(self) -> None:
+        if self.counters is not None:
+            self.update(counters_text(self.counters, max(20, self.content_size.width or 32)))

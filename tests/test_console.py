@@ -1,0 +1,576 @@
+"""The operator console, driven with Textual's Pilot against a real engine on a temp data root.
+
+Every app here is built by ``build_app`` (what the command line runs) over a real
+:class:`Engine` whose stages are the real subprocesses, on sample exports written by
+``pipeline_core.sample``. Waits poll a condition with a deadline; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import time
+from collections.abc import Callable
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from rich.console import Console
+from textual.app import App
+from textual.widgets import DataTable, Input, Select
+
+from pipeline_core import history
+from pipeline_core.engine import Engine
+from pipeline_core.events import STAGES, Event
+from pipeline_core.runstate import OutputMessage
+from pipeline_core.sample import write_export_signal, write_samples
+from pipeline_core.settings import CHICAGO, Settings, load_settings
+from qtsw_tui.app import QtswApp, build_app
+from qtsw_tui.screens.confirm import ConfirmScreen
+from qtsw_tui.screens.help import HelpScreen
+from qtsw_tui.screens.history import HistoryScreen
+from qtsw_tui.screens.results import ResultsScreen
+from qtsw_tui.screens.run_detail import RunDetailScreen, read_tail
+from qtsw_tui.widgets.counters import counters_text, read_counters
+from qtsw_tui.widgets.event_table import (
+    EventFilter,
+    EventsPanel,
+    EventStore,
+    event_key,
+    newest_matching,
+)
+from qtsw_tui.widgets.format import countdown, duration, size
+from qtsw_tui.widgets.header import StatusHeader
+from qtsw_tui.widgets.progress import InstrumentProgressList
+from qtsw_tui.widgets.stage_pane import StagePane
+
+pytestmark = pytest.mark.anyio
+
+SAMPLE_END = date(2025, 11, 26)
+SIZE = (80, 24)
+DEADLINE = 60.0
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # Textual runs on asyncio
+
+
+def make_settings(root: Path, **overrides) -> Settings:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
+    s = load_settings(root=root, env=env, overrides=overrides or None)
+    s.ensure_dirs()
+    return s
+
+
+def sample_root(root: Path, days: int = 3, instruments: list[str] | None = None, **overrides) -> Settings:
+    s = make_settings(root, **overrides)
+    write_samples(s, days=days, instruments=instruments or ["ES", "NQ", "CL"], end=SAMPLE_END)
+    return s
+
+
+async def wait_for(pilot, cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    """Let the app run until ``cond()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            app = pilot.app
+            snap = app.engine.snapshot()
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what}; busy={app.engine.busy} "
+                f"last_run={snap.last_run} notified={getattr(app, 'notified', None)}"
+            )
+        await pilot.pause(0.05)
+
+
+def header_text(app: QtswApp) -> str:
+    return str(app.query_one("#header", StatusHeader).render())
+
+
+def shown_text(widget, width: int = 100) -> str:
+    """What a Static shows, as plain text (Rich renderables rendered at ``width``)."""
+    content = widget.content
+    if isinstance(content, str):
+        return content
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(content)
+    return console.export_text()
+
+
+def table_rows(table: DataTable) -> list[list[str]]:
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def stage_processes(root: Path) -> list[int]:
+    """Pids of live processes whose command line names this data root (the stage processes)."""
+    needle = str(root).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if needle in cmd and ") Z " not in stat:
+            pids.append(int(entry))
+    return pids
+
+
+async def run_and_wait(pilot, key: str, n_runs_before: int, what: str) -> dict:
+    """Press ``key`` and wait until a new run is recorded and the console shows it ended."""
+    app: QtswApp = pilot.app
+    await pilot.press(key)
+    await wait_for(
+        pilot,
+        lambda: len(history.read_runs(app.settings)) > n_runs_before and not app.engine.busy,
+        what,
+    )
+    run = history.read_runs(app.settings)[-1]
+    # the terminal pipeline event has reached the event table through the batched feed
+    await wait_for(
+        pilot,
+        lambda: any(
+            e.run_id == run["run_id"] and e.stage == "pipeline" and e.is_terminal
+            for e in app.query_one("#events", EventsPanel).store._events
+        ),
+        f"the end of run {run['run_id'][:8]} in the event table",
+    )
+    return run
+
+
+def ev(seq: int, stage: str = "analyzer", event: str = "log", msg: str = "", run_id: str = "r1", **data) -> Event:
+    return Event(run_id, stage, event, msg, data, f"2025-12-01T10:00:{seq % 60:02d}-06:00", seq)
+
+
+# --- plain functions ----------------------------------------------------------------------------
+
+
+def test_formats_read_as_an_operator_expects():
+    assert duration(None) == "-"
+    assert duration(42.9) == "42s"
+    assert duration(187) == "3:07"
+    assert duration(3723) == "1:02:03"
+    assert countdown(775) == "12:55"
+    assert countdown(-5) == "00:00"
+    assert size(0) == "0 B"
+    assert size(12_900_000) == "12.3 MB"
+
+
+def test_filter_query_parses_stages_types_and_words():
+    f = EventFilter.parse("analyzer event:failure,cancelled ES timeout")
+    assert f.stages == {"analyzer"}
+    assert f.events == {"failure", "cancelled"}
+    assert f.words == ("es", "timeout")
+    assert f.matches(ev(1, "analyzer", "failure", "ES timeout after 6 h"))
+    assert not f.matches(ev(2, "analyzer", "failure", "NQ exit code 1"))
+    assert not f.matches(ev(3, "merger", "failure", "ES timeout"))
+    # verbose off hides progress/metric/plain log, but never a warning
+    quiet = EventFilter.parse("")
+    assert not quiet.matches(ev(4, event="progress"))
+    assert not quiet.matches(ev(5, event="log", level="info"))
+    assert quiet.matches(ev(6, event="log", level="warning"))
+    assert EventFilter.parse("", verbose=True).matches(ev(7, event="progress"))
+    # asking for a verbose type by name shows it even with verbose off
+    assert EventFilter.parse("progress").matches(ev(8, event="progress"))
+
+
+events_st = st.lists(
+    st.builds(
+        lambda i, stage, event, word, level: ev(i, stage, event, f"msg {word}", level=level),
+        st.integers(0, 10**6),
+        st.sampled_from(STAGES),
+        st.sampled_from(("start", "success", "failure", "log", "progress", "metric", "skipped")),
+        st.sampled_from(("alpha", "beta", "gamma")),
+        st.sampled_from(("info", "warning", "")),
+    ),
+    max_size=120,
+)
+filters_st = st.builds(
+    EventFilter.parse,
+    st.sampled_from(("", "analyzer", "failure", "beta", "stage:merger,translator", "event:log gamma")),
+    st.booleans(),
+)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(events=events_st, flt=filters_st, capacity=st.integers(1, 50), limit=st.integers(0, 30),
+       cut=st.integers(0, 120))
+def test_event_store_window_equals_brute_force(events, flt, capacity, limit, cut):
+    """The table window is the newest ``limit`` matching events of the newest ``capacity`` stored."""
+    store = EventStore(capacity)
+    store.extend(events[:cut])
+    store.extend(events[cut:])
+    kept = events[-capacity:]
+    expected = [e for e in kept if flt.matches(e)][-limit:] if limit else []
+    assert store.latest(flt, limit) == expected
+    assert len(store) == len(kept) and store.total == len(events)
+    assert newest_matching(events, flt, limit) == ([e for e in events if flt.matches(e)][-limit:] if limit else [])
+
+
+def test_read_tail_reads_only_the_end_of_a_big_log(tmp_path):
+    log = tmp_path / "analyzer-ES.log"
+    log.write_text("".join(f"line {i}\n" for i in range(200_000)))
+    lines = read_tail(log, max_bytes=10_000, max_lines=100)
+    assert len(lines) == 100 and lines[-1] == "line 199999"
+    head = read_tail(log, max_bytes=10_000, max_lines=10_000)
+    assert head[0].startswith("… (") and "earlier bytes" in head[0]
+
+
+def test_counters_count_raw_files_exports_and_monthly_files(tmp_path):
+    s = sample_root(tmp_path / "root", days=2, instruments=["ES", "NQ"])
+    # an export in progress: a CSV with a progress signal and no complete signal
+    part = s.raw_dir / "DataExport_CL_20251127_020000_UTC.csv"
+    part.write_text("Date,Time,Open,High,Low,Close,Volume,Instrument\n")
+    write_export_signal(s, part, "CL", 1234, "progress", when=datetime(2025, 11, 27, 2, 0, tzinfo=CHICAGO))
+    c = read_counters(s)
+    assert c.raw_ready == 2
+    assert len(c.exporting) == 1 and c.exporting[0].get("instrument") == "CL"
+    assert c.raw_waiting == 1  # the CSV being exported is not ready
+    assert "CL 1,234 bars" in str(counters_text(c))
+    assert c.store_bytes == 0 and c.monthly == {}
+    month = s.analyzer_runs_dir / "ES1" / "2025"
+    month.mkdir(parents=True)
+    (month / "ES1_an_2025_11.parquet").write_bytes(b"x" * 10)
+    assert read_counters(s).monthly == {"ES1": 1}
+
+
+# --- the event panel under load (real widget, real events) -------------------------------------
+
+
+class PanelApp(App):
+    """A bare app holding one EventsPanel."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+
+    def compose(self):
+        yield EventsPanel(capacity=500, window=self.window, id="events")
+
+
+@hsettings(max_examples=12, deadline=None)
+@given(batches=st.lists(st.integers(0, 90), min_size=1, max_size=6), query=st.sampled_from(("", "analyzer", "beta")),
+       verbose=st.booleans())
+def test_event_panel_rows_are_the_newest_matching_window(batches, query, verbose):
+    """After any sequence of batches the table holds exactly store.latest(filter, window), in order."""
+
+    async def go() -> None:
+        app = PanelApp(window=40)
+        async with app.run_test(size=(100, 30)) as pilot:
+            panel = app.query_one(EventsPanel)
+            panel.set_query(query)
+            panel.set_verbose(verbose)
+            seq = 0
+            stages = ("analyzer", "translator", "pipeline")
+            kinds = ("start", "log", "progress", "failure")
+            for n in batches:
+                batch = []
+                for _ in range(n):
+                    seq += 1
+                    batch.append(ev(seq, stages[seq % 3], kinds[seq % 4], f"m {('alpha', 'beta')[seq % 2]}"))
+                panel.add_events(batch)
+                await pilot.pause()
+                expected = [event_key(e) for e in panel.store.latest(panel.flt, panel.window)]
+                assert [str(k.value) for k in panel.table.rows] == expected
+                assert list(panel._shown) == expected
+
+    asyncio.run(go())
+
+
+# --- the console over a real engine ------------------------------------------------------------
+
+
+def console(settings: Settings, **options) -> QtswApp:
+    return build_app(settings, Engine(settings), options)
+
+
+async def test_run_now_fills_panes_bars_events_then_history_detail_results_and_filter(tmp_path):
+    s = sample_root(tmp_path / "root")
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.scheduler == "running",
+                       "the scheduler to run")
+        assert "schedule running" in header_text(app) and "next " in header_text(app)
+        run = await run_and_wait(pilot, "r", 0, "the run started with r to end")
+        assert run["status"] == "success", run
+        assert run["trigger"] == "manual"
+        # panes: each stage's output streamed into its pane, with the run's separator line
+        for stage in ("translator", "analyzer", "merger"):
+            pane = app.query_one(f"#pane-{stage}", StagePane)
+            await wait_for(pilot, lambda pane=pane: pane.line_count > 2, f"{stage} output in its pane")
+            assert any(run["run_id"][:8] in line for line in pane.lines), stage
+            assert "success" in str(pane.border_title)
+        assert any("translated" in line for line in app.query_one("#pane-translator", StagePane).lines)
+        # one progress bar per analyzer instrument, full, with its state
+        bars = app.query_one("#progress", InstrumentProgressList)
+        assert sorted(bars.rows) == ["CL", "ES", "NQ"]
+        for row in bars.rows.values():
+            assert row.bar.percentage == 1.0 and row.progress.state == "success"
+            assert "success" in str(row.state_label.render())
+        # the event table got the run's events in batches, not one message per flush
+        panel = app.query_one("#events", EventsPanel)
+        rows = table_rows(panel.table)
+        assert any(r[2] == "pipeline" and r[3] == "start" for r in rows)
+        assert any(r[2] == "pipeline" and r[3] == "success" for r in rows)
+        assert app.flushed["batches"] < app.received["events"] + app.received["lines"]
+        assert app.received["lines"] > 0
+        # header: idle again, and the last run's result
+        await wait_for(pilot, lambda: "last ✓ success" in header_text(app), "the header to show the last run")
+        # counters: monthly files appeared (timer + refresh at the end of a run)
+        await wait_for(
+            pilot,
+            lambda: (c := app.query_one("#counters").counters) is not None and len(c.monthly) == 6,
+            "the counters to show 6 streams of monthly files",
+        )
+
+        # the filter narrows the event table, and Esc clears it
+        await pilot.press("e")
+        assert app.query_one("#main").has_class("-events")
+        everything = panel.table.row_count
+        await pilot.press("slash")
+        box = app.query_one("#event-filter", Input)
+        assert box.has_focus
+        await pilot.press(*"merger")
+        narrowed = table_rows(panel.table)
+        assert 0 < len(narrowed) < everything
+        assert {r[2] for r in narrowed} == {"merger"}
+        await pilot.press("escape")
+        assert panel.table.row_count == everything and not box.display
+        # the stage filter key cycles stages; v shows the verbose events too
+        await pilot.press("f")
+        assert {r[2] for r in table_rows(panel.table)} == {"pipeline"}
+        await pilot.press("f", "f")
+        assert {r[2] for r in table_rows(panel.table)} == {"analyzer"}
+        quiet = panel.table.row_count
+        await pilot.press("v")
+        assert panel.table.row_count > quiet
+        assert any(r[3] in ("progress", "metric", "log") for r in table_rows(panel.table))
+        await pilot.press("e")
+
+        # history shows the run just made; Enter opens its detail
+        await pilot.press("h")
+        assert isinstance(app.screen, HistoryScreen)
+        table = app.screen.query_one("#history-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 1, "the run in the history table")
+        first = table_rows(table)[0]
+        assert first[1] == run["run_id"][:8] and "success" in first[3] and first[2] == "manual"
+        await pilot.press("enter")
+        assert isinstance(app.screen, RunDetailScreen)
+        detail = app.screen
+        await wait_for(pilot, lambda: detail.report is not None and detail.events, "the run's report and events")
+        stages_text = shown_text(detail.query_one("#detail-stages"))
+        for stage in ("translator", "analyzer", "merger"):
+            assert stage in stages_text
+        assert "file(s) translated" in stages_text
+        assert [e.run_id for e in detail.events] == [run["run_id"]] * len(detail.events)
+        assert detail.query_one("#detail-events", EventsPanel).table.row_count == len(detail.events)
+        assert set(detail.logs) >= {"translator", "analyzer-ES", "merger"}
+        choice = detail.query_one("#detail-log-choice", Select)
+        assert choice.value == "translator"
+        await wait_for(pilot, lambda: detail.query_one("#detail-log").line_count > 1, "the translator log")
+        await pilot.press("escape", "escape")
+        assert not isinstance(app.screen, (HistoryScreen, RunDetailScreen))
+
+        # results: the month of the sample, per stream
+        await pilot.press("s")
+        assert isinstance(app.screen, ResultsScreen)
+        res = app.screen
+        await wait_for(pilot, lambda: len(res.summaries) == 6, "six streams in the results")
+        assert res.month == (2025, 11)
+        rtable = table_rows(res.query_one("#results-table", DataTable))
+        assert [r[0] for r in rtable] == ["CL1", "CL2", "ES1", "ES2", "NQ1", "NQ2"]
+        for summary, row in zip(res.summaries, rtable, strict=True):
+            assert int(row[1]) == summary.counts["Win"]
+            assert float(row[8].replace(",", "")) == pytest.approx(summary.profit, abs=0.01)
+        await pilot.press("escape")
+        await pilot.press("q")
+    assert app.return_value == 0
+    assert stage_processes(s.root) == []
+
+
+async def test_single_stage_keys_run_one_stage_each(tmp_path):
+    s = sample_root(tmp_path / "root", instruments=["ES", "NQ"])
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        t = await run_and_wait(pilot, "t", 0, "the translator-only run")
+        a = await run_and_wait(pilot, "a", 1, "the analyzer-only run")
+        m = await run_and_wait(pilot, "m", 2, "the merger-only run")
+        await pilot.press("q")
+    assert [r["trigger"] for r in (t, a, m)] == ["stage"] * 3
+    assert t["stages"] == {"translator": "success", "analyzer": "skipped", "merger": "skipped"}
+    assert a["stages"] == {"translator": "skipped", "analyzer": "success", "merger": "skipped"}
+    assert m["stages"] == {"translator": "skipped", "analyzer": "skipped", "merger": "success"}
+    assert len(list(s.analyzer_runs_dir.glob("*/*/*.parquet"))) == 4
+
+
+async def test_pause_and_resume_show_in_the_header(tmp_path):
+    s = make_settings(tmp_path / "root")
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "schedule running" in header_text(app), "the schedule to run")
+        await pilot.press("p")
+        assert app.engine.paused
+        assert "schedule paused" in header_text(app) and "(paused)" in header_text(app)
+        await pilot.press("p")
+        assert not app.engine.paused
+        assert "schedule running" in header_text(app)
+        await pilot.press("q")
+    scheduler_log = (s.events_dir / "scheduler.jsonl").read_text()
+    assert "Schedule paused" in scheduler_log and "Schedule resumed" in scheduler_log
+
+
+async def test_cancel_asks_first_then_cancels_and_leaves_no_process(tmp_path):
+    s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")  # nothing to cancel: says so, asks nothing
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("r")
+        await wait_for(
+            pilot,
+            lambda: (cur := app.engine.snapshot().current) is not None and cur.stage == "analyzer",
+            "the analyzer to run",
+        )
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")  # keep running
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert app.engine.busy
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not app.engine.busy, "the cancelled run to end")
+        run = history.read_runs(s)[-1]
+        assert run["status"] == "cancelled"
+        assert run["stages"]["analyzer"] == "cancelled"
+        await wait_for(pilot, lambda: "last ■ cancelled" in header_text(app), "the header to show it")
+        assert stage_processes(s.root) == []
+        assert not app.notified  # a cancel asked for is not a failure
+        await pilot.press("q")
+    report = history.find_report(s, run["run_id"])
+    assert report is not None and report["status"] == "cancelled"
+
+
+async def test_quit_during_a_run_asks_then_stops_the_engine_cleanly(tmp_path):
+    s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.engine.snapshot().current is not None
+                       and app.engine.snapshot().current.stage == "analyzer", "the analyzer to run")
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert app.is_running and app.engine.busy
+        await pilot.press("q")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not app.is_running, "the console to exit", timeout=DEADLINE)
+    assert app.return_value == 3
+    runs = history.read_runs(s)
+    assert len(runs) == 1 and runs[0]["status"] == "cancelled"
+    events = history.run_events(s, runs[0]["run_id"])
+    assert events[-1].stage == "pipeline" and events[-1].event == "cancelled"
+    assert stage_processes(s.root) == []
+
+
+async def test_stage_failures_notify_naming_the_stage_and_the_error(tmp_path):
+    root = tmp_path / "root"
+    s = make_settings(root)
+    # a raw file whose name names no instrument: the translator quarantines it (stage partial)
+    (s.raw_dir / "notes.csv").write_text("Date,Time,Open,High,Low,Close,Volume,Instrument\n")
+    os.utime(s.raw_dir / "notes.csv", (time.time() - 3600, time.time() - 3600))
+    write_samples(s, days=2, instruments=["ES"], end=SAMPLE_END)
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        first = await run_and_wait(pilot, "r", 0, "the run with a bad file")
+        await pilot.press("q")
+    assert first["stages"]["translator"] == "partial" and first["status"] == "partial"
+    severity, title, text = next(n for n in app.notified if n[1].startswith("Translator"))
+    assert severity == "warning" and title == "Translator partial"
+    assert "translator partial" in text and "quarantined" in text
+    assert any(n[1] == f"Run {first['run_id'][:8]} partial" for n in app.notified)
+
+    # the analysis settings change and new bars arrive: the analyzer refuses without --full
+    (root / "qtsw.toml").write_text('[analysis]\nentry_cutoff = "15:00"\n')  # the stages read it too
+    changed = make_settings(root)
+    assert changed.analysis_hash != s.analysis_hash
+    write_samples(changed, days=1, instruments=["ES"], end=date(2025, 11, 28))
+    app = console(changed)
+    async with app.run_test(size=SIZE) as pilot:
+        second = await run_and_wait(pilot, "r", 1, "the run after the settings change")
+        await pilot.press("q")
+    assert second["stages"]["analyzer"] == "failure"
+    severity, title, text = next(n for n in app.notified if n[1].startswith("Analyzer"))
+    assert severity == "error" and title == "Analyzer failed"
+    assert "ES" in text and "analysis settings changed" in text and "--full" in text
+    assert any(n[0] == "error" and n[1] == f"Run {second['run_id'][:8]} failure" for n in app.notified)
+
+
+async def test_stage_pane_stops_following_when_scrolled_up(tmp_path):
+    s = make_settings(tmp_path / "root")
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        pane = app.query_one("#pane-translator", StagePane)
+        # a stage's output, through the same subscriber the engine calls
+        for i in range(100):
+            app.receive(OutputMessage("run-1", "translator", None, f"line {i}"))
+        await wait_for(pilot, lambda: pane.line_count == 100, "the lines in the pane")
+        assert pane.following and pane.scroll_y == pane.max_scroll_y > 0
+        pane.focus()
+        await pilot.press("pageup")
+        assert not pane.following and "paused" in str(pane.border_subtitle)
+        held = pane.scroll_y
+        for i in range(100, 150):
+            app.receive(OutputMessage("run-1", "translator", None, f"line {i}"))
+        await wait_for(pilot, lambda: pane.line_count == 150, "more lines")
+        assert pane.scroll_y == held  # the operator's view stays put
+        await pilot.press("end")
+        assert pane.following and pane.scroll_y == pane.max_scroll_y
+        app.receive(OutputMessage("run-1", "translator", None, "line 150"))
+        await wait_for(pilot, lambda: pane.line_count == 151, "one more line")
+        assert pane.scroll_y == pane.max_scroll_y
+        await pilot.press("q")
+
+
+async def test_keys_are_remapped_from_settings_and_help_lists_them(tmp_path):
+    s = make_settings(tmp_path / "root")
+    s = Settings(**{**s.__dict__, "keys": {"toggle_pause": "z", "nonsense": "x"}})
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.engine.scheduler_state == "running", "the schedule")
+        await pilot.press("p")
+        assert not app.engine.paused
+        await pilot.press("z")
+        assert app.engine.paused
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        keys = dict((desc, key) for key, desc in app.screen.keys)
+        assert keys["pause / resume the schedule (a running run continues)"] == "z"
+        assert keys["run the whole pipeline now"] == "r"
+        await pilot.press("escape")
+        assert any("nonsense" in str(n.message) for n in app._notifications)
+        await pilot.press("q")
+
+
+async def test_no_color_console_keeps_states_readable(tmp_path, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    s = sample_root(tmp_path / "root", days=2, instruments=["ES"])
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.no_color
+        run = await run_and_wait(pilot, "r", 0, "a run without colour")
+        await wait_for(pilot, lambda: "last ✓ success" in header_text(app), "the header")
+        svg = app.export_screenshot()
+        await pilot.press("q")
+    assert run["status"] == "success"
+    # glyphs and words carry the states, so nothing depends on colour
+    assert "✓" in svg and "success" in svg
