@@ -144,3 +144,62 @@ def run_logs(settings: Settings, run_id: str) -> dict[str, Path]:
 def log_name(stage: str, instrument: str | None = None) -> str:
     """``translator``, ``analyzer-ES``, ``merger``: the stem of a stage's log file."""
     return f"{stage}-{instrument}" if instrument else stage
+
+
+def _count_files(folder: Path, pattern: str = "*") -> tuple[int, int]:
+    """(files, bytes) under ``folder`` matching ``pattern``, recursively; hidden files ignored."""
+    n = size = 0
+    if folder.is_dir():
+        for p in folder.rglob(pattern):
+            if p.is_file() and not p.name.startswith("."):
+                n += 1
+                size += p.stat().st_size
+    return n, size
+
+
+def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
+    """What is where (``qtsw status``): files per folder, pending work, last runs, the lock holder."""
+    from pipeline_core import state
+    from pipeline_core.lock import lock_holder
+    from pipeline_core.rawfiles import scan_raw
+
+    scan = scan_raw(settings)
+    quarantined = [
+        p.name
+        for p in (sorted(settings.quarantine_dir.iterdir()) if settings.quarantine_dir.is_dir() else [])
+        if p.is_file() and not p.name.endswith(".error.txt")
+    ]
+    processed: dict[str, dict[str, int]] = {}
+    if settings.processed_dir.is_dir():
+        for d in sorted(settings.processed_dir.iterdir()):
+            if d.is_dir():
+                n, size = _count_files(d, "*.parquet")
+                if n:
+                    processed[d.name] = {"files": n, "bytes": size}
+    monthly: dict[str, int] = {}
+    if settings.analyzer_runs_dir.is_dir():
+        for d in sorted(settings.analyzer_runs_dir.iterdir()):
+            if d.is_dir():
+                n, _ = _count_files(d, "*.parquet")
+                if n:
+                    monthly[d.name] = n
+    archived, _ = _count_files(settings.archive_dir)
+    return {
+        "root": str(settings.root),
+        "lock": lock_holder(settings.lock_file),
+        "raw": {
+            "ready": [p.name for p in scan.ready],
+            "waiting": [p.name for p in scan.waiting],
+            "exporting": [str(e.get("fileName")) for e in scan.exporting],
+            "stale": [p.name for p in scan.stale],
+            "quarantined": quarantined,
+            "archived": archived,
+        },
+        "processed": processed,
+        "pending": {
+            "analysis": state.pending_analysis(settings),
+            "merges": [p.name for p in state.pending_merges(settings)],
+        },
+        "monthly": monthly,
+        "runs": read_runs(settings, limit=runs),
+    }
