@@ -258,7 +258,9 @@ class QtswApp(App[int]):
                 # a stage's terminal failure event also reports `partial` (data.status)
                 partial = ev.data.get("status") == "partial"
                 severity = "warning" if partial else "error"
-                text = f"{ev.stage} {'partial' if partial else 'failed'}: {error}" if error not in ev.msg else error
+                text = error
+                if not text.lower().startswith(ev.stage):
+                    text = f"{ev.stage} {'partial' if partial else 'failed'}: {text}"
                 title = f"{ev.stage.title()} {'partial' if partial else 'failed'}"
             self.notified.append((severity, title, text))
             self.notify(text, title=title, severity=severity, timeout=20, markup=False)

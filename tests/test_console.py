@@ -235,7 +235,8 @@ def test_counters_count_raw_files_exports_and_monthly_files(tmp_path):
     assert c.raw_ready == 2
     assert len(c.exporting) == 1 and c.exporting[0].get("instrument") == "CL"
     assert c.raw_waiting == 1  # the CSV being exported is not ready
-    assert "CL 1,234 bars" in str(counters_text(c))
+    text = str(counters_text(c))
+    assert "1 in progress" in text and "CL  1,234 bars" in text
     assert c.store_bytes == 0 and c.monthly == {}
     month = s.analyzer_runs_dir / "ES1" / "2025"
     month.mkdir(parents=True)

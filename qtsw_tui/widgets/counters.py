@@ -98,56 +98,61 @@ def read_counters(settings: Settings, now: float | None = None) -> Counters:
 
 
 def counters_text(c: Counters, width: int = 32) -> Text:
-    """The counters panel's text, its stream list wrapped at ``width`` columns."""
+    """The counters panel's text; lists wrap under the value column at ``width`` columns."""
     t = Text()
+    indent = 9
 
     def row(label: str) -> None:
         if t:
             t.append("\n")
-        t.append(f"{label:<9}", style="dim")
+        t.append(f"{label:<{indent}}", style="dim")
+
+    def wrapped(tokens: list[str], style: str = "dim") -> None:
+        line = ""
+        for token in tokens:
+            if line and indent + len(line) + 2 + len(token) > width:
+                t.append("\n" + " " * indent + line, style=style)
+                line = ""
+            line = f"{line}  {token}" if line else token
+        if line:
+            t.append("\n" + " " * indent + line, style=style)
 
     row("Raw")
     t.append(f"{c.raw_ready} ready", style="bold" if c.raw_ready else "")
-    t.append(f" · {sum(1 for e in c.exporting if not e.get('stale'))} exporting")
     if c.raw_waiting:
         t.append(f" · {c.raw_waiting} waiting")
     if c.raw_stale:
         t.append(f" · {c.raw_stale} stale", style="bold yellow")
     row("Store")
-    t.append(f"{size(c.store_bytes)} · {c.store_instruments} inst")
+    t.append(f"{size(c.store_bytes)} · {c.store_instruments} instr.")
     row("Pending")
     t.append(f"{c.pending_analysis} analysis · {c.pending_merges} merge")
     row("Monthly")
     if c.monthly:
         files = sum(c.monthly.values())
         t.append(f"{files} file{'s' if files != 1 else ''} · {len(c.monthly)} streams")
-        # streams with their file counts, wrapped under the value column
-        line = ""
-        for token in (f"{s} {n}" for s, n in c.monthly.items()):
-            if line and 9 + len(line) + 2 + len(token) > width:
-                t.append("\n" + " " * 9 + line, style="dim")
-                line = ""
-            line = f"{line}  {token}" if line else token
-        if line:
-            t.append("\n" + " " * 9 + line, style="dim")
+        wrapped([f"{s} {n}" for s, n in c.monthly.items()])
     else:
         t.append("none yet", style="dim")
+    row("Exports")
+    active = [e for e in c.exporting if not e.get("stale")]
+    t.append(f"{len(active)} in progress" if c.exporting else "none", style="" if c.exporting else "dim")
     for exp in c.exporting:
-        row("Export")
-        name = exp.get("instrument") or exp.get("fileName") or "?"
+        name = str(exp.get("instrument") or exp.get("fileName") or "?")
         bars = exp.get("totalBarsProcessed")
         mb = exp.get("fileSizeMB")
-        t.append(f"{name}")
+        parts = [name]
         if bars is not None:
-            t.append(f" {int(bars):,} bars")
+            parts.append(f"{int(bars):,} bars")
         if mb is not None:
-            t.append(f" {float(mb):.1f} MB")
+            parts.append(f"{float(mb):.1f} MB")
         last = exp.get("lastBarTime") or exp.get("lastUpdateTime")
         if last:
             shown = clock_time(last, "%m-%d %H:%M")
-            t.append(f" {shown if shown != '-' else last}", style="dim")
+            parts.append(f"to {shown if shown != '-' else last}")
         if exp.get("stale"):
-            t.append(" stale", style="bold yellow")
+            parts.append("STALE")
+        wrapped(parts, style="bold yellow" if exp.get("stale") else "")
     for p in c.problems:
         row("!")
         t.append(p, style="bold red")

@@ -1,0 +1,96 @@
+"""The console as an operator meets it: ``qtsw`` in a real terminal (tmux, 80x24).
+
+The installed ``qtsw`` command starts in a tmux session on a private tmux server, ``r`` is
+sent as a key press, and ``tmux capture-pane`` is polled (with a deadline) until the screen
+shows the run progressing and then finished. ``q`` then quits; the session ends and no stage
+process is left. The tmux server is killed at the end whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+
+from pipeline_core.sample import write_samples
+from pipeline_core.settings import load_settings
+
+TMUX = shutil.which("tmux") or "tmux"
+QTSW = str(Path(sys.executable).with_name("qtsw"))
+
+
+def tmux(sock: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TMUX, "-L", sock, *args], capture_output=True, text=True, check=check, timeout=20)
+
+
+def screen(sock: str, session: str) -> str:
+    return tmux(sock, "capture-pane", "-p", "-t", session).stdout
+
+
+def poll(sock: str, session: str, cond, what: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = screen(sock, session)
+        if cond(text):
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; the screen shows:\n{text}")
+        time.sleep(0.1)
+
+
+def processes_naming(root: Path) -> list[int]:
+    needle = str(root).encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if ") Z " not in stat:
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_") and k != "TMUX"}
+    env.update(TERM="xterm-256color", COLORTERM="truecolor", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    settings = load_settings(root=root, env=env)
+    settings.ensure_dirs()
+    write_samples(settings, days=3, instruments=["ES", "NQ", "CL"], end=date(2025, 11, 26))
+    sock, session = f"qtsw-test-{uuid.uuid4().hex[:8]}", "console"
+    cmd = f"{QTSW} --root {root}"
+    subprocess.run([TMUX, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", session,
+                    "-x", "80", "-y", "24", cmd], env=env, check=True, timeout=20)
+    try:
+        first = poll(sock, session, lambda t: "schedule running" in t and " ready" in t, "the console to start")
+        lines = first.splitlines()
+        assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+        assert "idle" in first and "Translator" in first and "Counters" in first
+        assert "3 ready" in first  # the sample exports, counted from data/raw
+
+        tmux(sock, "send-keys", "-t", session, "r")
+        seen_running = poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
+        assert "stage " in seen_running
+        done = poll(sock, session, lambda t: "last ✓ success" in t and "idle" in t, "the run to finish")
+        assert "Translator ✓ success" in done and "Merger ✓ success" in done
+        assert "translated" in done  # the translator's own output in its pane
+        assert "CL" in done and "100%" in done  # the analyzer's instrument bars
+
+        tmux(sock, "send-keys", "-t", session, "q")
+        deadline = time.monotonic() + 30
+        while tmux(sock, "has-session", "-t", session, check=False).returncode == 0:
+            assert time.monotonic() < deadline, "the console did not quit on q"
+            time.sleep(0.1)
+    finally:
+        tmux(sock, "kill-server", check=False)
+    assert processes_naming(root) == []
+    runs = settings.runs_index.read_text().splitlines()
+    assert len(runs) == 1 and '"status":"success"' in runs[0].replace(" ", "")
