@@ -75,6 +75,8 @@ RULES: dict[str, str] = {
 _RULE_CODE = {rule: i + 1 for i, rule in enumerate(RULES)}  # 0 = a good row
 
 PIECE_BYTES = 24 << 20  # a file is parsed in pieces of about this size, one per worker
+# Tests set smaller pieces to exercise the cutting on small files.
+PIECE_BYTES_ENV = "QTSW_TRANSLATOR_PIECE_BYTES"
 BLOCK_BYTES = 1 << 20  # pyarrow's block size within a piece (bounded memory per worker)
 FUTURE_SLACK_MS = 5 * 60_000
 SUSPECT_FRACTION = 0.01
@@ -436,6 +438,23 @@ def _parse_piece(
     # serialise the pieces. A line with a wrong field count fails it like a bad cell does.
     parse_extra = {"invalid_row_handler": on_invalid} if tolerant else {}
 
+    try:
+        _read_batches(data, layout, tolerant, piece, skip, parse_extra)
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return piece  # a header and nothing else
+        if not tolerant:
+            raise _ConversionFailed(str(exc)) from None
+        raise FileRejected(f"{path.name}: cannot be read as CSV ({exc})", "format") from None
+    piece.rows_in += piece.malformed
+    if piece.malformed:
+        piece.bad["malformed"] = piece.bad.get("malformed", 0) + piece.malformed
+    return piece
+
+
+def _read_batches(
+    data: bytes, layout: Layout, tolerant: bool, piece: Piece, skip: int, parse_extra: dict
+) -> None:
     reader = pacsv.open_csv(
         pa.BufferReader(data),
         read_options=pacsv.ReadOptions(
@@ -453,24 +472,13 @@ def _parse_piece(
             null_values=[],
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
+            check_utf8=not tolerant,  # stray bytes make a bad row, not an unreadable file
         ),
     )
     row = 0
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        except pa.ArrowInvalid as exc:
-            if tolerant:
-                raise
-            raise _ConversionFailed(str(exc)) from None
+    for batch in reader:
         _judge(batch, layout, tolerant, piece, row)
         row += batch.num_rows
-    piece.rows_in += piece.malformed
-    if piece.malformed:
-        piece.bad["malformed"] = piece.bad.get("malformed", 0) + piece.malformed
-    return piece
 
 
 # --- locating rows in the file -------------------------------------------------------------
@@ -574,7 +582,7 @@ def parse_file(
     *,
     workers: int | None = None,
     tolerant: bool = False,
-    piece_bytes: int = PIECE_BYTES,
+    piece_bytes: int | None = None,
     on_piece: Callable[[int, int], None] | None = None,
 ) -> tuple[Layout, list[Piece]]:
     """Parse a raw file into pieces (no store access). Raises FileRejected for a refused file."""
@@ -583,6 +591,7 @@ def parse_file(
     if size == 0:
         raise FileRejected(f"{name}: zero-byte file (an export that wrote nothing)", "empty")
     layout = sniff(path, name, settings)
+    piece_bytes = piece_bytes or int(os.environ.get(PIECE_BYTES_ENV) or PIECE_BYTES)
     points = split_points(path, layout.start, size, piece_bytes)
     ranges = list(zip(points[:-1], points[1:], strict=True))
     workers = workers or min(len(ranges), settings.effective_workers, 8)
