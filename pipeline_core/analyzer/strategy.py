@@ -330,7 +330,7 @@ _SHIFT = 5
 _BLOCK = 1 << _SHIFT
 _OFFS = np.arange(_BLOCK, dtype=np.int64)
 _NEG = -np.inf  # below every price in ticks: padding and "empty window"
-NOT_FOUND = np.int64(2**62)  # index returned by a first-crossing query that found nothing
+_NOT_FOUND = np.int64(2**62)  # index returned by a first-crossing query that found nothing
 
 
 class _BlockMax:
@@ -359,8 +359,8 @@ class _BlockMax:
         self.table = table
 
     def first_ge(self, s: np.ndarray, e: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Per query, the first index i in [s, e) with z[i] >= v, else NOT_FOUND."""
-        out = np.full(len(s), NOT_FOUND, dtype=np.int64)
+        """Per query, the first index i in [s, e) with z[i] >= v, else _NOT_FOUND."""
+        out = np.full(len(s), _NOT_FOUND, dtype=np.int64)
         idx = np.flatnonzero(s < e)
         if not len(idx):
             return out
@@ -515,10 +515,10 @@ def _analyze_batch(
     short_level = range_low - 1
     first_long = table.first_ge(r1, c1, long_level)
     first_short = table.first_ge(r1 + mp, c1 + mp, -short_level)
-    first_short = np.where(first_short < NOT_FOUND, first_short - mp, NOT_FOUND)
+    first_short = np.where(first_short < _NOT_FOUND, first_short - mp, _NOT_FOUND)
     is_long = first_long < first_short
     is_short = first_short < first_long
-    double = (first_long == first_short) & (first_long < NOT_FOUND)
+    double = (first_long == first_short) & (first_long < _NOT_FOUND)
 
     count = len(rows)
     out = {
@@ -610,14 +610,14 @@ def _exits(
 
     def first(offset: np.ndarray, start: np.ndarray, level: np.ndarray) -> np.ndarray:
         found = table.first_ge(start + offset, end + offset, level)
-        return np.where(found < NOT_FOUND, found - offset, NOT_FOUND)
+        return np.where(found < _NOT_FOUND, found - offset, _NOT_FOUND)
 
     hit_target = first(fav, entry_idx, target)  # first bar whose high reaches TP
     hit_be = first(fav, entry_idx, entry + ticks.break_even)  # break-even fires here
     hit_stop0 = first(adv, entry_idx, -stop0)  # first bar whose low touches the initial stop
     # After break-even the stop is entry − 1 tick; in the break-even bar itself the stop is
     # only consulted when the target is reachable there too (rule 2), so search from the next bar.
-    after_be = np.where(hit_be < NOT_FOUND, hit_be + 1, end)
+    after_be = np.where(hit_be < _NOT_FOUND, hit_be + 1, end)
     hit_be_stop = first(adv, after_be, -be_stop)
 
     # Before break-even the target cannot be reachable (TP lies beyond the break-even level),
@@ -625,7 +625,7 @@ def _exits(
     loss = hit_stop0 < hit_be
     # From the break-even bar on, the first bar that reaches TP or the moved stop decides.
     decisive = np.minimum(hit_target, hit_be_stop)
-    timeout = ~loss & (decisive == NOT_FOUND)
+    timeout = ~loss & (decisive == _NOT_FOUND)
     on_target_bar = ~loss & ~timeout & (hit_target == decisive)
 
     # Rule 2 in a bar where the target is reachable (the stop is already entry − 1 tick there).
