@@ -256,3 +256,30 @@ def test_affected_dates_are_exactly_the_overlapping_windows(first, hours, trade_
                 want.append(d)
         d += timedelta(days=1)
     assert got == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(1, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    queries=st.integers(1, 60),
+)
+def test_window_queries_equal_a_plain_scan(size, seed, queries):
+    """The block-maximum table behind every window query: first crossing and window maximum,
+    for windows of any length (up to the whole array) and levels on and off the data."""
+    rng = np.random.default_rng(seed)
+    n = size + (-size) % 32
+    z = np.full(n + 32, -np.inf)  # as analyze builds it: padded to whole blocks, a spare block
+    z[:size] = np.cumsum(rng.integers(-2, 3, size))
+    table = strategy._BlockMax(z)
+    s = rng.integers(0, size + 1, queries)
+    e = np.minimum(s + rng.integers(0, size + 1, queries), size)
+    e = np.where(rng.random(queries) < 0.1, s, e)  # some empty windows
+    v = rng.integers(-40, 40, queries)
+    first = table.first_ge(s, e, v)
+    top = table.range_max(s, e)
+    for i in range(queries):
+        window = z[s[i] : e[i]]
+        hits = np.flatnonzero(window >= v[i])
+        assert first[i] == (s[i] + hits[0] if len(hits) else strategy._NOT_FOUND)
+        assert top[i] == (window.max() if len(window) else -np.inf)

@@ -78,8 +78,8 @@ _DATES_PER_BATCH = 256
 
 # Result and direction codes used inside the batch arrays.
 _NOTRADE, _WIN, _BE, _LOSS, _TIME = 0, 1, 2, 3, 4
-_RESULT_NAMES = np.array(["NoTrade", "Win", "BE", "Loss", "TIME"], dtype=object)
-_DIRECTION_NAMES = np.array(["NA", "Long", "Short"], dtype=object)
+_RESULT_NAMES = ("NoTrade", "Win", "BE", "Loss", "TIME")
+_DIRECTION_NAMES = ("NA", "Long", "Short")
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -364,31 +364,36 @@ class _BlockMax:
         idx = np.flatnonzero(s < e)
         if not len(idx):
             return out
+        z = self.z
         s_, e_, v_ = s[idx], e[idx], v[idx]
-        base = (s_ >> _SHIFT) << _SHIFT
-        pos = base[:, None] + _OFFS
-        hit = (self.z[pos] >= v_[:, None]) & (pos >= s_[:, None]) & (pos < e_[:, None])
+        # 1. The 32 elements from s (z ends with a spare block, so s + 31 is always readable).
+        pos = s_[:, None] + _OFFS
+        hit = (z[pos] >= v_[:, None]) & (pos < e_[:, None])
         got = hit.any(axis=1)
-        out[idx[got]] = base[got] + hit[got].argmax(axis=1)
-        rest = ~got & (base + _BLOCK < e_)
-        if not rest.any():
+        out[idx[got]] = s_[got] + hit[got].argmax(axis=1)
+        rest = np.flatnonzero(~got & (s_ + _BLOCK < e_))
+        if not len(rest):
             return out
         idx, e_, v_ = idx[rest], e_[rest], v_[rest]
-        # Binary lifting over the blocks: jump while every block jumped over stays below v.
-        # Levels up to the longest window suffice (jumping past a window's end finds nothing).
-        j = (base[rest] >> _SHIFT) + 1
+        # 2. The first block whose maximum reaches v, from the block holding s + 32 (its part
+        #    before s + 32 is already known to stay below v) to the block holding e − 1.
+        #    Binary lifting: jump while every block jumped over stays below v; levels up to the
+        #    longest window suffice.
+        j = (s_[rest] + _BLOCK) >> _SHIFT
+        last = (e_ - 1) >> _SHIFT
         nb = self.nb
-        reach = int((((e_ - 1) >> _SHIFT) - j).max()) + 1
-        for k in range(min(len(self.table), reach.bit_length()) - 1, -1, -1):
+        width = int((last - j).max()) + 1
+        for k in range(min(len(self.table), width.bit_length()) - 1, -1, -1):
             step = 1 << k
             move = (j + step <= nb) & (self.table[k, np.minimum(j, nb - 1)] < v_)
             j = j + np.where(move, step, 0)
-        cand = np.flatnonzero((j < nb) & ((j << _SHIFT) < e_))
+        cand = np.flatnonzero(j <= last)
         if not len(cand):
             return out
+        # 3. The first element of that block reaching v (its maximum does), if before e.
         start = j[cand] << _SHIFT
         pos = start[:, None] + _OFFS
-        hit = (self.z[pos] >= v_[cand, None]) & (pos < e_[cand, None])
+        hit = (z[pos] >= v_[cand, None]) & (pos < e_[cand, None])
         got = hit.any(axis=1)
         out[idx[cand[got]]] = start[got] + hit[got].argmax(axis=1)
         return out
@@ -399,20 +404,24 @@ class _BlockMax:
         idx = np.flatnonzero(s < e)
         if not len(idx):
             return out
+        z = self.z
         s_, e_ = s[idx], e[idx]
-        first_blk, last_blk = s_ >> _SHIFT, (e_ - 1) >> _SHIFT
-        best = np.full(len(idx), _NEG, dtype=np.float64)
-        for blk in (first_blk, last_blk):
-            pos = (blk << _SHIFT)[:, None] + _OFFS
-            inside = (pos >= s_[:, None]) & (pos < e_[:, None])
-            np.maximum(best, np.where(inside, self.z[pos], _NEG).max(axis=1), out=best)
-        lo, hi = first_blk + 1, last_blk - 1
-        mid = np.flatnonzero(lo <= hi)
-        if len(mid):
-            lo, hi = lo[mid], hi[mid]
-            k = np.frexp((hi - lo + 1).astype(np.float64))[1] - 1  # floor(log2(count))
-            m = np.maximum(self.table[k, lo], self.table[k, hi - (1 << k) + 1])
-            best[mid] = np.maximum(best[mid], m)
+        # The first 32 and the last 32 elements, and the whole blocks between (which need no
+        # masks): together they cover [s, e).
+        pos = s_[:, None] + _OFFS
+        best = np.where(pos < e_[:, None], z[pos], _NEG).max(axis=1)
+        wide = np.flatnonzero(e_ - s_ > _BLOCK)
+        if len(wide):
+            s_, e_ = s_[wide], e_[wide]
+            tail = z[(e_ - _BLOCK)[:, None] + _OFFS].max(axis=1)
+            lo, hi = (s_ + _BLOCK - 1) >> _SHIFT, (e_ >> _SHIFT) - 1  # blocks inside [s, e)
+            mid = np.flatnonzero(lo <= hi)
+            if len(mid):
+                lo, hi = lo[mid], hi[mid]
+                k = np.frexp((hi - lo + 1).astype(np.float64))[1] - 1  # floor(log2(count))
+                blocks = np.maximum(self.table[k, lo], self.table[k, hi - (1 << k) + 1])
+                tail[mid] = np.maximum(tail[mid], blocks)
+            best[wide] = np.maximum(best[wide], tail)
         out[idx] = best
         return out
 
@@ -495,7 +504,7 @@ def _analyze_batch(
     hi = int(max(g_x1.max(), g_c1.max()))
     m = hi - lo
     mp = m + (-m) % _BLOCK
-    z = np.empty(2 * mp, dtype=np.float64)
+    z = np.empty(2 * mp + _BLOCK, dtype=np.float64)  # + a spare block: see first_ge
     highs, neg_lows = z[:m], z[mp : mp + m]
     np.divide(bars.high[lo:hi], cfg.tick, out=highs)
     np.rint(highs, out=highs)
@@ -690,8 +699,11 @@ def _to_table(
     def stamp(key: str) -> pa.Array:
         return pa.array(col[key] // 1_000_000, type=_CHICAGO_TS, mask=notrade)
 
+    def text(values: Sequence[str], codes: np.ndarray) -> pa.Array:
+        return pa.array(list(values), type=pa.string()).take(pa.array(codes))
+
     def slot_text(values: list[str]) -> pa.Array:
-        return pa.array(np.array(values, dtype=object)[col["slot"]], type=pa.string())
+        return text(values, col["slot"])
 
     count = len(notrade)
     target = round(ticks.target * cfg.tick, ticks.decimals)
@@ -703,11 +715,11 @@ def _to_table(
         stamp("exit_ns"),
         pa.array(np.full(count, target), type=pa.float64()),
         price("peak"),
-        pa.array(_DIRECTION_NAMES[col["direction"]], type=pa.string()),
-        pa.array(_RESULT_NAMES[col["result"]], type=pa.string()),
+        text(_DIRECTION_NAMES, col["direction"]),
+        text(_RESULT_NAMES, col["result"]),
         pa.array(np.round(range_ticks * cfg.tick, ticks.decimals), type=pa.float64()),
         slot_text([cfg.instrument + s.stream_digit for s, _ in slots]),
-        pa.array(np.full(count, cfg.instrument, dtype=object), type=pa.string()),
+        text([cfg.instrument], np.zeros(count, dtype=np.int64)),
         slot_text([s.name for s, _ in slots]),
         price("profit"),
         price("range_high"),
