@@ -197,6 +197,14 @@ def _headless(engine: Any, args: argparse.Namespace, not_before: Any) -> int:
     return anyio.run(_serve, engine, not_before, printer)
 
 
+def _stop_signals() -> list[signal.Signals]:
+    """SIGINT, SIGTERM — and SIGHUP (the SSH session went away) unless it is ignored (nohup)."""
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        sigs.append(signal.SIGHUP)
+    return sigs
+
+
 async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any) -> Any:
     import anyio
 
@@ -204,7 +212,7 @@ async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: A
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.open_signal_receiver(*_stop_signals()) as signals:
                 async for sig in signals:
                     printer.note(f"{sig.name}: cancelling the run")
                     if not engine.cancel():
@@ -225,7 +233,7 @@ async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
     async with anyio.create_task_group() as tg:
 
         async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.open_signal_receiver(*_stop_signals()) as signals:
                 async for sig in signals:
                     busy = engine.busy
                     state["cancelled_a_run"] = state["cancelled_a_run"] or busy

@@ -79,7 +79,7 @@ class HeadlessPrinter:
         if self.color:
             from rich.console import Console
 
-            self._console = Console(file=self.stream, highlight=False, soft_wrap=True)
+            self._console = Console(file=self.stream, highlight=False, soft_wrap=True, force_terminal=True)
 
     def __call__(self, msg: EventMessage | OutputMessage) -> None:
         try:
@@ -88,8 +88,8 @@ class HeadlessPrinter:
             elif self.verbose and not self.json_mode:
                 label = f"{msg.stage}-{msg.instrument}" if msg.instrument else msg.stage
                 self._line(f"    {label} | {msg.line}", "dim")
-        except (BrokenPipeError, ValueError):
-            pass  # the reader went away (e.g. `qtsw --no-ui | head`): keep the engine going
+        except (OSError, ValueError):
+            pass  # the reader or the terminal went away (`qtsw --no-ui | head`): keep the engine going
 
     def event(self, ev: Event) -> None:
         if self.json_mode:

@@ -216,3 +216,29 @@ def test_console_script_and_module_agree(tmp_path: Path) -> None:
     b = qtsw("--help")
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout and "--no-ui" in a.stdout and "exit codes" in a.stdout
+
+
+def test_headless_printer_plain_json_and_colour() -> None:
+    import io
+
+    from pipeline_core.events import Event
+    from pipeline_core.runstate import EventMessage, OutputMessage
+    from qtsw_tui.headless import HeadlessPrinter
+
+    ev = Event(run_id="0123456789abcdef", stage="analyzer", event="failure", msg="analyzer partial: NQ",
+               data={"status": "partial", "error": "NQ: bad store"}, timestamp="2025-11-02T01:30:00-06:00", seq=7)
+    plain = io.StringIO()
+    HeadlessPrinter(plain)(EventMessage(ev))
+    assert plain.getvalue() == (
+        "2025-11-02 01:30:00 CST  01234567  analyzer   failure     analyzer partial: NQ: NQ: bad store\n")
+    HeadlessPrinter(plain)(OutputMessage("r", "analyzer", "NQ", "free text"))  # not verbose: not printed
+    assert "free text" not in plain.getvalue()
+    verbose = io.StringIO()
+    HeadlessPrinter(verbose, verbose=True)(OutputMessage("r", "analyzer", "NQ", "free text"))
+    assert verbose.getvalue() == "    analyzer-NQ | free text\n"
+    raw = io.StringIO()
+    HeadlessPrinter(raw, json_mode=True)(EventMessage(ev))
+    assert raw.getvalue() == ev.to_line() + "\n"
+    coloured = io.StringIO()
+    HeadlessPrinter(coloured, color=True)(EventMessage(ev))
+    assert "\x1b[" in coloured.getvalue() and "analyzer partial" in coloured.getvalue()

@@ -620,3 +620,35 @@ def test_cancel_from_another_thread(root: Path, tmp_path: Path) -> None:
     anyio.run(main)
     assert out["cancelled"] is True and out["rs"].status == "cancelled"
     assert left_alive(root) == []
+
+
+# --- the run record, read side ------------------------------------------------------------------
+
+
+def test_runs_index_tolerates_a_partial_last_line_and_reads_the_tail(settings: Settings) -> None:
+    lines = [{"run_id": f"r{i:04d}", "trigger": "schedule", "started": "x", "ended": "y",
+              "status": "success", "stages": {}} for i in range(3000)]
+    for line in lines[:2999]:
+        history.append_run(settings, line)
+    with open(settings.runs_index, "ab") as fh:
+        fh.write(b'{"run_id": "r-cut", "trig')  # a crash in the middle of an append
+    assert history.read_runs(settings)[-1]["run_id"] == "r2998"
+    assert [r["run_id"] for r in history.read_runs(settings, limit=3)] == ["r2996", "r2997", "r2998"]
+    assert len(history.read_runs(settings)) == 2999
+    history.append_run(settings, lines[2999])  # starts on a fresh line: nothing glued to the cut one
+    assert [r["run_id"] for r in history.read_runs(settings, limit=2)] == ["r2998", "r2999"]
+    assert history.last_run(settings)["run_id"] == "r2999"
+    assert history.read_runs(settings, limit=0) == []
+
+
+def test_history_of_a_run(root: Path, tmp_path: Path) -> None:
+    s = make_settings(root)
+    add_store(s, "ES")
+    rs = run_engine(Engine(s, stage_command=fake_command(root, tmp_path)))
+    evs = history.run_events(s, rs.run_id)
+    assert evs[0].event == "start" and evs[-1].event == "success"
+    assert list(history.run_logs(s, rs.run_id)) == ["analyzer-ES", "merger"]
+    assert history.find_report(s, rs.run_id)["run_id"] == rs.run_id
+    assert history.find_report(s, "00000000-no-such-run") is None
+    assert history.run_logs(s, "no-such-run") == {}
+    assert history.run_events(s, "no-such-run") == []
