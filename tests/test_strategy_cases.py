@@ -632,3 +632,13 @@ def test_notrade_is_provisional_until_its_range_window_is_complete(settings):
     assert row(run(cfg, bars), "10:30", "S2") == no_trade(
         slot="10:30", session="S2", range_high=5001.0, range_low=4999.0, final=True
     )
+
+
+def test_dates_far_apart_are_analysed_like_a_full_run(es):
+    # Two clusters of dates a month apart (an incremental run's changed and provisional dates).
+    later = D + timedelta(days=35)
+    bars = [RANGE_BAR, ENTRY_BAR, ("08:05", 5012, 5020.25, 5011, 5020),
+            (f"{later} 02:00", 5000, 5010, 4990, 5000), (f"{later} 07:45", 5000, 5000, 4989, 4990)]
+    full = run(es, bars)
+    assert run(es, bars, dates=[D, later]).to_pylist() == full.to_pylist()
+    assert {r["Date"] for r in full.to_pylist()} == {D, later}

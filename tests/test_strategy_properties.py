@@ -157,13 +157,14 @@ def make_table(sc: Scenario, ts: np.ndarray | None = None, seed_offset: int = 0)
 
 
 @contextlib.contextmanager
-def dates_per_batch(n: int) -> Iterator[None]:
-    old = strategy._DATES_PER_BATCH
-    strategy._DATES_PER_BATCH = n
+def batching(dates: int, gap_days: int) -> Iterator[None]:
+    """Other batch sizes and gaps than the defaults: results must not depend on batching."""
+    old = strategy._DATES_PER_BATCH, strategy._BATCH_GAP_DAYS
+    strategy._DATES_PER_BATCH, strategy._BATCH_GAP_DAYS = dates, gap_days
     try:
         yield
     finally:
-        strategy._DATES_PER_BATCH = old
+        strategy._DATES_PER_BATCH, strategy._BATCH_GAP_DAYS = old
 
 
 def assert_same_rows(got: pa.Table, want: pa.Table) -> None:
@@ -185,7 +186,7 @@ def test_analyze_equals_the_reference(data, sc):
     if data.draw(st.booleans()):
         span = [sc.start + timedelta(days=i) for i in range(-1, sc.days + 1)]
         dates = data.draw(st.lists(st.sampled_from(span), max_size=4))
-    with dates_per_batch(data.draw(st.sampled_from([256, 1, 2]))):
+    with batching(data.draw(st.sampled_from([256, 1, 2])), data.draw(st.sampled_from([10, 0, 1]))):
         got = analyze(bars, cfg, dates)
     want = reference_strategy.analyze(table, cfg, dates)
     assert got.schema == want.schema

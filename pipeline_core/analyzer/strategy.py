@@ -75,6 +75,7 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 # Dates per vectorised batch: bounds memory and gives progress reports a rhythm.
 _DATES_PER_BATCH = 256
+_BATCH_GAP_DAYS = 10  # dates further apart than this go to separate batches
 
 # Result and direction codes used inside the batch arrays.
 _NOTRADE, _WIN, _BE, _LOSS, _TIME = 0, 1, 2, 3, 4
@@ -177,6 +178,11 @@ class Bars:
     high: np.ndarray
     low: np.ndarray
     close: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.ts)
+        if any(len(a) != n for a in (self.open, self.high, self.low, self.close)):
+            raise ValueError("Bars: ts, open, high, low and close must have the same length")
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -449,16 +455,27 @@ def analyze(
     ticks = _Ticks.of(cfg)
     parts: list[dict[str, np.ndarray]] = []
     total = len(days)
-    for i in range(0, total, _DATES_PER_BATCH):
-        batch = days[i : i + _DATES_PER_BATCH]
+    done = 0
+    for batch in _batches(days):
         part = _analyze_batch(bars, cfg, ticks, batch, slots)
         if part is not None:
             parts.append(part)
-        if progress is not None and i + len(batch) < total:
-            progress(i + len(batch), total)
+        done += len(batch)
+        if progress is not None and done < total:
+            progress(done, total)
     if progress is not None:
         progress(total, total)
     return _to_table(parts, cfg, ticks, slots)
+
+
+def _batches(days: Sequence[date]) -> Iterable[Sequence[date]]:
+    """Sorted dates in batches of at most _DATES_PER_BATCH, cut where dates lie far apart, so
+    each batch reads only the bars near its own dates (incremental runs ask for scattered ones)."""
+    start = 0
+    for i in range(1, len(days) + 1):
+        if i == len(days) or i - start == _DATES_PER_BATCH or (days[i] - days[i - 1]).days > _BATCH_GAP_DAYS:
+            yield days[start:i]
+            start = i
 
 
 def _analyze_batch(
