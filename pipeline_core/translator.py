@@ -254,6 +254,20 @@ def _numbers(col: pa.Array, tolerant: bool) -> tuple[np.ndarray, np.ndarray | No
     return vals.to_numpy(zero_copy_only=False), ~ok.to_numpy(zero_copy_only=False)
 
 
+def _strict(text: pa.Array, well_formed: pa.Array, fmt: str, day_at: int, sec_at: int) -> pa.Array:
+    """Seconds since the epoch of each well-formed ``text`` (null where it is not a real time).
+
+    ``strptime`` rolls an impossible date over (30 February becomes 2 March) and accepts a
+    leap second: a time only counts when its day and second read back unchanged.
+    """
+    safe = pc.if_else(well_formed, text, None)
+    secs = pc.strptime(safe, format=fmt, unit="s", error_is_null=True)
+    day = pc.cast(pc.utf8_slice_codeunits(safe, day_at, day_at + 2), pa.int64())
+    sec = pc.cast(pc.utf8_slice_codeunits(safe, sec_at, sec_at + 2), pa.int64())
+    real = pc.and_(pc.equal(pc.day(secs), day), pc.equal(pc.second(secs), sec))
+    return pc.if_else(real, secs, None)
+
+
 def _times(batch: pa.RecordBatch, layout: Layout, tolerant: bool) -> tuple[np.ndarray, np.ndarray]:
     """The bar-open epoch ms of each row (before any zone conversion) and a mask of bad times."""
     n = batch.num_rows
@@ -266,25 +280,21 @@ def _times(batch: pa.RecordBatch, layout: Layout, tolerant: bool) -> tuple[np.nd
             return ts, np.zeros(n, dtype=bool)
         d, t = pc.utf8_trim_whitespace(d), pc.utf8_trim_whitespace(t)
         ok = pc.and_(pc.match_substring_regex(d, _DATE_RE), pc.match_substring_regex(t, _TIME_RE))
-        whole = pc.utf8_slice_codeunits(t, 0, 8)
-        text = pc.binary_join_element_wise(d, whole, " ")
-        secs = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=True)
+        text = pc.binary_join_element_wise(d, pc.utf8_slice_codeunits(t, 0, 8), " ")
+        secs = _strict(text, ok, "%Y-%m-%d %H:%M:%S", 8, 17)
         frac = pc.utf8_slice_codeunits(pc.if_else(ok, t, "00:00:00"), 9, 12)
         frac_ms = pc.cast(pc.if_else(pc.equal(frac, ""), "0", pc.utf8_rpad(frac, 3, "0")), pa.int64())
-        good = pc.and_(ok, pc.is_valid(secs)).to_numpy(zero_copy_only=False)
+        good = pc.is_valid(secs).to_numpy(zero_copy_only=False)
         base = pc.fill_null(secs.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        fr = frac_ms.to_numpy(zero_copy_only=False)
-        return base * 1000 + fr, ~good
+        return base * 1000 + frac_ms.to_numpy(zero_copy_only=False), ~good
     if layout.form == "ninjatrader":
         s = batch.column("stamp")
         if tolerant:
             s = pc.utf8_trim_whitespace(s)
-        secs = pc.strptime(s, format="%Y%m%d %H%M%S", unit="s", error_is_null=True)
-        good = pc.is_valid(secs)
-        if tolerant:
-            good = pc.and_(good, pc.match_substring_regex(s, _STAMP_RE))
+        secs = _strict(s, pc.match_substring_regex(s, _STAMP_RE), "%Y%m%d %H%M%S", 6, 13)
+        good = pc.is_valid(secs).to_numpy(zero_copy_only=False)
         base = pc.fill_null(secs.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        return base * 1000, ~good.to_numpy(zero_copy_only=False)
+        return base * 1000, ~good
     col = batch.column("timestamp_utc")
     if not tolerant:
         return _np(col, np.int64), np.zeros(n, dtype=bool)
@@ -292,8 +302,7 @@ def _times(batch: pa.RecordBatch, layout: Layout, tolerant: bool) -> tuple[np.nd
     ok = pc.match_substring_regex(s, _ISO_RE)
     # a well-formed string can still name an impossible date or time: check them too
     core = pc.replace_substring(pc.utf8_slice_codeunits(s, 0, 19), " ", "T")
-    moment = pc.strptime(core, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
-    ok = pc.and_(ok, pc.is_valid(moment))
+    ok = pc.is_valid(_strict(core, ok, "%Y-%m-%dT%H:%M:%S", 8, 17))
     safe = pc.if_else(ok, s, "1970-01-01T00:00:00Z")
     ts = pc.cast(safe, pa.timestamp("ms", tz="UTC")).cast(pa.int64())
     return ts.to_numpy(zero_copy_only=False), ~ok.to_numpy(zero_copy_only=False)
