@@ -246,6 +246,10 @@ class Engine:
         self._loop_thread = threading.get_ident()
         self._token = anyio.lowlevel.current_token()
 
+    def _unbind_loop(self) -> None:
+        self._loop_thread = None
+        self._token = None
+
     # --- scheduler events -------------------------------------------------------------------
 
     def _sched_emit(self, event: str, msg: str, data: dict[str, Any] | None = None) -> Event:
@@ -301,13 +305,19 @@ class Engine:
         full: bool | None = None,
     ) -> RunState:
         """Do one run to its end in the caller's task and return its final state."""
+        bound_here = self._loop_thread is None
         self._bind_loop()
-        self.recover()
-        if self.busy:
-            raise RuntimeError(f"a run is already active: {(self._run or self._queued).state.run_id}")  # type: ignore[union-attr]
-        run = self._prepare(trigger, stages, full, None)
-        await self._execute(run)
-        return run.state
+        try:
+            self.recover()
+            if self.busy:
+                active = (self._run or self._queued).state.run_id  # type: ignore[union-attr]
+                raise RuntimeError(f"a run is already active: {active}")
+            run = self._prepare(trigger, stages, full, None)
+            await self._execute(run)
+            return run.state
+        finally:
+            if bound_here and not self._serving:
+                self._unbind_loop()
 
     def cancel(self) -> bool:
         """Cancel the active run (it ends ``cancelled``, recorded). False if there is none."""
@@ -407,10 +417,14 @@ class Engine:
             if self._schedule is not None:
                 with contextlib.suppress(Exception):
                     self._sched_emit("log", "Scheduler stopped", {"level": "info"})
+            if self._sched_writer is not None:
+                self._sched_writer.close()
+                self._sched_writer = None
             self._schedule = None
             self._serving = False
             self._wake = None
             self._stop = False
+            self._unbind_loop()
 
     def _look_at_clock(self) -> None:
         assert self._schedule is not None
