@@ -83,7 +83,7 @@ step = st.tuples(
 )
 
 
-@hsettings(max_examples=25, deadline=None)
+@hsettings(max_examples=20, deadline=None)
 @given(
     data=st.tuples(st.integers(0, 2), st.sampled_from([8.0, 60.0])),
     missing_days=st.sets(st.integers(1, len(DAYS) - 2), max_size=2),

@@ -33,6 +33,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -61,6 +62,11 @@ from pipeline_core.results import (
 )
 from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings
 
+BAR_COLUMNS = ("timestamp", "open", "high", "low", "close")  # what the strategy reads
+_TS_MS = pa.timestamp("ms", tz="America/Chicago")
+_BAR_SCHEMA = pa.schema([("timestamp", _TS_MS)] + [(c, pa.float64()) for c in BAR_COLUMNS[1:]])
+# The last window is read this much further, to find the bar that follows it in the same read.
+_NEXT_BAR_MARGIN = timedelta(days=5)
 # Windows of dates closer than this are read from the store as one range.
 _JOIN_GAP = timedelta(days=3)
 # Report progress at least this often while analysing (seconds).
@@ -138,15 +144,77 @@ def date_windows(dates: Iterable[date], cfg: StrategyConfig) -> list[tuple[datet
     return windows
 
 
+def stored_dates(settings: Settings, inst: str, cfg: StrategyConfig) -> list[date]:
+    """Every candidate date of the instrument's store (reads only the timestamps, a year at a time)."""
+    out: list[date] = []
+    for year in store.store_years(settings, inst):
+        col = pq.read_table(store.store_path(settings, inst, year), columns=["timestamp"]).column(0)
+        ts = col.cast(pa.timestamp("ns", tz="UTC")).combine_chunks().to_numpy().view(np.int64)
+        # candidate_dates looks at bar times only; the prices are a zero-copy stand-in.
+        zero = np.broadcast_to(np.float64(0.0), ts.shape)
+        out.extend(candidate_dates(Bars(ts, zero, zero, zero, zero), cfg))
+    return sorted(set(out))
+
+
+def _by_year(dates: list[date]) -> Iterator[list[date]]:
+    """Sorted ``dates`` cut into runs of the same calendar year."""
+    chunk: list[date] = []
+    for d in dates:
+        if chunk and d.year != chunk[0].year:
+            yield chunk
+            chunk = []
+        chunk.append(d)
+    if chunk:
+        yield chunk
+
+
+def _epoch_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def read_bar_range(settings: Settings, inst: str, start: datetime, end: datetime) -> pa.Table:
+    """Stored bars with ``start <= timestamp < end``: the timestamp and price columns only.
+
+    Like ``store.read_bars``, it reads only the year files and row groups the range touches
+    (by their timestamp statistics) and cuts the rest by binary search (the files are sorted);
+    unlike it, it skips ``volume`` and ``instrument``, which the strategy never looks at and which
+    would cost as much to decode as the prices.
+    """
+    lo, hi = _epoch_ms(start), _epoch_ms(end)
+    first_year, last_year = start.astimezone(CHICAGO).year, (end - timedelta(milliseconds=1)).astimezone(CHICAGO).year
+    parts = []
+    for year in store.store_years(settings, inst):
+        if not first_year <= year <= last_year:
+            continue
+        pf = pq.ParquetFile(store.store_path(settings, inst, year))
+        col = pf.schema_arrow.get_field_index("timestamp")
+        groups = []
+        for g in range(pf.metadata.num_row_groups):
+            stats = pf.metadata.row_group(g).column(col).statistics
+            if stats is not None and stats.has_min_max and (stats.max_raw < lo or stats.min_raw >= hi):
+                continue
+            groups.append(g)
+        if not groups:
+            continue
+        table = pf.read_row_groups(groups, columns=list(BAR_COLUMNS))
+        ts = table.column("timestamp").cast(_TS_MS).combine_chunks().cast(pa.int64()).to_numpy()
+        a, b = np.searchsorted(ts, lo), np.searchsorted(ts, hi)
+        if b > a:
+            parts.append(table.slice(int(a), int(b - a)))
+    if not parts:
+        return _BAR_SCHEMA.empty_table()
+    return pa.concat_tables([p.cast(_BAR_SCHEMA) for p in parts]).combine_chunks()
+
+
 def _first_bar_from(settings: Settings, inst: str, start: datetime) -> pa.Table:
     """The first stored bar at or after ``start`` (empty table if none)."""
     for year in store.store_years(settings, inst):
         if year < start.astimezone(CHICAGO).year:
             continue
-        part = store.read_bars(settings, inst, start, datetime(year + 1, 1, 1, tzinfo=CHICAGO))
+        part = read_bar_range(settings, inst, start, datetime(year + 1, 1, 1, tzinfo=CHICAGO))
         if part.num_rows:
             return part.slice(0, 1)
-    return store.empty_table()
+    return _BAR_SCHEMA.empty_table()
 
 
 def load_bars_for_dates(
@@ -155,12 +223,21 @@ def load_bars_for_dates(
     """The stored bars analysing ``dates`` needs: their windows, plus the next bar after them."""
     windows = date_windows(dates, cfg)
     if not windows:
-        return store.empty_table()
-    parts = [store.read_bars(settings, inst, lo, hi) for lo, hi in windows]
-    parts.append(_first_bar_from(settings, inst, windows[-1][1]))
+        return _BAR_SCHEMA.empty_table()
+    parts = [read_bar_range(settings, inst, lo, hi) for lo, hi in windows[:-1]]
+    # The last window is read a little further, for the bar that follows it (usually there).
+    last_lo, last_hi = windows[-1]
+    tail = read_bar_range(settings, inst, last_lo, last_hi + _NEXT_BAR_MARGIN)
+    end_ms = _epoch_ms(last_hi)
+    ts = tail.column("timestamp").cast(pa.int64()).to_numpy()
+    cut = int(np.searchsorted(ts, end_ms))
+    if cut < len(ts):
+        parts.append(tail.slice(0, cut + 1))
+    else:
+        parts += [tail, _first_bar_from(settings, inst, last_hi + _NEXT_BAR_MARGIN)]
     parts = [p for p in parts if p.num_rows]
     if not parts:
-        return store.empty_table()
+        return _BAR_SCHEMA.empty_table()
     return pa.concat_tables(parts).combine_chunks()
 
 
@@ -229,48 +306,57 @@ def analyze_instrument(
     t0 = time.perf_counter()
     old_provisional: set[date] = set()
     if full_mode:
-        table = store.read_bars(settings, inst)
-        bars = Bars.from_table(table)
-        dates = candidate_dates(bars, cfg)
+        dates = stored_dates(settings, inst, cfg)
+        has_bars = bool(store.store_years(settings, inst))
     else:
         old_provisional = set(provisional_dates(settings, inst))
         changed = set(affected_dates(changes[0], changes[1], cfg)) if changes else set()
         dates = sorted(changed | old_provisional)
+        has_bars = True
         if reporter:
             reporter.say(
                 f"{inst}: {len(dates)} date(s) to analyse: {len(changed)} touched by changed bars"
                 + (f" ({changes[0]:%Y-%m-%d %H:%M} to {changes[1]:%Y-%m-%d %H:%M})" if changes else "")
                 + f", {len(old_provisional)} with provisional rows"
             )
-        table = load_bars_for_dates(settings, inst, dates, cfg)
-        bars = Bars.from_table(table)
-    out.bars = table.num_rows
     out.load_seconds = time.perf_counter() - t0
 
     if not dates:
         out.mode = "none"
         out.provisional_dates = sorted(old_provisional)
-        if st is not None or out.bars:  # an empty store stays "never analysed"
+        if st is not None or has_bars:  # an empty store stays "never analysed"
             _save_state(settings, inst, run_id, out.provisional_dates, changes)
         out.message = f"{inst}: nothing to analyse (0 dates)"
         return out
 
-    out.dates = len(dates)
-    total = len(dates)
+    out.dates = total = len(dates)
     last = [0.0]
+    done_before = [0]
 
-    def progress(done: int, total_: int) -> None:
+    def progress(done: int, _chunk_total: int) -> None:
+        done += done_before[0]
         now = time.monotonic()
-        if reporter and (done >= total_ or now - last[0] >= _PROGRESS_EVERY):
+        if reporter and (done >= total or now - last[0] >= _PROGRESS_EVERY):
             last[0] = now
-            reporter.progress(done, total_, f"{inst}: {done}/{total_} dates", instrument=inst)
+            reporter.progress(done, total, f"{inst}: {done}/{total} dates", instrument=inst)
 
     if reporter:
         reporter.progress(0, total, f"{inst}: {total} dates to analyse", instrument=inst)
         last[0] = time.monotonic()
-    t1 = time.perf_counter()
-    result = analyze(bars, cfg, dates=dates, progress=progress)
-    out.analysis_seconds = time.perf_counter() - t1
+    # One calendar year of dates at a time: the bars of a year are small enough that memory is
+    # reused from chunk to chunk instead of growing to the whole history.
+    parts = []
+    for chunk in _by_year(dates):
+        t = time.perf_counter()
+        table = load_bars_for_dates(settings, inst, chunk, cfg)
+        bars = Bars.from_table(table)
+        out.bars += table.num_rows
+        t1 = time.perf_counter()
+        out.load_seconds += t1 - t
+        parts.append(analyze(bars, cfg, dates=chunk, progress=progress))
+        out.analysis_seconds += time.perf_counter() - t1
+        done_before[0] += len(chunk)
+    result = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     out.rows = result.num_rows
     res_counts = pc.value_counts(result.column("Result")).to_pylist() if result.num_rows else []
