@@ -211,14 +211,15 @@ async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: A
     out: dict[str, Any] = {}
     async with anyio.create_task_group() as tg:
 
-        async def watch_signals() -> None:
+        async def watch_signals(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
             with anyio.open_signal_receiver(*_stop_signals()) as signals:
+                task_status.started()
                 async for sig in signals:
                     printer.note(f"{sig.name}: cancelling the run")
                     if not engine.cancel():
                         tg.cancel_scope.cancel()
 
-        tg.start_soon(watch_signals)
+        await tg.start(watch_signals)  # handlers in place before anything can be interrupted
         out["rs"] = await engine.run(
             "stage" if stages else "manual", stages=stages, full=full
         )
@@ -232,15 +233,16 @@ async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
     state = {"cancelled_a_run": False}
     async with anyio.create_task_group() as tg:
 
-        async def watch_signals() -> None:
+        async def watch_signals(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
             with anyio.open_signal_receiver(*_stop_signals()) as signals:
+                task_status.started()
                 async for sig in signals:
                     busy = engine.busy
                     state["cancelled_a_run"] = state["cancelled_a_run"] or busy
                     printer.note(f"{sig.name}: stopping" + (" (cancelling the active run)" if busy else ""))
                     engine.stop()
 
-        tg.start_soon(watch_signals)
+        await tg.start(watch_signals)
         await engine.serve(schedule=True, not_before=not_before)
         tg.cancel_scope.cancel()
     return EXIT_CODES["cancelled"] if state["cancelled_a_run"] else 0

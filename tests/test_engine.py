@@ -60,7 +60,7 @@ FAKE_STAGE = textwrap.dedent(
         while not (root / "release").exists():
             time.sleep(0.01)
     if mode == "silent":
-        time.sleep(1.0)
+        time.sleep(1.5)
     if mode == "sleep":
         time.sleep(0.3)
     if mode == "fail":
@@ -377,10 +377,12 @@ def test_silence_warning_and_progress_heartbeat(root: Path, tmp_path: Path) -> N
     warnings = [e for e in events if e.event == "log" and e.data.get("level") == "warning"]
     assert warnings and "no output for" in warnings[0].msg
     beats = [e for e in events if e.event == "progress" and e.data.get("heartbeat")]
-    assert len(beats) >= 2 and all(e.stage == "analyzer" for e in beats)
+    assert len(beats) >= 3 and all(e.stage == "analyzer" for e in beats)
     times = [datetime.fromisoformat(e.timestamp) for e in events if e.stage == "analyzer" and e.event == "progress"]
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
-    assert max(gaps) < 0.25 + 0.3  # never much longer than the interval without a progress event
+    # the stage is silent for 1.5 s; with a 0.25 s interval no gap comes near that (slack for a
+    # loaded machine)
+    assert max(gaps) < 1.0
 
 
 def test_stage_that_cannot_start(root: Path) -> None:
