@@ -57,7 +57,7 @@ from pipeline_core.results import (
     file_metadata,
     monthly_files,
     monthly_path,
-    read_monthly_file,
+    read_result_file,
     schema_difference,
     stream_instrument,
 )
@@ -449,8 +449,7 @@ def _merge_one(
     path = monthly_path(settings, stream, year, month)
     outcome = GroupOutcome(stream, year, month, path)
     try:
-        existing = read_monthly_file(path) if path.exists() else None
-        old_meta = file_metadata(path) if existing is not None else {}
+        existing, old_meta = read_result_file(path) if path.exists() else (None, {})
         result, counts = merge_group(existing, sources)
         outcome.rows = result.num_rows
         outcome.added, outcome.replaced = counts["added"], counts["replaced"]
@@ -462,7 +461,8 @@ def _merge_one(
             META_RUN_ID: newest.run_id,
         }
         changed = outcome.added or outcome.replaced or outcome.removed
-        same_meta = all(old_meta.get(k) == v for k, v in meta.items())
+        # Same rows from the same engine and settings: nothing to write (the run id may differ).
+        same_meta = all(old_meta.get(k) == meta[k] for k in (META_ENGINE_VERSION, META_ANALYSIS_HASH))
         if result.num_rows == 0:
             if existing is not None:
                 path.unlink()

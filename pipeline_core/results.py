@@ -88,18 +88,26 @@ def available_months(settings: Settings) -> list[tuple[int, int]]:
 
 def read_monthly_file(path: Path) -> pa.Table:
     """One monthly file, checked against the result columns (ValueError naming the file if not)."""
+    return read_result_file(path)[0]
+
+
+def read_result_file(path: Path) -> tuple[pa.Table, dict[str, str]]:
+    """A result file's rows (checked against the result columns) and its qtsw metadata."""
     table = pq.read_table(path)
     if not table.schema.equals(RESULT_SCHEMA, check_metadata=False):
         raise ValueError(f"{path}: {schema_difference(table.schema, RESULT_SCHEMA)}")
-    return table.replace_schema_metadata(None)
+    return table.replace_schema_metadata(None), _decode_metadata(table.schema.metadata)
 
 
 def file_metadata(path: Path) -> dict[str, str]:
     """The qtsw key-value metadata of a result file (engine version, analysis hash, ...)."""
-    raw = pq.read_schema(path).metadata or {}
+    return _decode_metadata(pq.read_schema(path).metadata)
+
+
+def _decode_metadata(raw: dict[bytes, bytes] | None) -> dict[str, str]:
     return {
         k.decode(): v.decode()
-        for k, v in raw.items()
+        for k, v in (raw or {}).items()
         if not k.startswith(b"ARROW:") and k != b"pandas"
     }
 
