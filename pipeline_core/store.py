@@ -233,43 +233,56 @@ def split_years(table: pa.Table) -> dict[int, pa.Table]:
     return out
 
 
-def merge_year(old: pa.Table | None, new: pa.Table) -> tuple[pa.Table, int | None, int | None]:
-    """Upsert sorted unique ``new`` bars into sorted unique ``old`` bars (new wins).
-
-    Returns the merged table and the first/last epoch ms of a bar that was added or changed
-    (None, None when the merge changes nothing).
-    """
-    new_ts = _ts_ms(new)
-    if old is None or old.num_rows == 0:
-        if len(new_ts) == 0:
-            return new, None, None
-        return new, int(new_ts[0]), int(new_ts[-1])
-    old_ts = _ts_ms(old)
-    if len(new_ts) == 0:
-        return old, None, None
-    if new_ts[0] > old_ts[-1]:  # the common case: bars appended after the last stored bar
-        return pa.concat_tables([old, new]).combine_chunks(), int(new_ts[0]), int(new_ts[-1])
-    pos = np.searchsorted(old_ts, new_ts)
-    pos_c = np.minimum(pos, len(old_ts) - 1)
-    matched = old_ts[pos_c] == new_ts
+def _match(old: pa.Table, new: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For sorted unique ``old`` and ``new``: new timestamps, their position in old, whether a
+    bar with that timestamp exists in old, and whether the new bar adds or changes one."""
+    new_ts, old_ts = _ts_ms(new), _ts_ms(old)
+    pos = np.minimum(np.searchsorted(old_ts, new_ts), len(old_ts) - 1)
+    matched = old_ts[pos] == new_ts
     changed = ~matched
     if matched.any():
-        old_idx = pos_c[matched]
+        old_idx = pos[matched]
         differs = np.zeros(int(matched.sum()), dtype=bool)
         for c in PRICE_COLUMNS:
-            o = old.column(c).to_numpy()[old_idx]
-            n = new.column(c).to_numpy()[matched]
-            differs |= o != n
+            differs |= old.column(c).to_numpy()[old_idx] != new.column(c).to_numpy()[matched]
         changed[matched] = differs
+    return new_ts, pos, matched, changed
+
+
+def changed_range(old: pa.Table | None, new: pa.Table) -> tuple[int, int] | None:
+    """First and last epoch ms of a bar that upserting ``new`` into ``old`` adds or changes."""
+    if new.num_rows == 0:
+        return None
+    new_ts = _ts_ms(new)
+    if old is None or old.num_rows == 0 or new_ts[0] > _ts_ms(old)[-1]:
+        return int(new_ts[0]), int(new_ts[-1])
+    new_ts, _, _, changed = _match(old, new)
     if not changed.any():
-        return old, None, None
-    changed_ts = new_ts[changed]
-    keep_old = np.ones(len(old_ts), dtype=bool)
-    keep_old[pos_c[matched]] = False
+        return None
+    hits = new_ts[changed]
+    return int(hits[0]), int(hits[-1])
+
+
+def merge_year(old: pa.Table | None, new: pa.Table) -> pa.Table:
+    """Upsert sorted unique ``new`` bars into sorted unique ``old`` bars (new wins)."""
+    if old is None or old.num_rows == 0:
+        return new
+    if new.num_rows == 0:
+        return old
+    if _ts_ms(new)[0] > _ts_ms(old)[-1]:  # the common case: bars appended after the last one
+        return pa.concat_tables([old, new]).combine_chunks()
+    _, pos, matched, _ = _match(old, new)
+    keep_old = np.ones(old.num_rows, dtype=bool)
+    keep_old[pos[matched]] = False
     merged = pa.concat_tables([old.take(_indices(np.flatnonzero(keep_old))), new]).combine_chunks()
-    order = np.argsort(_ts_ms(merged), kind="stable")
-    merged = merged.take(_indices(order))
-    return merged, int(changed_ts[0]), int(changed_ts[-1])
+    return merged.take(_indices(np.argsort(_ts_ms(merged), kind="stable")))
+
+
+def with_instrument(table: pa.Table, inst: str) -> pa.Table:
+    """``table`` with its ``instrument`` column (added when missing, as the store writes it)."""
+    if "instrument" in table.column_names:
+        return table
+    return table.append_column("instrument", pa.repeat(pa.scalar(inst, pa.string()), table.num_rows))
 
 
 def _write_year(path: Path, table: pa.Table) -> None:
@@ -314,7 +327,8 @@ def upsert_years(
     years: Iterable[tuple[int, pa.Table]],
     before_write: Callable[[datetime, datetime], None] | None = None,
 ) -> tuple[datetime, datetime] | None:
-    """Like :func:`upsert_bars` for bars already normalised and cut by Chicago year."""
+    """Like :func:`upsert_bars` for bars already normalised and cut by Chicago year (sorted,
+    unique; the ``instrument`` column may be left out: it is added as each year is written)."""
     # Two passes so the changed range is known (and handed to ``before_write``) before any
     # file changes, without holding every merged year in memory at once.
     todo: list[tuple[int, pa.Table]] = []
@@ -322,12 +336,11 @@ def upsert_years(
     last: int | None = None
     for year, new in sorted(years, key=lambda kv: kv[0]):
         path = store_path(settings, inst, year)
-        old = read_year(path) if path.exists() else None
-        _, f, lst = merge_year(old, new)
-        if f is None or lst is None:
+        found = changed_range(read_year(path) if path.exists() else None, new)
+        if found is None:
             continue
-        first = f if first is None else min(first, f)
-        last = lst if last is None else max(last, lst)
+        first = found[0] if first is None else min(first, found[0])
+        last = found[1] if last is None else max(last, found[1])
         todo.append((year, new))
     if first is None or last is None:
         return None
@@ -339,8 +352,7 @@ def upsert_years(
         year, new = item
         path = store_path(settings, inst, year)
         old = read_year(path) if path.exists() else None
-        merged, _, _ = merge_year(old, new)
-        _write_year(path, merged)
+        _write_year(path, merge_year(old, with_instrument(new, inst)))
 
     # Parquet encoding releases the GIL: write the year files on every core.
     workers = min(len(todo), os.cpu_count() or 1, 4)

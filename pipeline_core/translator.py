@@ -84,6 +84,7 @@ _DAY_MS = 86_400_000
 _MIN_MS = 60_000
 _PRICES = ("open", "high", "low", "close", "volume")
 _BOM = b"\xef\xbb\xbf"
+_BARS_SCHEMA = pa.schema([f for f in store.SCHEMA if f.name != "instrument"])
 
 
 class FileRejected(Exception):
@@ -700,7 +701,7 @@ def assemble(
     all_years = sorted({y for p in pieces for y in p.years})
     for y in all_years:
         chunks = [c for p in pieces for c in p.years.pop(y, [])]
-        table, dups = _year_table(chunks, instrument)
+        table, dups = _year_table(chunks)
         duplicates += dups
         years[y] = table
     result.duplicates = duplicates
@@ -712,7 +713,7 @@ def assemble(
     return years
 
 
-def _year_table(chunks: list[tuple[np.ndarray, ...]], instrument: str) -> tuple[pa.Table, int]:
+def _year_table(chunks: list[tuple[np.ndarray, ...]]) -> tuple[pa.Table, int]:
     """One year's bars as a store table, sorted, one bar per timestamp (the last one in the
     file wins); also the number of duplicates dropped."""
     ts = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
@@ -738,9 +739,8 @@ def _year_table(chunks: list[tuple[np.ndarray, ...]], instrument: str) -> tuple[
         for i, name in enumerate(_PRICES, start=1):
             full = np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
             cols[name] = to_arrow(full[order], pa.float64())
-    rows = len(ts) if order is None else len(order)
-    cols["instrument"] = pa.repeat(pa.scalar(instrument, pa.string()), rows)
-    return pa.table(cols, schema=store.SCHEMA), dups
+    # the instrument column is added per year as the store writes it (less memory held)
+    return pa.table(cols, schema=_BARS_SCHEMA), dups
 
 
 # --- the manifest -----------------------------------------------------------------------------
