@@ -218,3 +218,21 @@ def test_instruments_run_concurrently_each_with_its_own_state(settings: Settings
         assert (settings.analyzer_temp_dir / "par" / f"{inst}.parquet").exists()
         assert state.read_analyzer_state(settings, inst)["last_run_id"] == "par"
     assert json.loads(state.changes_path(settings).read_text()) == {}
+
+
+def test_a_broken_state_file_is_named_and_a_full_run_rebuilds_it(settings: Settings) -> None:
+    add_bars(settings, "ES", DAYS)
+    runner.analyze_instrument(settings, "ES", run_id="first")
+    path = state.analyzer_state_path(settings, "ES")
+    path.write_text('{"analysis_hash": "x", "provisional_dates": ["2025-13-45"]')  # cut short
+
+    code, messages, _ = run_analyzer(settings, "--instrument", "ES", "--run-id", "inc")
+
+    assert code == 1
+    res = only_result(messages)
+    assert str(path) in res.body["msg"] and "--full" in res.body["msg"]
+
+    code, messages, _ = run_analyzer(settings, "--instrument", "ES", "--run-id", "full", "--full")
+
+    assert code == 0
+    assert state.read_analyzer_state(settings, "ES")["last_run_id"] == "full"

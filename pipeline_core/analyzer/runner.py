@@ -257,6 +257,41 @@ def _changes_lock(settings: Settings) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class StateError(Exception):
+    """A pending-work state file that cannot be read: names the file and what to do."""
+
+
+def read_state(settings: Settings, inst: str, full: bool) -> dict[str, Any] | None:
+    """The instrument's analyzer state, checked. A broken one is ignored by a full run (which
+    rebuilds it) and stops an incremental run with a :class:`StateError`."""
+    path = state.analyzer_state_path(settings, inst)
+    try:
+        st = state.read_analyzer_state(settings, inst)
+        if st is not None:
+            for d in st.get("provisional_dates", []):
+                date.fromisoformat(d)  # raises for a broken entry
+            if not isinstance(st.get("analysis_hash"), str):
+                raise ValueError("no analysis_hash")
+        return st
+    except (ValueError, TypeError, AttributeError) as exc:
+        if full:
+            return None
+        raise StateError(
+            f"{path}: unreadable analyzer state ({exc}); a full re-analysis (--full) rebuilds it"
+        ) from None
+
+
+def read_changed_range(settings: Settings, inst: str) -> tuple[datetime, datetime] | None:
+    """The instrument's pending changed bar range (``changes.json``), or None."""
+    try:
+        return state.read_changes(settings).get(inst)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise StateError(
+            f"{state.changes_path(settings)}: unreadable pending changes ({exc}); "
+            f"fix or remove the file, then re-analyse with --full"
+        ) from None
+
+
 def provisional_dates(settings: Settings, inst: str) -> list[date]:
     """The instrument's dates that hold ``Final = false`` rows, per its analyzer state."""
     st = state.read_analyzer_state(settings, inst) or {}
@@ -282,13 +317,14 @@ def analyze_instrument(
     """Analyse what is due for ``inst`` (everything with ``full``), write the run output, update state.
 
     Raises :class:`AnalysisSettingsChanged` when the settings hash differs from the last analysis
-    and ``full`` is not set, and KeyError for an instrument not in the settings.
+    and ``full`` is not set, :class:`StateError` for an unreadable state file, and KeyError for
+    an instrument not in the settings.
     """
     run_id = run_id or str(uuid.uuid4())
     settings.instrument(inst)  # a clear error for an unknown symbol
     cfg = StrategyConfig.from_settings(settings, inst)
-    st = state.read_analyzer_state(settings, inst)
-    changes = state.read_changes(settings).get(inst)
+    st = read_state(settings, inst, full)
+    changes = read_changed_range(settings, inst)
     if st is not None and not full and st.get("analysis_hash") != settings.analysis_hash:
         raise AnalysisSettingsChanged(
             f"the analysis settings changed since {inst} was last analysed "
@@ -309,7 +345,7 @@ def analyze_instrument(
         dates = stored_dates(settings, inst, cfg)
         has_bars = bool(store.store_years(settings, inst))
     else:
-        old_provisional = set(provisional_dates(settings, inst))
+        old_provisional = {date.fromisoformat(d) for d in st.get("provisional_dates", [])}
         changed = set(affected_dates(changes[0], changes[1], cfg)) if changes else set()
         dates = sorted(changed | old_provisional)
         has_bars = True
@@ -454,7 +490,7 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     run_id = args.run_id or str(uuid.uuid4())
     try:
         out = analyze_instrument(settings, inst, full=args.full, run_id=run_id, reporter=rep)
-    except AnalysisSettingsChanged as exc:
+    except (AnalysisSettingsChanged, StateError) as exc:
         rep.say(f"ERROR {exc}")
         rep.result("failure", str(exc), counts={"instrument": inst, "dates": 0}, error=str(exc))
         return "failure"
