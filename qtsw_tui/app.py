@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -49,7 +50,7 @@ STATUS_SECONDS = 1.0  # header clock, elapsed times, progress bars
 COUNTERS_SECONDS = 3.0  # raw files, store, pending work (a thread worker)
 PANE_LINES = 2000  # per stage pane; the full output is in the stage's .log file
 EVENT_CAPACITY = 100_000  # events kept in memory for the table and its filter
-EVENT_WINDOW = 1000  # rows in the table at most
+EVENT_WINDOW = 250  # rows in the live table at most (the store keeps the rest, filterable)
 LINE_CHARS = 2000  # a longer output line is cut on screen (the .log file has all of it)
 STOP_SECONDS = 60.0  # how long quitting waits for the engine to record a cancelled run
 WIDE = (120, 36)  # from this size on, the events table shows beside the stage panes
@@ -163,6 +164,13 @@ class QtswApp(App[int]):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, self._signal_quit)
         self.call_after_refresh(self._start_requested)
+        self.call_after_refresh(self._freeze_startup_objects)
+
+    def _freeze_startup_objects(self) -> None:
+        # Modules, widgets and styles live as long as the console; moving them out of the
+        # collector's reach keeps each full collection short, so a flood of events does not
+        # stall key presses behind a long garbage-collection pass.
+        gc.freeze()
 
     def _start_requested(self) -> None:
         """``qtsw --run-now`` / ``--stage X`` with the console: ask for that run once serving."""
@@ -180,6 +188,8 @@ class QtswApp(App[int]):
         except Exception:  # resized before compose finished
             return
         main.set_class(width >= WIDE[0] and height >= WIDE[1], "-wide")
+        if main.has_class("-wide"):
+            self.query_one("#events", EventsPanel).catch_up()
 
     # --- the engine -----------------------------------------------------------------------------
     @work(exclusive=True, group="engine", exit_on_error=False, name="engine")
@@ -348,12 +358,15 @@ class QtswApp(App[int]):
             return
         main.toggle_class("-events")
         if main.has_class("-events"):
+            panel.catch_up()
             panel.table.focus()
 
     def action_filter(self) -> None:
         main = self.query_one("#main")
         main.add_class("-events")
-        self.query_one("#events", EventsPanel).open_filter()
+        panel = self.query_one("#events", EventsPanel)
+        panel.catch_up()
+        panel.open_filter()
 
     def key_help(self) -> list[tuple[str, str]]:
         """(key as currently bound, what it does) for every app binding."""

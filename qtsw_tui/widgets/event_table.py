@@ -1,12 +1,14 @@
 """The live event table: a bounded event store, a filter, and a capped DataTable window.
 
-The store keeps the newest ``capacity`` events (100,000 by default); the table shows only the
-newest ``window`` events that pass the filter, so adding a batch costs at most one window of
-rows whatever the flood. The full history of a run stays in its JSONL file.
+The store keeps the newest ``capacity`` events (100,000 by default) as compact records; the
+table shows only the newest ``window`` records that pass the filter, so adding a batch costs
+at most one window of rows whatever the flood. The full history of a run stays in its JSONL
+file (the run detail screen reads it).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -16,6 +18,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.timer import Timer
 from textual.widgets import DataTable, Input, Static
 
 from pipeline_core.events import EVENT_TYPES, STAGES, Event
@@ -35,10 +38,49 @@ EVENT_STYLE = {
 }
 LEVEL_STYLE = {"warning": "bold yellow", "error": "bold red"}
 
+# An event as the table keeps it: a plain tuple of strings,
+#   (key, run_id, stage, event, level, text, time)
+# Plain tuples of strings are untracked by Python's garbage collector, so a store of 100,000
+# of them costs a full collection nothing; 100,000 Event objects (each with a dict) cost
+# hundreds of milliseconds per full collection — a stall the operator would feel.
+Record = tuple[str, str, str, str, str, str, str]
+KEY, RUN, STAGE, EVENT, LEVEL, TEXT, TIME = range(7)
+MSG_CHARS = 300
+REBUILD_SECONDS = 1.0  # in a flood the table is rebuilt at most this often (the store is exact)
 
-def is_notable_log(ev: Event) -> bool:
+
+def event_key(ev: Event) -> str:
+    """The table row key of an event: unique per event file (run id or scheduler) and seq."""
+    return f"{ev.run_id}:{ev.stage if ev.stage == 'scheduler' else ''}:{ev.seq}"
+
+
+def event_summary(ev: Event) -> str:
+    """The message column: the event's message, else a compact view of its data."""
+    if ev.msg:
+        return ev.msg
+    d = ev.data
+    if ev.event == "progress" and "done" in d:
+        who = f"{d['instrument']} " if d.get("instrument") else ""
+        return f"{who}{d.get('done')}/{d.get('total', '?')}"
+    if ev.event == "skipped" and d.get("reason"):
+        return str(d["reason"])
+    if d:
+        return ", ".join(f"{k}={v}" for k, v in list(d.items())[:6])
+    return ""
+
+
+def record(ev: Event) -> Record:
+    """The compact record of an event (what the store keeps and the table shows)."""
+    text = event_summary(ev)
+    if len(text) > MSG_CHARS:
+        text = text[: MSG_CHARS - 1] + "…"
+    level = str(ev.data.get("level", "")).lower() if ev.event == "log" else ""
+    return (event_key(ev), ev.run_id, ev.stage, ev.event, level, text, clock_time(ev.timestamp))
+
+
+def is_notable_log(rec: Record) -> bool:
     """A log event the operator must see even with verbose off (a warning or an error)."""
-    return ev.event == "log" and str(ev.data.get("level", "")).lower() in LEVEL_STYLE
+    return rec[EVENT] == "log" and rec[LEVEL] in LEVEL_STYLE
 
 
 @dataclass(frozen=True)
@@ -80,16 +122,16 @@ class EventFilter:
                 words.append(low)
         return cls(frozenset(stages), frozenset(events), tuple(words), verbose)
 
-    def matches(self, ev: Event) -> bool:
-        if self.stages and ev.stage not in self.stages:
+    def matches(self, rec: Record) -> bool:
+        if self.stages and rec[STAGE] not in self.stages:
             return False
-        if self.events and ev.event not in self.events:
+        if self.events and rec[EVENT] not in self.events:
             return False
         # An explicit event-type filter shows that type even when verbose is off.
-        if not self.verbose and not self.events and ev.event in VERBOSE_ONLY and not is_notable_log(ev):
+        if not self.verbose and not self.events and rec[EVENT] in VERBOSE_ONLY and not is_notable_log(rec):
             return False
         if self.words:
-            hay = f"{ev.run_id} {ev.stage} {ev.event} {ev.msg}".lower()
+            hay = f"{rec[RUN]} {rec[STAGE]} {rec[EVENT]} {rec[LEVEL]} {rec[TEXT]}".lower()
             return all(w in hay for w in self.words)
         return True
 
@@ -106,91 +148,97 @@ class EventFilter:
 
 
 class EventStore:
-    """The newest ``capacity`` events, in arrival order, and how many were ever added."""
+    """The newest ``capacity`` events (as records), in arrival order, and how many were ever added."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._events: deque[Event] = deque(maxlen=capacity)
+        self._records: deque[Record] = deque(maxlen=capacity)
         self.total = 0
 
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._records)
 
-    def extend(self, events: Sequence[Event]) -> None:
-        self._events.extend(events)
-        self.total += len(events)
+    def extend(self, records: Sequence[Record]) -> None:
+        self._records.extend(records)
+        self.total += len(records)
 
-    def latest(self, flt: EventFilter, limit: int) -> list[Event]:
-        """The newest ``limit`` stored events that pass ``flt``, oldest first."""
-        return newest_matching(self._events, flt, limit)
+    def records(self) -> list[Record]:
+        return list(self._records)
+
+    def latest(self, flt: EventFilter, limit: int) -> list[Record]:
+        """The newest ``limit`` stored records that pass ``flt``, oldest first."""
+        return newest_matching(self._records, flt, limit)
 
 
-def newest_matching(events: Iterable[Event] | deque[Event], flt: EventFilter, limit: int) -> list[Event]:
-    """The last ``limit`` events of ``events`` passing ``flt``, in their original order.
+def newest_matching(records: Iterable[Record], flt: EventFilter, limit: int) -> list[Record]:
+    """The last ``limit`` records passing ``flt``, in their original order.
 
     Scans from the newest backwards and stops at ``limit`` matches, so a broad filter on a big
     store costs one window, not the whole store.
     """
-    out: list[Event] = []
+    out: list[Record] = []
     if limit <= 0:
         return out
-    seq = events if isinstance(events, (list, deque)) else list(events)
-    for ev in reversed(seq):
-        if flt.matches(ev):
-            out.append(ev)
+    seq = records if isinstance(records, (list, tuple, deque)) else list(records)
+    for rec in reversed(seq):
+        if flt.matches(rec):
+            out.append(rec)
             if len(out) >= limit:
                 break
     out.reverse()
     return out
 
 
-def event_key(ev: Event) -> str:
-    """The table row key of an event: unique per event file (run id or scheduler) and seq."""
-    return f"{ev.run_id}:{ev.stage if ev.stage == 'scheduler' else ''}:{ev.seq}"
+class Cell(Text):
+    """A table cell that DataTable does not measure.
+
+    Every column of the event table has a fixed width, yet DataTable measures each cell of
+    each new row (Rich's console options per cell: ~60 µs); under a flood of events that
+    measuring, not the drawing, is what starves the keys. Without ``__rich_measure__`` the
+    cell is drawn as any Text, clipped to its column.
+    """
+
+    __rich_measure__ = None  # type: ignore[assignment]
 
 
-def event_summary(ev: Event) -> str:
-    """The message column: the event's message, else a compact view of its data."""
-    if ev.msg:
-        return ev.msg
-    d = ev.data
-    if ev.event == "progress" and "done" in d:
-        who = f"{d['instrument']} " if d.get("instrument") else ""
-        return f"{who}{d.get('done')}/{d.get('total', '?')}"
-    if ev.event == "skipped" and d.get("reason"):
-        return str(d["reason"])
-    if d:
-        return ", ".join(f"{k}={v}" for k, v in list(d.items())[:6])
-    return ""
-
-
-def event_row(ev: Event) -> tuple[str, str, str, Text, Text]:
+def event_row(rec: Record) -> tuple[Cell, Cell, Cell, Cell, Cell]:
     """The cells of one table row: time, run, stage, event (styled), message."""
-    style = EVENT_STYLE.get(ev.event, "")
-    label = ev.event
-    if ev.event == "log":
-        level = str(ev.data.get("level", "")).lower()
-        if level in LEVEL_STYLE:
-            style, label = LEVEL_STYLE[level], level
-    run = "" if ev.stage == "scheduler" else short_id(ev.run_id)
-    msg = event_summary(ev)
-    if len(msg) > 300:
-        msg = msg[:299] + "…"
+    event = rec[EVENT]
+    style, label = EVENT_STYLE.get(event, ""), event
+    if rec[LEVEL] in LEVEL_STYLE:
+        style, label = LEVEL_STYLE[rec[LEVEL]], rec[LEVEL]
+    run = "" if rec[STAGE] == "scheduler" else short_id(rec[RUN])
     return (
-        clock_time(ev.timestamp),
-        run,
-        ev.stage,
-        Text(label, style=style),
-        Text(msg, style=style if ev.event == "failure" else "", no_wrap=True),
+        Cell(rec[TIME], no_wrap=True),
+        Cell(run, no_wrap=True),
+        Cell(rec[STAGE], no_wrap=True),
+        Cell(label, style=style, no_wrap=True),
+        Cell(rec[TEXT], style=style if event == "failure" else "", no_wrap=True, overflow="ellipsis"),
     )
 
 
+FIXED_WIDTHS = (8, 8, 10, 9)  # time, run, stage, event; the message column takes the rest
+
+
 class EventTable(DataTable):
-    """The events DataTable (rows keyed by event)."""
+    """The events DataTable (rows keyed by event); the message column fills the width."""
 
     BINDINGS = [
         Binding("end", "follow", "Follow", show=False, id="events.follow"),
     ]
+
+    def on_resize(self) -> None:
+        self.fit_message_column()
+
+    def fit_message_column(self) -> None:
+        if "msg" not in self.columns or not self.size.width:
+            return
+        used = sum(FIXED_WIDTHS) + 2 * self.cell_padding * (len(FIXED_WIDTHS) + 1) + 1  # + scrollbar
+        width = max(20, self.size.width - used)
+        column = self.columns["msg"]
+        if column.width != width:
+            column.width = width
+            self.refresh(layout=True)
 
     def action_follow(self) -> None:
         if self.row_count:
@@ -215,21 +263,38 @@ class EventsPanel(Vertical):
         self.verbose = False
         self.flt = EventFilter()
         self._shown: deque[str] = deque()  # row keys in table order
+        self._stale = False  # events not yet in the table (hidden, or a flood): rebuild to show
+        self._last_rebuild = 0.0
+        self._catch_up_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: stage, event type or words (Enter: keep, Esc: clear)", id="event-filter")
         table = EventTable(id="event-table", cursor_type="row", zebra_stripes=False)
-        table.add_column("Time", width=8, key="time")
-        table.add_column("Run", width=8, key="run")
-        table.add_column("Stage", width=10, key="stage")
-        table.add_column("Event", width=9, key="event")
-        table.add_column("Message", key="msg")
+        for (label, key), width in zip(
+            (("Time", "time"), ("Run", "run"), ("Stage", "stage"), ("Event", "event")), FIXED_WIDTHS, strict=True
+        ):
+            table.add_column(label, width=width, key=key)
+        table.add_column("Message", width=40, key="msg")
         yield table
         yield Static("", id="event-status")
 
     def on_mount(self) -> None:
         self.query_one("#event-filter", Input).display = False
         self._update_status()
+
+    def on_show(self) -> None:
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Build the rows of events not yet in the table (arrived while hidden or in a flood)."""
+        if self._stale:
+            self._rebuild()
+            self._update_status()
+
+    def _timed_catch_up(self) -> None:
+        self._catch_up_timer = None
+        if self.display:
+            self.catch_up()
 
     @property
     def table(self) -> EventTable:
@@ -240,14 +305,26 @@ class EventsPanel(Vertical):
         """Store a batch of events and append the ones passing the filter (one window at most)."""
         if not events:
             return
-        self.store.extend(events)
-        matched = newest_matching(events, self.flt, self.window)
+        records = [record(ev) for ev in events]
+        self.store.extend(records)
+        if not self.display:
+            # hidden (the stage view at 80x24): keep the records, build the rows when shown
+            self._stale = True
+            return
+        matched = newest_matching(records, self.flt, self.window)
         if matched:
             table = self.table
             follow = table.row_count == 0 or table.cursor_row >= table.row_count - 1
             overflow = len(self._shown) + len(matched) - self.window
             if overflow > 32:
-                self._rebuild(follow=follow)
+                wait = self._last_rebuild + REBUILD_SECONDS - time.monotonic()
+                if wait > 0:
+                    # a flood: the table is rebuilt at most once per REBUILD_SECONDS
+                    self._stale = True
+                    if self._catch_up_timer is None:
+                        self._catch_up_timer = self.set_timer(wait, self._timed_catch_up)
+                else:
+                    self._rebuild(follow=follow)
             else:
                 with self.app.batch_update():
                     for _ in range(max(0, overflow)):
@@ -257,16 +334,18 @@ class EventsPanel(Vertical):
                         table.move_cursor(row=table.row_count - 1, animate=False)
         self._update_status()
 
-    def _append(self, events: Sequence[Event]) -> None:
+    def _append(self, records: Sequence[Record]) -> None:
         table = self.table
-        for ev in events:
-            key = event_key(ev)
+        for rec in records:
+            key = rec[KEY]
             if key in table.rows:
                 continue  # the same event twice (a re-read file): one row
-            table.add_row(*event_row(ev), key=key)
+            table.add_row(*event_row(rec), key=key)
             self._shown.append(key)
 
     def _rebuild(self, follow: bool = True) -> None:
+        self._stale = False
+        self._last_rebuild = time.monotonic()
         table = self.table
         rows = self.store.latest(self.flt, self.window)
         with self.app.batch_update():
@@ -341,7 +420,9 @@ __all__ = [
     "EventStore",
     "EventsPanel",
     "EventTable",
+    "Record",
     "event_key",
     "event_row",
     "newest_matching",
+    "record",
 ]
