@@ -250,46 +250,53 @@ def test_wrong_time_zone_is_caught_by_the_plausibility_check(root: Path) -> None
     assert_store_holds(s, "ES", bars)
 
 
-def test_saturday_bars_make_a_file_suspect(settings: Settings) -> None:
-    bars = make_bars("ES", days=2, end=date(2025, 11, 21))
+def _bars_at(moments: list[datetime], price: float = 6000.0) -> pa.Table:
+    return pa.table({
+        "timestamp": pa.array([int(m.timestamp() * 1000) for m in moments], pa.timestamp("ms", tz="UTC")),
+        **{c: [price] * len(moments) for c in ("open", "high", "low", "close", "volume")},
+    })
+
+
+@pytest.fixture(scope="module")
+def plausibility(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, pa.Table], StageRun]:
+    root = tmp_path_factory.mktemp("plausible")
+    s = load_settings(root=root, env=ENV)
+    s.ensure_dirs()
     sat = datetime(2025, 11, 22, 10, 0, tzinfo=CHICAGO)
-    extra = pa.table({
-        "timestamp": pa.array([int((sat + timedelta(minutes=i)).timestamp() * 1000) for i in range(40)], pa.timestamp("ms", tz="UTC")),
-        **{c: [6000.0] * 40 for c in ("open", "high", "low", "close", "volume")},
-    })
-    put(settings, "ES.csv", pa.concat_tables([bars, extra]))
-    run = run_translator(settings.root)
-    assert run.result["status"] == "partial"
-    assert "rule: suspect_times" in (settings.quarantine_dir / "ES.csv.error.txt").read_text()
-
-
-def test_a_few_bars_in_the_break_are_tolerated(settings: Settings) -> None:
-    bars = make_bars("ES", days=2)
-    t = datetime(2025, 11, 25, 16, 30, tzinfo=CHICAGO)
-    extra = pa.table({
-        "timestamp": pa.array([int(t.timestamp() * 1000)], pa.timestamp("ms", tz="UTC")),
-        **{c: [6000.0] for c in ("open", "high", "low", "close", "volume")},
-    })
-    put(settings, "ES.csv", pa.concat_tables([bars, extra]))
-    run = run_translator(settings.root)
-    assert run.result["status"] == "success"
-    assert stored(settings, "ES").num_rows == bars.num_rows + 1
-
-
-def test_a_bar_in_the_future_rejects_the_file(settings: Settings) -> None:
-    bars = make_bars("ES", days=2)
     future = datetime.now(CHICAGO).replace(second=0, microsecond=0) + timedelta(days=2)
-    while future.weekday() >= 5 or future.hour in (16,):
-        future += timedelta(hours=7)
-    extra = pa.table({
-        "timestamp": pa.array([int(future.timestamp() * 1000)], pa.timestamp("ms", tz="UTC")),
-        **{c: [6000.0] for c in ("open", "high", "low", "close", "volume")},
-    })
-    put(settings, "DataExport_ES_20251127_023046_UTC.csv", pa.concat_tables([bars, extra]))
-    run = run_translator(settings.root)
+    files = {
+        # 40 bars on a Saturday among ~2,800: more than 1 %
+        "ES.csv": pa.concat_tables([make_bars("ES", end=date(2025, 11, 21)), _bars_at([sat + timedelta(minutes=i) for i in range(40)])]),
+        # one bar two days ahead
+        "DataExport_NQ_20251127_023046_UTC.csv": pa.concat_tables([make_bars("NQ"), _bars_at([future])]),
+        # one bar in the break is no reason to doubt the file
+        "YM.csv": pa.concat_tables([make_bars("YM", tick=1.0), _bars_at([datetime(2025, 11, 25, 16, 30, tzinfo=CHICAGO)])]),
+    }
+    for name, bars in files.items():
+        put(s, name, bars)
+    return s, files, run_translator(root)
+
+
+def test_saturday_bars_make_a_file_suspect(plausibility: Any) -> None:
+    s, _, run = plausibility
     assert run.result["status"] == "partial"
-    err = (settings.quarantine_dir / "DataExport_ES_20251127_023046_UTC.csv.error.txt").read_text()
+    err = (s.quarantine_dir / "ES.csv.error.txt").read_text()
+    assert "rule: suspect_times" in err and "40 of" in err
+    assert stored(s, "ES").num_rows == 0
+
+
+def test_a_bar_in_the_future_rejects_the_file(plausibility: Any) -> None:
+    s, _, run = plausibility
+    err = (s.quarantine_dir / "DataExport_NQ_20251127_023046_UTC.csv.error.txt").read_text()
     assert "rule: future_bar" in err and "is in the future" in err
+    assert stored(s, "NQ").num_rows == 0
+
+
+def test_a_few_bars_in_the_break_are_tolerated(plausibility: Any) -> None:
+    s, files, run = plausibility
+    assert run.metric("YM.csv")["status"] == "translated"
+    assert stored(s, "YM").num_rows == files["YM.csv"].num_rows
+    assert run.counts["quarantined"] == 2 and run.counts["translated"] == 1
 
 
 # --- bad rows -----------------------------------------------------------------------------------
