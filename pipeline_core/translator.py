@@ -5,8 +5,9 @@ the files :func:`pipeline_core.rawfiles.scan_raw` calls ready (oldest first, so 
 timestamp the newer file wins) and for each:
 
 1. rejects a zero-byte file, a name no parser accepts and an unconfigured symbol;
-2. hashes it; a file whose sha256 is already in ``data/state/manifest.jsonl`` is not
-   translated again, only archived (the stage says when it was ingested);
+2. hashes it (while it is parsed; first, when its size matches an ingested file); a file
+   whose sha256 is already in ``data/state/manifest.jsonl`` is not translated again, only
+   archived (the stage says when it was ingested);
 3. parses it with pyarrow's streaming CSV reader (explicit column types; the file is cut at
    line boundaries into pieces parsed on all cores; no Python loop over rows). Bad rows are
    dropped and counted per rule; duplicates within the file: the last row wins;
@@ -127,14 +128,15 @@ def sniff(path: Path, name: str, settings: Settings) -> Layout:
         raise FileRejected(f"{name} line 1: not UTF-8 text", "format", 1) from None
     zone = settings.timezone_for(name).key
     lower = text.strip().lower()
+    sep = "," if "," in text or ";" not in text else ";"
     if lower.startswith("timestamp_utc"):
-        cols = tuple(c.strip().lower() for c in text.split(","))
+        cols = tuple(c.strip().lower() for c in text.split(sep))
         _require(name, cols, ("timestamp_utc", *_PRICES))
-        return Layout("timestamp_utc", ",", cols, 1, start, "UTC", 0)
+        return Layout("timestamp_utc", sep, cols, 1, start, "UTC", 0)
     if lower.startswith("date"):
-        cols = tuple(c.strip().lower() for c in text.split(","))
+        cols = tuple(c.strip().lower() for c in text.split(sep))
         _require(name, cols, ("date", "time", *_PRICES))
-        return Layout("exporter", ",", cols, 1, start, zone, 0)
+        return Layout("exporter", sep, cols, 1, start, zone, 0)
     if len(text) > 16 and text[:8].isdigit() and text[8] == " " and text[9:15].isdigit():
         sep = text[15]
         if sep in ";,":
@@ -572,6 +574,7 @@ class FileResult:
     last_bar: datetime | None = None
     changed: tuple[datetime, datetime] | None = None
     form: str = ""
+    ambiguous: int = 0  # bars at a wall time that occurs twice in the input zone
     seconds: float = 0.0
 
 
@@ -652,6 +655,7 @@ def assemble(
         for rule, r in p.first_bad.items():
             first_rows.setdefault(rule, int(off) + r)
     result.rows_in = rows_in
+    result.ambiguous = sum(p.ambiguous for p in pieces)
     result.dropped = {r: dropped[r] for r in RULES if r in dropped}
     result.form = layout.form
     bad = sum(dropped.values())
@@ -1076,6 +1080,12 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
                 + (f"; {res.first_bar:%Y-%m-%d %H:%M} to {res.last_bar:%Y-%m-%d %H:%M} Chicago" if res.first_bar and res.last_bar else "")
                 + f"; {res.size / 1e6:.1f} MB in {res.seconds:.2f} s ({mb_s:.0f} MB/s)"
             )
+            if res.ambiguous:
+                rep.warning(
+                    f"{res.name}: {res.ambiguous} bar(s) at a wall time that occurs twice in its "
+                    "time zone (the autumn clock change) were read as the first occurrence",
+                    file=res.name,
+                )
             rep.metric(
                 f"{res.name}: {res.rows_kept} bars kept",
                 file=res.name,
@@ -1087,6 +1097,7 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
                 dropped=res.dropped,
                 first_bad_line=res.first_lines,
                 duplicates=res.duplicates,
+                ambiguous=res.ambiguous,
                 first_bar=_iso(res.first_bar),
                 last_bar=_iso(res.last_bar),
                 changed_first=_iso(res.changed[0]) if res.changed else None,

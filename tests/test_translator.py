@@ -731,3 +731,19 @@ def test_unsorted_file_is_stored_sorted(settings: Settings) -> None:
     run = run_translator(settings.root)
     assert run.result["status"] == "success"
     assert_store_holds(settings, "ES", bars)
+
+
+def test_semicolon_header_and_a_repeated_wall_time(root: Path) -> None:
+    (root / "qtsw.toml").write_text('[input]\ntimezones = [{pattern = "NQ.csv", timezone = "America/Chicago"}]\n')
+    s = load_settings(root=root, env=ENV)
+    s.ensure_dirs()
+    put_text(s, "ES.csv", "Date;Time;Open;High;Low;Close;Volume;Instrument\n2025-11-24;23:00:00;6000;6001;5999.5;6000.5;3;ES\n")
+    # 01:30 on 2025-11-02 happens twice in Chicago; the first (CDT) is taken, and said so
+    put_text(s, "NQ.csv", "Date,Time,Open,High,Low,Close,Volume,Instrument\n2025-11-02,01:30:00,1,1,1,1,1,NQ\n2025-11-03,08:30:00,1,1,1,1,1,NQ\n")
+    run = run_translator(root)
+    assert run.result["status"] == "success", run.stdout
+    assert stored(s, "ES").column("timestamp").to_pylist() == [datetime(2025, 11, 24, 17, 0, tzinfo=CHICAGO)]
+    first = stored(s, "NQ").column("timestamp").to_pylist()[0]
+    assert first.astimezone(CHICAGO).isoformat() == "2025-11-02T01:30:00-05:00"
+    assert run.metric("NQ.csv")["ambiguous"] == 1
+    assert any("occurs twice" in w["msg"] for w in run.of("warning"))
