@@ -167,7 +167,9 @@ async def bench(n_events: int, n_lines: int, burst: int, key_every: float) -> No
                 fed["t_end"] = time.perf_counter()
                 done.set()
 
-            t_start = time.perf_counter()
+            frozen = gc.get_freeze_count()
+            tracked = len(gc.get_objects())
+            t_start, cpu_start = time.perf_counter(), time.process_time()
             feeder = asyncio.create_task(feed())
             loaded: list[tuple[float, float]] = []
             while not done.is_set():
@@ -178,7 +180,7 @@ async def bench(n_events: int, n_lines: int, burst: int, key_every: float) -> No
             while app.flushed["events"] < app.received["events"] or any(app._lines.values()):
                 loaded.append(await key_round(app, marks))
                 await asyncio.sleep(0.01)
-            t_absorbed = time.perf_counter()
+            t_absorbed, cpu_absorbed = time.perf_counter(), time.process_time()
             gc.callbacks.remove(_gc_timer)
             rss_after = rss_mb()
             panel = app.query_one("#events")
@@ -205,7 +207,11 @@ async def bench(n_events: int, n_lines: int, burst: int, key_every: float) -> No
           f"{statistics.median(loaded_all) / max(statistics.median(idle_all), 1e-9):.1f}x; "
           f"target < 100 ms: {'met' if max(loaded_all) < 0.1 else 'NOT met'} (max {max(loaded_all) * 1000:.1f} ms)")
     print(f"flushes (buffers -> widgets) under load: {stats(flushes)}")
+    cpu_share = (cpu_absorbed - cpu_start) / absorb
+    print(f"this process had {cpu_share:.0%} of a CPU during the load; machine load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work inflates every wall time)")
     full = [d for g, d in GC_PAUSES if g == 2]
+    print(f"objects: {frozen:,} frozen at start-up, {tracked:,} tracked before the load")
     print(f"garbage collections during the load: {len(GC_PAUSES)}, of which {len(full)} full "
           f"(longest {max(full, default=0) * 1000:.0f} ms); longest any {max((d for _, d in GC_PAUSES), default=0) * 1000:.0f} ms")
     print(f"event table: {shown} rows shown, {stored:,} stored of {total:,}; pane lines {pane_lines}")

@@ -166,8 +166,13 @@ class CountersPanel(Static):
 
     def show(self, c: Counters) -> None:
         self.counters = c
-        self.update(counters_text(c, max(20, self.content_size.width or 32)))
+        self._show()
 
     def on_resize(self) -> None:
         if self.counters is not None:
-            self.update(counters_text(self.counters, max(20, self.content_size.width or 32)))
+            self._show()
+
+    def _show(self) -> None:
+        assert self.counters is not None
+        # the panel's size comes from the layout, not from its text: repaint only
+        self.update(counters_text(self.counters, max(20, self.content_size.width or 32)), layout=False)

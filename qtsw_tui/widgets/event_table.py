@@ -409,10 +409,11 @@ class EventsPanel(Vertical):
         status = self.query_one("#event-status", Static)
         stored, total = len(self.store), self.store.total
         dropped = f" (newest {stored:,} kept)" if total > stored else ""
-        status.update(
+        text = (
             f"{self.table.row_count:,} shown · {total:,} events{dropped} · {self.flt.describe()}"
             "  [dim]/ filter · f stage · v verbose[/]"
         )
+        status.update(text, layout=False)  # one line, fixed height: repaint only
 
 
 __all__ = [

@@ -65,6 +65,11 @@ def header_lines(snap: EngineSnapshot, now: datetime) -> tuple[Text, Text]:
 class StatusHeader(Static):
     """Two lines at the top of the main screen, refreshed from the engine snapshot."""
 
+    _shown: Text | None = None
+
     def show(self, snap: EngineSnapshot, now: datetime) -> None:
-        top, bottom = header_lines(snap, now)
-        self.update(Text("\n").join([top, bottom]))
+        text = Text("\n").join(header_lines(snap, now))
+        if text != self._shown:
+            self._shown = text
+            # two lines, height fixed by the stylesheet: repaint only, no layout pass
+            self.update(text, layout=False)

@@ -52,7 +52,7 @@ class InstrumentRow(Horizontal):
             label.append(p.state, style=style)
             if p.started is not None:
                 label.append(f" {duration(elapsed)}", style="dim")
-        self.state_label.update(label)
+        self.state_label.update(label, layout=False)
         self.tooltip = p.error or None
 
 
