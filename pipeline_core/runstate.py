@@ -8,7 +8,7 @@ bars). These are plain data: no Textual, no Rich.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline_core.events import Event
@@ -25,6 +25,15 @@ WAITING, RUNNING, SUCCESS, PARTIAL, FAILURE, SKIPPED, CANCELLED = (
     "cancelled",
 )
 RUN_STATUSES = (SUCCESS, PARTIAL, FAILURE, CANCELLED)
+
+
+def seconds_between(start: datetime, end: datetime) -> float:
+    """Real seconds from ``start`` to ``end``.
+
+    Two aware datetimes sharing a tzinfo subtract by wall-clock time, which is an hour off
+    across a DST change; converting to UTC first gives the true duration.
+    """
+    return (end.astimezone(UTC) - start.astimezone(UTC)).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ class InstrumentProgress:
     def elapsed(self, now: datetime) -> float:
         if self.started is None:
             return 0.0
-        return ((self.ended or now) - self.started).total_seconds()
+        return seconds_between(self.started, self.ended or now)
 
 
 @dataclass
@@ -73,7 +82,7 @@ class StageState:
     def elapsed(self, now: datetime) -> float:
         if self.started is None:
             return 0.0
-        return ((self.ended or now) - self.started).total_seconds()
+        return seconds_between(self.started, self.ended or now)
 
 
 @dataclass

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -80,12 +79,12 @@ def test_run_now_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert list(s.raw_dir.glob("*.csv")) == []  # archived after translation
     assert set(history.run_logs(s, line["run_id"])) >= {"translator", "analyzer-ES", "merger"}
 
-    t0 = time.monotonic()
+    # Run again at once: nothing to do. Its speed is measured in bench/run.py; here, the reason
+    # it is fast: every stage skipped with its reason, and no stage process started at all.
     again = qtsw("--root", str(root), "--run-now", "--no-ui", "--json")
-    took = time.monotonic() - t0
     assert again.returncode == 0, again.stderr
-    assert took < 2.0, f"a run with nothing to do took {took:.2f} s"
     events = [json.loads(x) for x in again.stdout.splitlines()]
+    assert history.run_logs(s, events[-1]["run_id"]) == {}
     skipped = {e["stage"]: e["data"]["reason"] for e in events if e["event"] == "skipped"}
     assert set(skipped) == {"translator", "analyzer", "merger"} and all(skipped.values())
     assert events[-1]["stage"] == "pipeline" and events[-1]["event"] == "success"
