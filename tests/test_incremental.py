@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from pipeline_core import merger, sample, state, store
 from pipeline_core.analyzer import runner
+from pipeline_core.analyzer.strategy import Bars, StrategyConfig, analyze
 from pipeline_core.clock import wall
 from pipeline_core.results import monthly_files, read_monthly_file
 from pipeline_core.settings import Settings, load_settings
@@ -65,6 +66,19 @@ def monthly(settings: Settings) -> dict[str, list[dict]]:
         for files in monthly_files(settings).values()
         for p in files
     }
+
+
+def assert_equal_to_one_plain_analysis(settings: Settings) -> None:
+    """The monthly files hold exactly what the strategy gives on all the stored bars at once
+    (no windows, no year chunks, no merging)."""
+    cfg = StrategyConfig.from_settings(settings, "ES")
+    plain = analyze(Bars.from_table(store.read_bars(settings, "ES")), cfg).to_pylist()
+    merged = [r for rows in monthly(settings).values() for r in rows]
+
+    def order(r: dict) -> tuple:
+        return (r["Date"], r["Time"], r["Session"])
+
+    assert sorted(merged, key=order) == sorted(plain, key=order)
 
 
 def shifted(bars: pa.Table, ticks: int) -> pa.Table:
@@ -124,6 +138,7 @@ def test_incremental_runs_equal_a_full_reanalysis(
         runner.analyze_instrument(full, "ES", run_id="full", full=True)
         assert merger.merge(full).ok
 
+        assert_equal_to_one_plain_analysis(full)
         got, want = monthly(inc), monthly(full)
         assert sorted(got) == sorted(want)
         for name in want:
