@@ -57,6 +57,7 @@ from pipeline_core.results import (
     file_metadata,
     monthly_files,
     monthly_path,
+    parse_monthly_name,
     read_result_file,
     schema_difference,
     stream_instrument,
@@ -369,19 +370,21 @@ def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
         ok = entry and entry.get("created_ns") == f.created_ns
         done[f.journal_key] = set(entry.get("done", [])) if ok else set()
 
+    splits = [_split_by_month(f.table) for f in summary.files]
+    every_key = {key for split in splits for key in split}
+    if any(f.full for f in summary.files):
+        for paths in monthly_files(settings).values():
+            every_key.update(k for k in map(parse_monthly_name, (p.name for p in paths)) if k)
+    for f, split in zip(summary.files, splits, strict=True):
+        if f.full:
+            # A full run speaks for its instrument's whole history: the months where it holds no
+            # rows are emptied of older rows too (existing ones and those of older runs here).
+            for key in every_key:
+                if stream_instrument(key[0]) == f.instrument:
+                    split.setdefault(key, np.empty(0, dtype=np.int64))
     groups: dict[GroupKey, list[_Source]] = defaultdict(list)
     file_groups: dict[str, set[GroupKey]] = defaultdict(set)
-    existing_by_stream = monthly_files(settings)
-    for rank, f in enumerate(summary.files, start=1):
-        split = _split_by_month(f.table)
-        if f.full:
-            # A full run also speaks for the months it holds no rows for: they are emptied.
-            for stream, paths in existing_by_stream.items():
-                if stream_instrument(stream) != f.instrument:
-                    continue
-                for p in paths:
-                    y, m = int(p.parent.name), int(p.stem.rsplit("_", 1)[1])
-                    split.setdefault((stream, y, m), np.empty(0, dtype=np.int64))
+    for rank, (f, split) in enumerate(zip(summary.files, splits, strict=True), start=1):
         for key, rows in split.items():
             file_groups[f.journal_key].add(key)
             if _group_id(key) in done[f.journal_key]:

@@ -334,6 +334,19 @@ def test_full_run_drops_rows_and_months_it_no_longer_holds(settings: Settings) -
     assert {g.action for g in summary.groups if g.stream == "ES2"} == {"deleted"}
 
 
+def test_full_run_also_drops_rows_of_older_runs_in_the_same_merge(settings: Settings) -> None:
+    write_run(settings, "old", "ES", [row("ES", D1, "07:30"), row("ES", D3, "07:30")], created_ns=1)
+    write_run(settings, "full", "ES", [row("ES", D1, "07:30", "Win", profit=10.0)], created_ns=2, mode="full")
+    write_run(settings, "newer", "ES", [row("ES", D3, "08:00", "Loss", profit=-2.0)], created_ns=3)
+
+    assert merger.merge(settings).ok
+
+    assert {k: [(r["Date"], r["Time"], r["Result"]) for r in v] for k, v in monthly_rows(settings).items()} == {
+        "ES1/2025/ES1_an_2025_10.parquet": [(D1, "07:30", "Win")],
+        "ES1/2025/ES1_an_2025_11.parquet": [(D3, "08:00", "Loss")],  # the older 07:30 row is gone
+    }
+
+
 def test_nothing_to_merge_is_a_success(settings: Settings) -> None:
     code, messages = run_stage(settings)
     assert code == 0
