@@ -225,9 +225,11 @@ class QtswApp(App[int]):
                 ev = message.event
                 self._events.append(ev)
                 self.received["events"] += 1
-                if ev.event == "start" and ev.stage in self._lines:
+                if ev.stage in self._lines and ev.event in ("start", "skipped"):
+                    # a run's mark in the stage's pane; a skipped stage says why
+                    why = f" · skipped: {ev.data.get('reason') or ev.msg}" if ev.event == "skipped" else ""
                     self._lines[ev.stage].append(
-                        f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)} ──"
+                        f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)}{why} ──"
                     )
         except Exception:  # noqa: BLE001 - a display problem must never reach the engine
             pass
@@ -251,8 +253,8 @@ class QtswApp(App[int]):
         if events:
             self._notify_failures(events)
             self.refresh_status()
-            if any(e.stage == "pipeline" and e.is_terminal for e in events):
-                self.refresh_counters()
+            if any(e.is_terminal and e.stage != "scheduler" for e in events):
+                self.refresh_counters()  # a stage moved files: the counters show it now
 
     def _notify_failures(self, events: Sequence[Event]) -> None:
         for ev in events:

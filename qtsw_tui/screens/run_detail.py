@@ -24,6 +24,7 @@ from qtsw_tui.widgets.format import clock_time, duration, parse_time, run_second
 
 LOG_TAIL_BYTES = 2_000_000  # the widget shows the end of a stage log; the file is the store
 LOG_TAIL_LINES = 5000
+DETAIL_EVENTS = 2000  # rows of a run's events shown at once (the filter reaches the others)
 
 
 def read_tail(path: Path, max_bytes: int = LOG_TAIL_BYTES, max_lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -152,7 +153,7 @@ class RunDetailScreen(Screen[None]):
             with TabPane("Stages", id="tab-stages"), VerticalScroll():
                 yield Static(stages_table(self.record, None), id="detail-stages")
             with TabPane("Events", id="tab-events"):
-                yield EventsPanel(window=5000, id="detail-events")
+                yield EventsPanel(window=DETAIL_EVENTS, follow=False, id="detail-events")
             with TabPane("Logs", id="tab-logs"), Vertical():
                 yield Select([], prompt="stage log", id="detail-log-choice", allow_blank=True)
                 yield Log(id="detail-log", max_lines=LOG_TAIL_LINES + 1, auto_scroll=True)

@@ -217,7 +217,9 @@ def event_row(rec: Record) -> tuple[Cell, Cell, Cell, Cell, Cell]:
     )
 
 
-FIXED_WIDTHS = (8, 8, 10, 9)  # time, run, stage, event; the message column takes the rest
+# time, run, stage, event (each with its one-space gap: the table has no cell padding, which
+# leaves the message column the room at 80 columns); the message column takes the rest
+FIXED_WIDTHS = (9, 9, 11, 10)
 
 
 class EventTable(DataTable):
@@ -233,7 +235,7 @@ class EventTable(DataTable):
     def fit_message_column(self) -> None:
         if "msg" not in self.columns or not self.size.width:
             return
-        used = sum(FIXED_WIDTHS) + 2 * self.cell_padding * (len(FIXED_WIDTHS) + 1) + 1  # + scrollbar
+        used = sum(FIXED_WIDTHS) + 2 * self.cell_padding * (len(FIXED_WIDTHS) + 1) + 2  # + scrollbar, padding
         width = max(20, self.size.width - used)
         column = self.columns["msg"]
         if column.width != width:
@@ -255,10 +257,13 @@ class EventsPanel(Vertical):
     ]
     STAGE_CYCLE: tuple[str | None, ...] = (None, "pipeline", "translator", "analyzer", "merger", "scheduler")
 
-    def __init__(self, capacity: int = 100_000, window: int = 1000, **kwargs) -> None:
+    def __init__(self, capacity: int = 100_000, window: int = 1000, follow: bool = True, **kwargs) -> None:
+        """``follow``: keep the cursor on the newest row as events arrive (the live table);
+        off, the table stays at its first row (a past run, read from the top)."""
         super().__init__(**kwargs)
         self.store = EventStore(capacity)
         self.window = window
+        self.follow = follow
         self.query_text = ""
         self.verbose = False
         self.flt = EventFilter()
@@ -269,7 +274,7 @@ class EventsPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: stage, event type or words (Enter: keep, Esc: clear)", id="event-filter")
-        table = EventTable(id="event-table", cursor_type="row", zebra_stripes=False)
+        table = EventTable(id="event-table", cursor_type="row", zebra_stripes=False, cell_padding=0)
         for (label, key), width in zip(
             (("Time", "time"), ("Run", "run"), ("Stage", "stage"), ("Event", "event")), FIXED_WIDTHS, strict=True
         ):
@@ -314,7 +319,7 @@ class EventsPanel(Vertical):
         matched = newest_matching(records, self.flt, self.window)
         if matched:
             table = self.table
-            follow = table.row_count == 0 or table.cursor_row >= table.row_count - 1
+            follow = self.follow and (table.row_count == 0 or table.cursor_row >= table.row_count - 1)
             overflow = len(self._shown) + len(matched) - self.window
             if overflow > 32:
                 wait = self._last_rebuild + REBUILD_SECONDS - time.monotonic()
@@ -343,7 +348,9 @@ class EventsPanel(Vertical):
             table.add_row(*event_row(rec), key=key)
             self._shown.append(key)
 
-    def _rebuild(self, follow: bool = True) -> None:
+    def _rebuild(self, follow: bool | None = None) -> None:
+        if follow is None:
+            follow = self.follow
         self._stale = False
         self._last_rebuild = time.monotonic()
         table = self.table
