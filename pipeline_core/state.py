@@ -7,13 +7,16 @@
   hash it ran with, the dates that hold ``Final = false`` rows, the last run.
 * ``manifest.jsonl`` — one line per ingested raw file (written by the translator).
 
-Only one engine runs at a time (the lock), and its stages run one after another except the
-analyzer's instruments, which each touch only their own entry, so plain atomic rewrites suffice.
+Only one engine runs at a time (the lock). The analyzer's instruments run as concurrent
+processes, each clearing its own entry of ``changes.json``; a read-modify-write of that file is
+therefore serialised by an ``flock`` on ``data/state/.changes.lock``.
 """
 
 from __future__ import annotations
 
-import threading
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,18 @@ from typing import Any
 from pipeline_core.fsutil import read_json, write_json_atomic
 from pipeline_core.settings import CHICAGO, Settings
 
-_lock = threading.Lock()
+
+@contextlib.contextmanager
+def _changes_lock(settings: Settings) -> Iterator[None]:
+    """Serialise read-modify-write of ``changes.json`` between processes (and threads)."""
+    path = settings.state_dir / ".changes.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def changes_path(settings: Settings) -> Path:
@@ -50,7 +64,7 @@ def read_changes(settings: Settings) -> dict[str, tuple[datetime, datetime]]:
 
 def record_changes(settings: Settings, instrument: str, first: datetime, last: datetime) -> None:
     """Widen the instrument's changed range to include [first, last]."""
-    with _lock:
+    with _changes_lock(settings):
         raw = read_json(changes_path(settings), {}) or {}
         cur = raw.get(instrument)
         if cur:
@@ -65,7 +79,7 @@ def record_changes(settings: Settings, instrument: str, first: datetime, last: d
 
 def clear_changes(settings: Settings, instrument: str, consumed: tuple[datetime, datetime]) -> None:
     """Remove the instrument's entry if it is still the range the analyzer consumed."""
-    with _lock:
+    with _changes_lock(settings):
         raw = read_json(changes_path(settings), {}) or {}
         cur = raw.get(instrument)
         if not cur:

@@ -22,8 +22,6 @@ concurrently; each touches only its own state file and output file.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import sys
 import time
 import uuid
@@ -244,19 +242,6 @@ def load_bars_for_dates(
 # --- state ------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _changes_lock(settings: Settings) -> Iterator[None]:
-    """Serialise read-modify-write of ``changes.json`` between concurrent analyzer processes."""
-    path = settings.state_dir / ".changes.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 class StateError(Exception):
     """A pending-work state file that cannot be read: names the file and what to do."""
 
@@ -437,8 +422,7 @@ def _save_state(
         },
     )
     if consumed is not None:
-        with _changes_lock(settings):
-            state.clear_changes(settings, inst, consumed)
+        state.clear_changes(settings, inst, consumed)
 
 
 def _write_output(
