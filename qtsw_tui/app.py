@@ -45,12 +45,14 @@ from qtsw_tui.widgets.stage_pane import StagePane
 if TYPE_CHECKING:  # the console only talks to the engine object it is given
     from pipeline_core.engine import Engine
 
-FLUSH_SECONDS = 0.2  # how often buffered engine messages reach the widgets
+FLUSH_SECONDS = 0.1  # how often buffered engine messages reach the widgets
+EVENTS_PER_FLUSH = 4000  # at most this many events per batch (40,000 a second), so a flood
+# cannot hold the event loop long enough to delay a key press
 STATUS_SECONDS = 1.0  # header clock, elapsed times, progress bars
 COUNTERS_SECONDS = 3.0  # raw files, store, pending work (a thread worker)
 PANE_LINES = 2000  # per stage pane; the full output is in the stage's .log file
 EVENT_CAPACITY = 100_000  # events kept in memory for the table and its filter
-EVENT_WINDOW = 250  # rows in the live table at most (the store keeps the rest, filterable)
+EVENT_WINDOW = 150  # rows in the live table at most (the store keeps the rest, filterable)
 LINE_CHARS = 2000  # a longer output line is cut on screen (the .log file has all of it)
 STOP_SECONDS = 60.0  # how long quitting waits for the engine to record a cancelled run
 WIDE = (120, 36)  # from this size on, the events table shows beside the stage panes
@@ -236,8 +238,10 @@ class QtswApp(App[int]):
 
     def flush(self) -> None:
         """Hand the buffered messages to the widgets: one batch per pane and one for the events."""
-        events: list[Event] = list(self._events) if self._events else []
-        self._events.clear()
+        # time-boxed: at most EVENTS_PER_FLUSH events per batch, the rest wait for the next one
+        pending = self._events
+        take = min(len(pending), EVENTS_PER_FLUSH)
+        events: list[Event] = [pending.popleft() for _ in range(take)]
         lines = {s: list(buf) for s, buf in self._lines.items() if buf}
         for buf in self._lines.values():
             buf.clear()

@@ -47,7 +47,7 @@ from qtsw_tui.widgets.event_table import (
     newest_matching,
     record,
 )
-from qtsw_tui.widgets.format import countdown, duration, size
+from qtsw_tui.widgets.format import countdown, duration, event_clock, size
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
 from qtsw_tui.widgets.stage_pane import StagePane
@@ -171,6 +171,12 @@ def test_formats_read_as_an_operator_expects():
     assert countdown(-5) == "00:00"
     assert size(0) == "0 B"
     assert size(12_900_000) == "12.3 MB"
+    # event times: Chicago wall clock, whatever the offset written, with or without a fraction
+    assert event_clock("2025-12-01T10:00:05.123456-06:00") == "10:00:05"
+    assert event_clock("2025-07-01T10:00:05-05:00") == "10:00:05"
+    assert event_clock("2025-07-01T15:00:05.5+00:00") == "10:00:05"
+    assert event_clock("2025-12-01T16:00:05.123456Z") == "10:00:05"
+    assert event_clock("not a time") == "-"
 
 
 def test_filter_query_parses_stages_types_and_words():

@@ -22,7 +22,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Input, Static
 
 from pipeline_core.events import EVENT_TYPES, STAGES, Event
-from qtsw_tui.widgets.format import clock_time, short_id
+from qtsw_tui.widgets.format import event_clock, short_id
 
 VERBOSE_ONLY = ("log", "progress", "metric")
 # event type -> style; the type's name is always printed too, so colour is never the only cue
@@ -75,7 +75,7 @@ def record(ev: Event) -> Record:
     if len(text) > MSG_CHARS:
         text = text[: MSG_CHARS - 1] + "…"
     level = str(ev.data.get("level", "")).lower() if ev.event == "log" else ""
-    return (event_key(ev), ev.run_id, ev.stage, ev.event, level, text, clock_time(ev.timestamp))
+    return (event_key(ev), ev.run_id, ev.stage, ev.event, level, text, event_clock(ev.timestamp))
 
 
 def is_notable_log(rec: Record) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from pipeline_core.settings import CHICAGO
@@ -52,6 +53,22 @@ def parse_time(value: Any) -> datetime | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=CHICAGO)
     return dt.astimezone(CHICAGO)
+
+
+@lru_cache(maxsize=4096)
+def _second_clock(stamp: str) -> str:
+    return clock_time(stamp)
+
+
+def event_clock(timestamp: str) -> str:
+    """``HH:MM:SS`` (Chicago) of an event timestamp; events of one second share one parse."""
+    # ISO-8601 "YYYY-MM-DDTHH:MM:SS[.ffffff](±HH:MM|Z)": drop the fraction, keep the offset
+    if len(timestamp) > 20 and timestamp[19] == ".":
+        if timestamp.endswith("Z"):
+            return _second_clock(timestamp[:19] + "Z")
+        if timestamp[-6] in "+-" and timestamp[-3] == ":":
+            return _second_clock(timestamp[:19] + timestamp[-6:])
+    return _second_clock(timestamp)
 
 
 def clock_time(value: Any, fmt: str = "%H:%M:%S") -> str:
