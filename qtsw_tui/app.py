@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -55,6 +56,7 @@ EVENT_CAPACITY = 100_000  # events kept in memory for the table and its filter
 EVENT_WINDOW = 150  # rows in the live table at most (the store keeps the rest, filterable)
 LINE_CHARS = 2000  # a longer output line is cut on screen (the .log file has all of it)
 STOP_SECONDS = 60.0  # how long quitting waits for the engine to record a cancelled run
+HANGUP_EXIT = 128 + signal.SIGHUP  # the console's exit status after losing its terminal
 WIDE = (120, 36)  # from this size on, the events table shows beside the stage panes
 
 
@@ -114,6 +116,7 @@ class QtswApp(App[int]):
         self.snapshot: EngineSnapshot | None = None
         self.serve_worker: Worker[None] | None = None
         self.closing = False
+        self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
         self.exit_code = 0
         self._unsubscribe: Callable[[], None] | None = None
@@ -164,7 +167,7 @@ class QtswApp(App[int]):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(sig, self._signal_quit)
+                    loop.add_signal_handler(sig, self._signal_quit, sig == signal.SIGHUP)
         self.call_after_refresh(self._start_requested)
         self.call_after_refresh(self._freeze_startup_objects)
 
@@ -408,11 +411,21 @@ class QtswApp(App[int]):
     async def action_quit(self) -> None:
         await self.action_request_quit()
 
-    def _signal_quit(self) -> None:
+    def _signal_quit(self, hangup: bool) -> None:
+        if hangup and not self.hung_up:
+            # The terminal is gone (SSH dropped, window closed): anything drawn now would only
+            # fill the output queue of a terminal that cannot take it, so drawing stops here.
+            self.hung_up = True
+            self._no_drawing = self.batch_update()
+            self._no_drawing.__enter__()
         self.run_worker(self.shutdown(), group="quit", exit_on_error=False)
 
     async def shutdown(self) -> None:
-        """Stop the engine (an active run is cancelled and recorded), wait for it, then exit."""
+        """Stop the engine (an active run is cancelled and recorded), wait for it, then exit.
+
+        After a hang-up the process ends at once once the engine has stopped: restoring a
+        terminal that no longer exists can block forever, and nothing is left to do.
+        """
         if self.closing:
             return
         self.closing = True
@@ -426,6 +439,10 @@ class QtswApp(App[int]):
                 await asyncio.wait_for(worker.wait(), STOP_SECONDS)
             except Exception:  # noqa: BLE001 - failed, cancelled or too slow: exit anyway
                 worker.cancel()
+        if self.hung_up:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+            os._exit(HANGUP_EXIT)
         self.exit(3 if busy else 0)
 
     def on_unmount(self) -> None:

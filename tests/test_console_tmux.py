@@ -3,11 +3,14 @@
 The installed ``qtsw`` command starts in a tmux session on a private tmux server, ``r`` is
 sent as a key press, and ``tmux capture-pane`` is polled (with a deadline) until the screen
 shows the run progressing and then finished. ``q`` then quits; the session ends and no stage
-process is left. The tmux server is killed at the end whatever happens.
+process is left. A second session loses its terminal mid-run, as when an SSH connection drops.
+The private tmux server is killed at the end whatever happens.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +97,34 @@ def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):
     assert processes_naming(root) == []
     runs = settings.runs_index.read_text().splitlines()
     assert len(runs) == 1 and '"status":"success"' in runs[0].replace(" ", "")
+
+
+def test_console_losing_its_terminal_mid_run_records_the_run_and_leaves(tmp_path):
+    """The terminal goes away during a run (an SSH drop): the run ends cancelled, recorded, and
+    the console exits with no stage process left and the lock free."""
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_") and k != "TMUX"}
+    env.update(TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8", QTSW_ENGINE_WORKERS="1")
+    settings = load_settings(root=root, env=env)
+    settings.ensure_dirs()
+    write_samples(settings, days=5, instruments=["ES", "NQ", "CL", "GC"], end=date(2025, 11, 26))
+    sock, session = f"qtsw-test-{uuid.uuid4().hex[:8]}", "console"
+    subprocess.run([TMUX, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", session,
+                    "-x", "80", "-y", "24", f"{QTSW} --root {root}"], env=env, check=True, timeout=20)
+    try:
+        poll(sock, session, lambda t: "schedule running" in t and " ready" in t, "the console to start")
+        tmux(sock, "send-keys", "-t", session, "r")
+        poll(sock, session, lambda t: "stage analyzer" in t, "the analyzer to run")
+        pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
+        tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{pane_pid}").exists() and ") Z " not in Path(f"/proc/{pane_pid}/stat").read_text():
+            assert time.monotonic() < deadline, "the console outlived its terminal"
+            time.sleep(0.1)
+    finally:
+        tmux(sock, "kill-server", check=False)
+    assert processes_naming(root) == []
+    runs = [json.loads(line) for line in settings.runs_index.read_text().splitlines()]
+    assert len(runs) == 1 and runs[0]["status"] == "cancelled"
+    with open(settings.lock_file, "a+") as fh:  # nobody holds the lock any more
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
