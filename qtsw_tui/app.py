@@ -179,10 +179,11 @@ class QtswApp(App[int]):
 
     def _start_requested(self) -> None:
         """``qtsw --run-now`` / ``--stage X`` with the console: ask for that run once serving."""
+        full = True if self.options.get("full") else None  # None: the engine's own default
         if self.options.get("stage"):
-            self.engine.request_run("stage", stages=[self.options["stage"]], full=self.options.get("full"))
+            self.engine.request_run("stage", stages=[self.options["stage"]], full=full)
         elif self.options.get("run_now"):
-            self.engine.request_run("manual", full=self.options.get("full"))
+            self.engine.request_run("manual", full=full)
 
     def on_resize(self, event: Resize) -> None:
         self._layout_for(event.size.width, event.size.height)
@@ -446,6 +447,7 @@ class QtswApp(App[int]):
         self.exit(3 if busy else 0)
 
     def on_unmount(self) -> None:
+        gc.unfreeze()  # what was frozen at start-up may be collected again once the console is gone
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

@@ -598,3 +598,16 @@ async def test_no_color_console_keeps_states_readable(tmp_path, monkeypatch):
     assert run["status"] == "success"
     # glyphs and words carry the states, so nothing depends on colour
     assert "✓" in svg and "success" in svg
+
+
+async def test_start_options_run_a_stage_at_start_without_the_schedule(tmp_path):
+    """What ``qtsw --stage translator`` passes: the stage runs at start; no schedule asked for."""
+    s = sample_root(tmp_path / "root", days=2, instruments=["ES"])
+    app = console(s, schedule=False, stage="translator")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: len(history.read_runs(s)) == 1 and not app.engine.busy, "the start-up run")
+        await wait_for(pilot, lambda: "schedule off" in header_text(app), "the header to say the schedule is off")
+        await pilot.press("q")
+    run = history.read_runs(s)[0]
+    assert run["trigger"] == "stage"
+    assert run["stages"] == {"translator": "success", "analyzer": "skipped", "merger": "skipped"}
