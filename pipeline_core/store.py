@@ -29,21 +29,28 @@ from pipeline_core.settings import CHICAGO, Settings
 
 TIMESTAMP_TYPE = pa.timestamp("ms", tz="America/Chicago")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+# Non-nullable: a bar always has every value, and Parquet then stores no null bitmaps
+# (faster to write and read).
 SCHEMA = pa.schema(
-    [("timestamp", TIMESTAMP_TYPE)]
-    + [(c, pa.float64()) for c in PRICE_COLUMNS]
-    + [("instrument", pa.string())]
+    [pa.field("timestamp", TIMESTAMP_TYPE, nullable=False)]
+    + [pa.field(c, pa.float64(), nullable=False) for c in PRICE_COLUMNS]
+    + [pa.field("instrument", pa.string(), nullable=False)]
 )
 
-# Parquet options chosen by measurement (bench/translate.py): timestamps are sorted, so
-# delta encoding packs them to a few bits; prices gain nothing from dictionaries; lz4 is
-# nearly free to encode and decode. Row groups of 128 Ki rows let range reads skip most of
-# a year by statistics.
+# Parquet options chosen by measurement (20 years of ES minute bars, 7 M rows): sorted
+# timestamps delta-encode to a few bits; prices gain nothing from dictionaries, but byte
+# stream split lines up their exponent bytes so lz4 (nearly free to encode and decode)
+# halves them. Against lz4 with default encodings: 0.47 s instead of 0.89 s CPU to write,
+# 0.29 s instead of 0.40 s to read, 52 MB instead of 100 MB. Row groups of 128 Ki rows let
+# range reads skip most of a year by statistics.
 ROW_GROUP_ROWS = 128 * 1024
 WRITE_OPTIONS: dict = {
     "compression": "lz4",
     "use_dictionary": ["instrument"],
-    "column_encoding": {"timestamp": "DELTA_BINARY_PACKED"},
+    "column_encoding": {
+        "timestamp": "DELTA_BINARY_PACKED",
+        **{c: "BYTE_STREAM_SPLIT" for c in PRICE_COLUMNS},
+    },
     "write_statistics": ["timestamp"],
     "row_group_size": ROW_GROUP_ROWS,
 }
@@ -199,6 +206,9 @@ def normalise(table: pa.Table, inst: str) -> pa.Table:
     }
     for c in PRICE_COLUMNS:
         cols[c] = table.column(c).cast(pa.float64())
+    missing = [c for c, col in cols.items() if col.null_count]
+    if missing:
+        raise ValueError(f"bars with missing values in {', '.join(missing)}")
     cols["instrument"] = pa.chunked_array([pa.repeat(pa.scalar(inst, pa.string()), table.num_rows)])
     out = pa.table(cols, schema=SCHEMA).combine_chunks()
     ts = _ts_ms(out)
@@ -282,7 +292,7 @@ def with_instrument(table: pa.Table, inst: str) -> pa.Table:
     """``table`` with its ``instrument`` column (added when missing, as the store writes it)."""
     if "instrument" in table.column_names:
         return table
-    return table.append_column("instrument", pa.repeat(pa.scalar(inst, pa.string()), table.num_rows))
+    return table.append_column(SCHEMA.field("instrument"), [pa.repeat(pa.scalar(inst, pa.string()), table.num_rows)])
 
 
 def _write_year(path: Path, table: pa.Table) -> None:

@@ -65,6 +65,15 @@ def test_schema_is_exact(settings: Settings) -> None:
         assert schema.field(c).type == pa.float64()
     assert schema.field("instrument").type == pa.string()
     assert schema.names == ["timestamp", "open", "high", "low", "close", "volume", "instrument"]
+    assert not any(f.nullable for f in schema)  # a bar always has every value
+
+
+def test_bars_with_missing_values_are_refused(settings: Settings) -> None:
+    t = bars([ms(chi(2025, 3, 3, 8, 30)), ms(chi(2025, 3, 3, 8, 31))])
+    t = t.set_column(4, "close", pa.array([1.0, None]))
+    with pytest.raises(ValueError, match="missing values in close"):
+        store.upsert_bars(settings, "ES", t)
+    assert store.store_years(settings, "ES") == []
 
 
 def test_newer_bars_win_and_only_changed_bars_count(settings: Settings) -> None:
