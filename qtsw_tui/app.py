@@ -17,7 +17,6 @@ import signal
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textual import work
@@ -36,7 +35,7 @@ from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
 from qtsw_tui.screens.results import ResultsScreen
-from qtsw_tui.widgets.counters import CountersPanel, read_counters
+from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel
 from qtsw_tui.widgets.format import clock_time, short_id
 from qtsw_tui.widgets.header import StatusHeader
@@ -57,7 +56,7 @@ EVENT_WINDOW = 150  # rows in the live table at most (the store keeps the rest, 
 LINE_CHARS = 2000  # a longer output line is cut on screen (the .log file has all of it)
 STOP_SECONDS = 60.0  # how long quitting waits for the engine to record a cancelled run
 HANGUP_EXIT = 128 + signal.SIGHUP  # the console's exit status after losing its terminal
-WIDE = (120, 36)  # from this size on, the events table shows beside the stage panes
+WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
 
 
 class QtswApp(App[int]):
@@ -118,13 +117,11 @@ class QtswApp(App[int]):
         self.closing = False
         self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
-        self.exit_code = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._events: deque[Event] = deque(maxlen=EVENT_CAPACITY)
         self._lines: dict[str, deque[str]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
         self.received = {"events": 0, "lines": 0}
         self.flushed = {"events": 0, "batches": 0}
-        self._stage_states: dict[str, str] = {}
         unknown = sorted(set(settings.keys) - {b.id for b in self.BINDINGS if isinstance(b, Binding)})
         self._unknown_keys = unknown
         self.set_keymap({k: v for k, v in settings.keys.items() if k not in unknown})
@@ -304,12 +301,18 @@ class QtswApp(App[int]):
 
     @work(thread=True, exclusive=True, group="counters", exit_on_error=False, name="counters")
     def refresh_counters(self) -> None:
-        counters = read_counters(self.settings)
-        self.call_from_thread(self.query_one("#counters", CountersPanel).show, counters)
+        counters = read_counters(self.settings)  # file stats, off the event loop
+        self.call_from_thread(self._show_counters, counters)
+
+    def _show_counters(self, counters: Counters) -> None:
+        self.query_one("#counters", CountersPanel).show(counters)
 
     # --- actions --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # The event view and its filter live on the main screen; elsewhere they would act unseen.
+        # A question on screen takes only its answer; keys meant for the main screen do nothing
+        # elsewhere (the event view and its filter would change unseen).
+        if isinstance(self.screen, ConfirmScreen) and action != "pop_screen":
+            return False
         if action in ("events", "filter") and len(self.screen_stack) > 1:
             return False
         return True
@@ -484,5 +487,3 @@ def build_app(
     """
     return QtswApp(settings, engine, options, clock=clock)
 
-
-APP_CSS = Path(__file__).with_name("app.tcss")

@@ -466,6 +466,9 @@ async def test_cancel_asks_first_then_cancels_and_leaves_no_process(tmp_path):
         )
         await pilot.press("c")
         assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("r", "t", "c", "q")  # a question on screen takes only its answer
+        assert isinstance(app.screen, ConfirmScreen) and len(app.screen_stack) == 2
+        assert "skipped" not in (s.events_dir / "scheduler.jsonl").read_text()
         await pilot.press("n")  # keep running
         assert not isinstance(app.screen, ConfirmScreen)
         assert app.engine.busy

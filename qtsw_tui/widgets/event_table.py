@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from rich.text import Text
 from textual import on
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -321,7 +322,7 @@ class EventsPanel(Vertical):
             table = self.table
             follow = self.follow and (table.row_count == 0 or table.cursor_row >= table.row_count - 1)
             overflow = len(self._shown) + len(matched) - self.window
-            if overflow > 32:
+            if overflow > 32 or self._stale:  # many rows to drop, or rows missing: rebuild
                 wait = self._last_rebuild + REBUILD_SECONDS - time.monotonic()
                 if wait > 0:
                     # a flood: the table is rebuilt at most once per REBUILD_SECONDS
@@ -397,6 +398,8 @@ class EventsPanel(Vertical):
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#event-filter", Input)
+        if not box.display and not self.query_text:
+            raise SkipAction()  # nothing to clear: Esc goes on to the screen (back)
         box.value = ""
         box.display = False
         self.set_query("")
