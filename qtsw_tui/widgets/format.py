@@ -6,6 +6,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from pipeline_core.runstate import seconds_between
 from pipeline_core.settings import CHICAGO
 
 
@@ -87,7 +88,7 @@ def run_seconds(record: dict[str, Any]) -> float | None:
     start, end = parse_time(record.get("started")), parse_time(record.get("ended"))
     if start is None or end is None:
         return None
-    return (end - start).total_seconds()
+    return seconds_between(start, end)
 
 
 # One glyph and one style per state, so the state reads the same with or without colour.

@@ -7,7 +7,7 @@ from datetime import datetime
 from rich.text import Text
 from textual.widgets import Static
 
-from pipeline_core.runstate import EngineSnapshot
+from pipeline_core.runstate import EngineSnapshot, seconds_between
 from qtsw_tui.widgets.format import countdown, duration, parse_time, short_id, state_mark
 
 SCHEDULER_STYLE = {"running": "bold green", "paused": "bold black on yellow", "off": "dim"}
@@ -23,7 +23,7 @@ def header_lines(snap: EngineSnapshot, now: datetime) -> tuple[Text, Text]:
     top.append("  next ", style="dim")
     if snap.next_mark is not None:
         top.append(snap.next_mark.strftime("%H:%M"))
-        top.append(f" in {countdown((snap.next_mark - now).total_seconds())}")
+        top.append(f" in {countdown(seconds_between(now, snap.next_mark))}")
         if snap.scheduler == "paused":
             top.append(" (paused)", style="dim")
     else:
@@ -48,7 +48,7 @@ def header_lines(snap: EngineSnapshot, now: datetime) -> tuple[Text, Text]:
         bottom.append("▶ run ", style="bold cyan")
         bottom.append(short_id(run.run_id), style="bold")
         bottom.append(f" {run.trigger}", style="dim")
-        bottom.append(f"  {duration((now - run.started).total_seconds())}")
+        bottom.append(f"  {duration(seconds_between(run.started, now))}")
         if run.stage:
             st = run.stages.get(run.stage)
             bottom.append("  stage ", style="dim")
