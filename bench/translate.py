@@ -82,8 +82,8 @@ def generate(years: int) -> None:
     print(f"  {bars.num_rows:,} rows, {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s")
 
 
-def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str, int]:
-    """Run a process; returns (wall seconds, peak RSS bytes, stdout, exit code)."""
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str, int, float]:
+    """Run a process; returns (wall seconds, peak RSS bytes, stdout, exit code, CPU seconds)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -102,7 +102,8 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float,
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.stderr.write(err.decode(errors="replace"))
-    return wall, usage.ru_maxrss * 1024, out.decode(errors="replace"), proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss * 1024, out.decode(errors="replace"), proc.returncode, cpu
 
 
 def translator_run(src: Path, n: int) -> dict:
@@ -116,7 +117,7 @@ def translator_run(src: Path, n: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
     env["PYTHONUNBUFFERED"] = "1"
     cmd = [sys.executable, "-m", "pipeline_core.translator", "--root", str(root), "--run-id", f"bench-{n}"]
-    wall, rss, out, rc = run_child(cmd, env)
+    wall, rss, out, rc, cpu = run_child(cmd, env)
     result, metric = {}, {}
     sys.path.insert(0, str(PROJECT))
     from pipeline_core import protocol
@@ -133,6 +134,7 @@ def translator_run(src: Path, n: int) -> dict:
         raise SystemExit(f"translator failed (exit {rc}): {result}")
     return {
         "wall": wall,
+        "cpu": cpu,
         "rss": rss,
         "rows": result["counts"]["rows_kept"],
         "inner": metric.get("seconds", float("nan")),
@@ -141,11 +143,11 @@ def translator_run(src: Path, n: int) -> dict:
 
 
 def script_run(code: str, *args: str) -> dict:
-    wall, rss, out, rc = run_child([sys.executable, "-c", code, *args])
+    wall, rss, out, rc, cpu = run_child([sys.executable, "-c", code, *args])
     if rc != 0:
         raise SystemExit(f"baseline failed (exit {rc})")
     rows, inner = out.split()
-    return {"wall": wall, "rss": rss, "rows": int(rows), "inner": float(inner)}
+    return {"wall": wall, "cpu": cpu, "rss": rss, "rows": int(rows), "inner": float(inner)}
 
 
 def best(runs: list[dict]) -> dict:
@@ -185,7 +187,7 @@ def main() -> int:
     assert t["rows"] == f["rows"] == p["rows"], (t["rows"], f["rows"], p["rows"])
     rows = t["rows"]
     print()
-    print(f"{'':28} {'wall s':>8} {'MB/s':>8} {'rows/s':>12} {'peak RSS':>10} {'in-process s':>13}")
+    print(f"{'':28} {'wall s':>8} {'MB/s':>8} {'rows/s':>12} {'peak RSS':>10} {'in-process s':>13} {'CPU s':>7}")
     for label, r in (
         ("translator (stage)", t),
         ("pyarrow read_csv (floor)", f),
@@ -193,7 +195,7 @@ def main() -> int:
     ):
         print(
             f"{label:28} {r['wall']:8.2f} {mb / r['wall']:8.0f} {rows / r['wall']:12,.0f} "
-            f"{r['rss'] / 1e6:8.0f} MB {r['inner']:13.2f}"
+            f"{r['rss'] / 1e6:8.0f} MB {r['inner']:13.2f} {r['cpu']:7.2f}"
         )
     vs_pandas = p["wall"] / t["wall"]
     vs_floor = f["wall"] / t["wall"]
@@ -202,6 +204,12 @@ def main() -> int:
     print(f"translator vs pandas: {vs_pandas:.2f}x faster   (target >= 3x)")
     print(f"translator vs floor:  {vs_floor:.0%} of the bare parse's speed   (target >= 35%)")
     print(f"translator peak memory: {t['rss'] / 1e6:.0f} MB   (target < 700 MB)")
+    print(
+        f"CPU time (user+sys; insensitive to other load): pandas / translator "
+        f"{p['cpu'] / t['cpu']:.2f}, floor / translator {f['cpu'] / t['cpu']:.2f}"
+    )
+    if os.getloadavg()[0] > 1.0:
+        print(f"note: load average {os.getloadavg()[0]:.2f} from other processes; wall times are inflated")
     ok = vs_pandas >= 3 and vs_floor >= 0.35 and t["rss"] < 700e6
     print("targets met" if ok else "TARGETS NOT MET")
     if args.json:
