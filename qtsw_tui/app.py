@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the console only talks to the engine object it is given
     from pipeline_core.engine import Engine
 
 FLUSH_SECONDS = 0.1  # how often buffered engine messages reach the widgets
+FREEZE_EVERY = 5000  # stored events between two gc.freeze() calls (see flush)
 EVENTS_PER_FLUSH = 4000  # at most this many events per batch (40,000 a second), so a flood
 # cannot hold the event loop long enough to delay a key press
 STATUS_SECONDS = 1.0  # header clock, elapsed times, progress bars
@@ -122,6 +123,7 @@ class QtswApp(App[int]):
         self._lines: dict[str, deque[str]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
         self.received = {"events": 0, "lines": 0}
         self.flushed = {"events": 0, "batches": 0}
+        self._unfrozen_events = 0
         unknown = sorted(set(settings.keys) - {b.id for b in self.BINDINGS if isinstance(b, Binding)})
         self._unknown_keys = unknown
         self.set_keymap({k: v for k, v in settings.keys.items() if k not in unknown})
@@ -255,6 +257,16 @@ class QtswApp(App[int]):
                 self.query_one("#events", EventsPanel).add_events(events)
         self.flushed["events"] += len(events)
         self.flushed["batches"] += 1
+        self._unfrozen_events += len(events)
+        if self._unfrozen_events >= FREEZE_EVERY:
+            # The event store keeps up to 100,000 events for the console's lifetime; frozen,
+            # they are no longer rescanned by every full collection (which otherwise grows to
+            # tens of milliseconds and delays key presses). Evicted events are still freed by
+            # reference counting; young cyclic garbage is collected first (cheap: generations 0
+            # and 1 are small), so little is kept, and this happens once per thousands of events.
+            gc.collect(1)
+            gc.freeze()
+            self._unfrozen_events = 0
         if events:
             self._notify_failures(events)
             self.refresh_status()
