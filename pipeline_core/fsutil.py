@@ -65,6 +65,26 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
+def append_jsonl(path: Path, record: Any) -> None:
+    """Append one JSON line durably: one whole write, fsynced.
+
+    A crash during an earlier append may have left a partial last line; the new record then
+    starts on a fresh line, so readers that skip the broken line lose nothing else.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_parquet_atomic(
     dest: Path,
     table: pa.Table,

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline_core import clock
 from pipeline_core.events import Event, read_events, run_event_path
-from pipeline_core.fsutil import write_json_atomic
+from pipeline_core.fsutil import append_jsonl, write_json_atomic
 from pipeline_core.settings import Settings
 
 _TAIL_BLOCK = 64 * 1024
@@ -80,22 +80,7 @@ def run_ids(settings: Settings) -> set[str]:
 
 def append_run(settings: Settings, line: dict[str, Any]) -> None:
     """Append one summary line to runs.jsonl, whole (one write), flushed and synced."""
-    path = settings.runs_index
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(line, ensure_ascii=False, default=str, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        # a previous crash may have left a partial last line: start ours on a fresh line
-        size = os.fstat(fd).st_size
-        if size:
-            with open(path, "rb") as fh:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":
-                    data = b"\n" + data
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_jsonl(settings.runs_index, line)
 
 
 def report_path(settings: Settings, run_id: str, started: datetime) -> Path:

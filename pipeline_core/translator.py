@@ -56,7 +56,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline_core import clock, state, store
-from pipeline_core.fsutil import fsync_dir, remove_stale_temp_files, write_bytes_atomic
+from pipeline_core.fsutil import (
+    append_jsonl,
+    fsync_dir,
+    remove_stale_temp_files,
+    write_bytes_atomic,
+)
 from pipeline_core.protocol import Reporter, stage_main
 from pipeline_core.rawfiles import RawFileError, parse_instrument, scan_raw, signal_files
 from pipeline_core.settings import CHICAGO, Settings
@@ -813,22 +818,7 @@ def read_manifest(settings: Settings) -> list[dict[str, Any]]:
 
 def append_manifest(settings: Settings, record: dict[str, Any]) -> None:
     """Append one record durably (one whole line, fsynced)."""
-    path = state.manifest_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=False) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        # a crash may have left a partial last line: start on a fresh one
-        size = os.fstat(fd).st_size
-        if size:
-            with open(path, "rb") as fh:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":
-                    line = "\n" + line
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_jsonl(state.manifest_path(settings), record)
 
 
 # --- moving raw files -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline_core.fsutil import (
+    append_jsonl,
     atomic_path,
     read_json,
     remove_stale_temp_files,
@@ -39,3 +40,12 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     (tmp_path / "t.parquet").write_bytes(b"y")
     assert remove_stale_temp_files(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_append_jsonl_starts_fresh_after_a_partial_line(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    append_jsonl(path, {"a": 1})
+    with open(path, "ab") as fh:
+        fh.write(b'{"half": ')  # an append cut by a crash
+    append_jsonl(path, {"b": 2})
+    assert path.read_text().splitlines() == ['{"a":1}', '{"half": ', '{"b":2}']
