@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -100,8 +100,8 @@ def store_years(settings: Settings, inst: str) -> list[int]:
     return sorted(years)
 
 
-def empty_table() -> pa.Table:
-    return SCHEMA.empty_table()
+def empty_table(columns: Sequence[str] | None = None) -> pa.Table:
+    return _schema(_columns(columns)).empty_table()
 
 
 def _to_ms(dt: datetime) -> int:
@@ -121,16 +121,23 @@ def _ts_ms(table: pa.Table) -> np.ndarray:
     return np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col), offset=col.offset * 8)
 
 
-def read_year(path: Path, start_ms: int | None = None, end_ms: int | None = None) -> pa.Table:
+def read_year(
+    path: Path,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
     """One year file, restricted to ``start_ms <= timestamp < end_ms`` (epoch ms).
 
     Row groups wholly outside the range are skipped by their statistics; the rest is cut by
-    binary search, which is exact because the file is sorted.
+    binary search, which is exact because the file is sorted. ``columns`` (``timestamp``
+    always included) reads only those: decoding a column costs as much as reading it.
     """
+    columns = _columns(columns)
     pf = pq.ParquetFile(path)
     meta = pf.metadata
     if start_ms is None and end_ms is None:
-        table = pf.read()
+        table = pf.read(columns=columns)
     else:
         ts_idx = pf.schema_arrow.get_field_index("timestamp")
         groups = []
@@ -144,13 +151,22 @@ def read_year(path: Path, start_ms: int | None = None, end_ms: int | None = None
                     continue
             groups.append(i)
         if not groups:
-            return empty_table()
-        table = pf.read_row_groups(groups)
+            return empty_table(columns)
+        table = pf.read_row_groups(groups, columns=columns)
         ts = _ts_ms(table)
         a = 0 if start_ms is None else int(np.searchsorted(ts, start_ms, "left"))
         b = len(ts) if end_ms is None else int(np.searchsorted(ts, end_ms, "left"))
         table = table.slice(a, b - a)
-    return _conform(table)
+    return _conform(table, columns)
+
+
+def _columns(columns: Sequence[str] | None) -> list[str] | None:
+    if columns is None:
+        return None
+    unknown = set(columns) - set(SCHEMA.names)
+    if unknown:
+        raise ValueError(f"unknown bar column(s): {', '.join(sorted(unknown))}")
+    return [c for c in SCHEMA.names if c == "timestamp" or c in columns]
 
 
 def _stat_ms(value: object) -> int:
@@ -159,11 +175,16 @@ def _stat_ms(value: object) -> int:
     return int(value)  # type: ignore[call-overload]
 
 
-def _conform(table: pa.Table) -> pa.Table:
-    """``table`` with exactly the store schema (column order, types, unit, zone)."""
-    if table.schema.equals(SCHEMA):
+def _schema(columns: list[str] | None) -> pa.Schema:
+    return SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+
+
+def _conform(table: pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """``table`` with exactly the store schema, or its ``columns`` (order, types, unit, zone)."""
+    schema = _schema(columns)
+    if table.schema.equals(schema):
         return table
-    return table.select(list(SCHEMA.names)).cast(SCHEMA)
+    return table.select(list(schema.names)).cast(schema)
 
 
 def read_bars(
@@ -171,11 +192,12 @@ def read_bars(
     inst: str,
     start: datetime | None = None,
     end: datetime | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pa.Table:
     """The bars of ``inst`` with ``start <= timestamp < end`` (either bound optional), sorted.
 
-    Reads only the year files the range touches. Returns an empty table with the store
-    schema when there are none.
+    Reads only the year files the range touches, and only ``columns`` (with ``timestamp``)
+    when given. Returns an empty table with the store schema when there are none.
     """
     start_ms = None if start is None else _to_ms(start)
     end_ms = None if end is None else _to_ms(end)
@@ -185,10 +207,10 @@ def read_bars(
     if end is not None:
         last = datetime.fromtimestamp((end_ms - 1) / 1000, CHICAGO).year  # type: ignore[operator]
         years = [y for y in years if y <= last]
-    parts = [read_year(store_path(settings, inst, y), start_ms, end_ms) for y in years]
+    parts = [read_year(store_path(settings, inst, y), start_ms, end_ms, columns) for y in years]
     parts = [p for p in parts if p.num_rows]
     if not parts:
-        return empty_table()
+        return empty_table(columns)
     return pa.concat_tables(parts).combine_chunks()
 
 

@@ -61,8 +61,6 @@ from pipeline_core.results import (
 from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings
 
 BAR_COLUMNS = ("timestamp", "open", "high", "low", "close")  # what the strategy reads
-_TS_MS = pa.timestamp("ms", tz="America/Chicago")
-_BAR_SCHEMA = pa.schema([("timestamp", _TS_MS)] + [(c, pa.float64()) for c in BAR_COLUMNS[1:]])
 # The last window is read this much further, to find the bar that follows it in the same read.
 _NEXT_BAR_MARGIN = timedelta(days=5)
 # Windows of dates closer than this are read from the store as one range.
@@ -173,35 +171,10 @@ def _epoch_ms(dt: datetime) -> int:
 def read_bar_range(settings: Settings, inst: str, start: datetime, end: datetime) -> pa.Table:
     """Stored bars with ``start <= timestamp < end``: the timestamp and price columns only.
 
-    Like ``store.read_bars``, it reads only the year files and row groups the range touches
-    (by their timestamp statistics) and cuts the rest by binary search (the files are sorted);
-    unlike it, it skips ``volume`` and ``instrument``, which the strategy never looks at and which
-    would cost as much to decode as the prices.
+    ``volume`` and ``instrument`` are never looked at by the strategy and would cost as much to
+    decode as the prices.
     """
-    lo, hi = _epoch_ms(start), _epoch_ms(end)
-    first_year, last_year = start.astimezone(CHICAGO).year, (end - timedelta(milliseconds=1)).astimezone(CHICAGO).year
-    parts = []
-    for year in store.store_years(settings, inst):
-        if not first_year <= year <= last_year:
-            continue
-        pf = pq.ParquetFile(store.store_path(settings, inst, year))
-        col = pf.schema_arrow.get_field_index("timestamp")
-        groups = []
-        for g in range(pf.metadata.num_row_groups):
-            stats = pf.metadata.row_group(g).column(col).statistics
-            if stats is not None and stats.has_min_max and (stats.max_raw < lo or stats.min_raw >= hi):
-                continue
-            groups.append(g)
-        if not groups:
-            continue
-        table = pf.read_row_groups(groups, columns=list(BAR_COLUMNS))
-        ts = table.column("timestamp").cast(_TS_MS).combine_chunks().cast(pa.int64()).to_numpy()
-        a, b = np.searchsorted(ts, lo), np.searchsorted(ts, hi)
-        if b > a:
-            parts.append(table.slice(int(a), int(b - a)))
-    if not parts:
-        return _BAR_SCHEMA.empty_table()
-    return pa.concat_tables([p.cast(_BAR_SCHEMA) for p in parts]).combine_chunks()
+    return store.read_bars(settings, inst, start, end, columns=BAR_COLUMNS)
 
 
 def _first_bar_from(settings: Settings, inst: str, start: datetime) -> pa.Table:
@@ -212,7 +185,7 @@ def _first_bar_from(settings: Settings, inst: str, start: datetime) -> pa.Table:
         part = read_bar_range(settings, inst, start, datetime(year + 1, 1, 1, tzinfo=CHICAGO))
         if part.num_rows:
             return part.slice(0, 1)
-    return _BAR_SCHEMA.empty_table()
+    return store.empty_table(BAR_COLUMNS)
 
 
 def load_bars_for_dates(
@@ -221,7 +194,7 @@ def load_bars_for_dates(
     """The stored bars analysing ``dates`` needs: their windows, plus the next bar after them."""
     windows = date_windows(dates, cfg)
     if not windows:
-        return _BAR_SCHEMA.empty_table()
+        return store.empty_table(BAR_COLUMNS)
     parts = [read_bar_range(settings, inst, lo, hi) for lo, hi in windows[:-1]]
     # The last window is read a little further, for the bar that follows it (usually there).
     last_lo, last_hi = windows[-1]
@@ -235,7 +208,7 @@ def load_bars_for_dates(
         parts += [tail, _first_bar_from(settings, inst, last_hi + _NEXT_BAR_MARGIN)]
     parts = [p for p in parts if p.num_rows]
     if not parts:
-        return _BAR_SCHEMA.empty_table()
+        return store.empty_table(BAR_COLUMNS)
     return pa.concat_tables(parts).combine_chunks()
 
 
