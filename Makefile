@@ -1,5 +1,6 @@
 # Two commands do the whole set-up on a fresh machine with Python 3.11+:
-#   make run   - virtual environment, install, sample data, the console (or headless: make run-headless)
+#   make run   - virtual environment, install, sample data, the console running the pipeline at once
+#                (headless: make run-headless)
 #   make test  - virtual environment, install, the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/qtsw sample --if-empty
-	$(BIN)/qtsw
+	$(BIN)/qtsw --run-now
 
 run-headless: $(STAMP)
 	$(BIN)/qtsw sample --if-empty
