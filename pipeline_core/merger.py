@@ -406,7 +406,7 @@ def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
             _report_group(reporter, settings, outcome)
             now = time.monotonic()
             if n == total or now - last_report >= 0.5:
-                reporter.progress(n, total, f"{n}/{total} monthly files", stream=key[0])
+                reporter.progress(n, total, "monthly files merged", stream=key[0])
                 last_report = now
 
     # Which folders are complete: every file loaded and every group of every file written.

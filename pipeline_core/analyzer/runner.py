@@ -332,10 +332,10 @@ def analyze_instrument(
         now = time.monotonic()
         if reporter and (done >= total or now - last[0] >= _PROGRESS_EVERY):
             last[0] = now
-            reporter.progress(done, total, f"{inst}: {done}/{total} dates", instrument=inst)
+            reporter.progress(done, total, "dates analysed", instrument=inst)
 
     if reporter:
-        reporter.progress(0, total, f"{inst}: {total} dates to analyse", instrument=inst)
+        reporter.progress(0, total, "dates to analyse", instrument=inst)
         last[0] = time.monotonic()
     # One calendar year of dates at a time: the bars of a year are small enough that memory is
     # reused from chunk to chunk instead of growing to the whole history.
