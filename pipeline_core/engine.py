@@ -761,8 +761,12 @@ class Engine:
                 if instrument:
                     data["instrument"] = instrument
                 label = f"{instrument}: " if instrument else ""
-                self._emit(run, stage, "progress",
-                           f"{label}{data['done']}/{data['total']}" + (f" {text}" if text else ""), data)
+                if body.get("unit"):  # e.g. bytes of a large file: the stage's text says it better
+                    data["unit"] = body["unit"]
+                    shown = text or f"{own_done}/{own_total} {body['unit']}"
+                else:
+                    shown = f"{own_done}/{own_total}" + (f" {text}" if text else "")
+                self._emit(run, stage, "progress", label + shown, data)
         elif msg.type == "metric":
             data = dict(body.get("data") or {})
             if instrument:

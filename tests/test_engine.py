@@ -63,6 +63,8 @@ FAKE_STAGE = textwrap.dedent(
         time.sleep(1.5)
     if mode == "sleep":
         time.sleep(0.3)
+    if mode == "bytes":
+        rep.progress(200_000_000, 390_000_000, "ES.csv: 200 of 390 MB parsed", unit="bytes")
     if mode == "fail":
         rep.result("failure", "it broke", error=f"{stage} {inst or ''}: simulated failure".replace(" :", ":"))
         sys.exit(1)
@@ -293,6 +295,18 @@ def test_single_stage_run(root: Path, tmp_path: Path) -> None:
     assert "full=1" in history.run_logs(s, rs.run_id)["analyzer-ES"].read_text()
     with pytest.raises(ValueError, match="unknown stage"):
         run_engine(Engine(s), stages=["sorter"])
+
+
+def test_progress_in_bytes_is_shown_by_its_text(root: Path, tmp_path: Path) -> None:
+    s = make_settings(root)
+    add_raw(s)
+    behave(root, translator="bytes")
+    rs = run_engine(Engine(s, stage_command=fake_command(root, tmp_path)), stages=["translator"])
+    events, _ = read_events(run_event_path(s.events_dir, rs.run_id))
+    progress = [e for e in events if e.stage == "translator" and e.event == "progress"]
+    assert progress[0].msg == "ES.csv: 200 of 390 MB parsed"
+    assert progress[0].data["unit"] == "bytes" and progress[0].data["done"] == 200_000_000
+    assert progress[-1].msg == "3/3 step"  # counted items keep their counts
 
 
 def test_workers_bound_concurrency(root: Path, tmp_path: Path) -> None:
