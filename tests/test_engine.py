@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from processes import alive
 
 from pipeline_core import history
 from pipeline_core.engine import Engine, analyzer_status, worst
@@ -92,18 +93,6 @@ FAKE_STAGE = textwrap.dedent(
     rep.result("success", f"{stage} done", counts={"items": 1, "rows": 7})
     '''
 )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
 
 
 def left_alive(root: Path, seconds: float = 1.0) -> list[int]:
