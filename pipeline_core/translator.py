@@ -744,8 +744,9 @@ def assemble(
     result.rows_kept = sum(t.num_rows for t in years.values())
     if years:
         first_t, last_t = years[all_years[0]], years[all_years[-1]]
-        result.first_bar = first_t.column("timestamp")[0].as_py()
-        result.last_bar = last_t.column("timestamp")[-1].as_py()
+        # from the epoch values: a tz-aware scalar's as_py() would import pandas
+        result.first_bar = store.ms_to_datetime(first_t.column("timestamp")[0].cast(pa.int64()).as_py())
+        result.last_bar = store.ms_to_datetime(last_t.column("timestamp")[-1].cast(pa.int64()).as_py())
     return years
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -220,3 +221,17 @@ def test_upserts_equal_a_last_write_wins_model(tmp_path_factory: pytest.TempPath
     lo, hi = sorted(origin + m * 60_000 for m in window)
     part = store.read_bars(s, "ES", datetime.fromtimestamp(lo / 1000, CHICAGO), datetime.fromtimestamp(hi / 1000, CHICAGO))
     assert part.column("timestamp").cast(pa.int64()).to_pylist() == [k for k in keys if lo <= k < hi]
+
+
+def test_a_naive_bound_is_chicago_time_whatever_the_machine_zone(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.upsert_bars(settings, "ES", bars([ms(chi(2024, 12, 31, 23, 30)), ms(chi(2025, 1, 2, 9, 0))]))
+    monkeypatch.setenv("TZ", "Pacific/Honolulu")  # 23:00 Chicago is already 2025 nowhere west of it
+    time.tzset()
+    try:
+        got = store.read_bars(settings, "ES", datetime(2024, 12, 31, 23, 0))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert got.num_rows == 2
