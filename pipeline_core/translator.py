@@ -859,10 +859,17 @@ def quarantine(settings: Settings, path: Path, exc: FileRejected, run_id: str | 
         f"reason: {exc.reason}\n"
     )
     write_bytes_atomic(qdir / f"{dest.name}.error.txt", text.encode("utf-8"))
-    _move(path, dest)
-    for sig in signal_files(settings, path.name):
-        _move(sig, qdir / "logs" / sig.name)
+    _move_with_signals(settings, path, dest)
     return dest
+
+
+def _move_with_signals(settings: Settings, path: Path, dest: Path, signals: list[Path] | None = None) -> None:
+    """Move a raw file to ``dest`` and its signal files to ``dest``'s ``logs/``, never over an
+    earlier file's (a second ``ES.csv`` becomes ``ES-2.csv``; its signals keep their names
+    unless those are taken too)."""
+    _move(path, dest)
+    for sig in signal_files(settings, path.name) if signals is None else signals:
+        _move(sig, _free_name(dest.parent / "logs", sig.name))
 
 
 def dispose(settings: Settings, path: Path) -> Path | None:
@@ -881,9 +888,7 @@ def dispose(settings: Settings, path: Path) -> Path | None:
         return None
     day = settings.archive_dir / clock.now().strftime("%Y-%m-%d")
     dest = _free_name(day, path.name)
-    _move(path, dest)
-    for sig in signals:
-        _move(sig, _free_name(day / "logs", sig.name))
+    _move_with_signals(settings, path, dest, signals)
     return dest
 
 
@@ -921,12 +926,11 @@ def translate_file(
     rep: Reporter,
     ingested: Ingested,
     run_id: str | None,
-    *,
-    now_ms: int | None = None,
 ) -> tuple[str, FileResult | None, Any]:
     """Translate one ready raw file. Returns ``(outcome, result, extra)`` with outcome
     ``translated``, ``already_ingested`` (extra: the earlier manifest record) or
-    ``quarantined`` (extra: the FileRejected)."""
+    ``quarantined`` (extra: the FileRejected). A translated file's manifest record is added to
+    ``ingested``, so a copy later in the same run is recognised."""
     name = path.name
     t0 = time.perf_counter()
     st = path.stat()
@@ -969,8 +973,7 @@ def translate_file(
             return "already_ingested", None, earlier
         result = FileResult(name, instrument, st.st_size, digest)
         layout, pieces = layout_pieces or _parse(path, settings, rep, name)
-        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        years = assemble(path, settings, instrument, layout, pieces, result, now_ms)
+        years = assemble(path, settings, instrument, layout, pieces, result, int(time.time() * 1000))
     except FileRejected as exc:
         quarantine(settings, path, exc, run_id)
         return "quarantined", None, exc
@@ -983,29 +986,28 @@ def translate_file(
     result.changed = store.upsert_years(settings, instrument, list(years.items()), before_write=record)
     years.clear()
     result.seconds = time.perf_counter() - t0
-    append_manifest(
-        settings,
-        {
-            "name": name,
-            "size": st.st_size,
-            "mtime": datetime.fromtimestamp(st.st_mtime, CHICAGO).isoformat(),
-            "mtime_ns": st.st_mtime_ns,
-            "sha256": digest,
-            "status": "ingested",
-            "form": result.form,
-            "instrument": instrument,
-            "rows_in": result.rows_in,
-            "rows_kept": result.rows_kept,
-            "dropped": result.dropped,
-            "duplicates": result.duplicates,
-            "first_bar": _iso(result.first_bar),
-            "last_bar": _iso(result.last_bar),
-            "changed_first": _iso(result.changed[0]) if result.changed else None,
-            "changed_last": _iso(result.changed[1]) if result.changed else None,
-            "ingested_at": clock.iso_now(),
-            "run_id": run_id,
-        },
-    )
+    entry = {
+        "name": name,
+        "size": st.st_size,
+        "mtime": datetime.fromtimestamp(st.st_mtime, CHICAGO).isoformat(),
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": digest,
+        "status": "ingested",
+        "form": result.form,
+        "instrument": instrument,
+        "rows_in": result.rows_in,
+        "rows_kept": result.rows_kept,
+        "dropped": result.dropped,
+        "duplicates": result.duplicates,
+        "first_bar": _iso(result.first_bar),
+        "last_bar": _iso(result.last_bar),
+        "changed_first": _iso(result.changed[0]) if result.changed else None,
+        "changed_last": _iso(result.changed[1]) if result.changed else None,
+        "ingested_at": clock.iso_now(),
+        "run_id": run_id,
+    }
+    append_manifest(settings, entry)
+    ingested.add(entry)
     dispose(settings, path)
     return "translated", result, None
 
@@ -1103,7 +1105,6 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         else:
             assert res is not None
             counts["translated"] += 1
-            ingested.add({"sha256": res.sha256, "size": res.size, "ingested_at": clock.iso_now()})
             _count_file(counts, res)
             mb_s = res.size / 1e6 / res.seconds if res.seconds > 0 else 0.0
             dropped = ", ".join(f"{RULES[r]} {n} (first at line {res.first_lines.get(r)})" for r, n in res.dropped.items())

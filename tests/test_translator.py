@@ -488,11 +488,17 @@ def test_unusable_files_are_quarantined_with_a_reason(settings: Settings) -> Non
 
 
 def test_a_second_rejection_of_the_same_name_keeps_both(settings: Settings) -> None:
-    for _ in range(2):
+    from pipeline_core import rawfiles
+
+    for n in range(2):
         put_text(settings, "ZZ.csv", "x\n")
+        rawfiles.complete_signal(settings, "ZZ.csv").write_text(f'{{"status": "complete", "export": {n}}}')
         assert run_translator(settings.root).result["status"] == "partial"
     q = settings.quarantine_dir
     assert sorted(p.name for p in q.iterdir() if p.is_file()) == ["ZZ-2.csv", "ZZ-2.csv.error.txt", "ZZ.csv", "ZZ.csv.error.txt"]
+    # each file's signal is kept too: the second does not replace the first
+    signals = sorted((q / "logs").iterdir())
+    assert sorted(json.loads(p.read_text())["export"] for p in signals) == [0, 1]
 
 
 # --- readiness ------------------------------------------------------------------------------------
@@ -565,6 +571,18 @@ def test_same_file_twice_is_ingested_once(settings: Settings) -> None:
     names = sorted(p.name for p in settings.archive_dir.glob("*/*.csv"))
     assert names == ["ES-2.csv", "ES.csv"]  # archived like any other
     assert not (settings.raw_dir / "ES.csv").exists()
+
+
+def test_a_copy_in_the_same_run_is_reported_with_the_manifest_time(settings: Settings) -> None:
+    f = put(settings, "ES.csv", make_bars("ES"), age=7200)  # older: translated first
+    copy = settings.raw_dir / "DataExport_ES_20251127_023046_UTC.csv"
+    copy.write_bytes(f.read_bytes())
+    settle(copy)
+    run = run_translator(settings.root)
+    assert run.counts["translated"] == 1 and run.counts["already_ingested"] == 1
+    [rec] = manifest(settings)
+    [w] = [w for w in run.of("warning") if "already ingested" in w["msg"]]
+    assert w["data"]["ingested_at"] == rec["ingested_at"]
 
 
 def test_newer_file_wins_on_equal_timestamps(settings: Settings) -> None:
