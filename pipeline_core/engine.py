@@ -568,25 +568,28 @@ class Engine:
         rs.stage = None
         report = self._report(rs, run.details, full=run.full, error=run.error, duration=duration)
         report_file = history.write_report(self.settings, report, rs.started)
-        line = _run_line(rs)
-        history.append_run(self.settings, line)
-        self._last_run = line
-        if self._run is run:
-            self._run = None
         stages = {n: st.state for n, st in rs.stages.items()}
         data = {"status": status, "stages": stages, "duration_seconds": round(duration, 3),
                 "report": str(report_file)}
         if run.error:
             data["error"] = run.error
         if status == SUCCESS:
-            self._emit(run, "pipeline", "success", f"Run succeeded in {duration:.1f} s", data)
+            event, msg = "success", f"Run succeeded in {duration:.1f} s"
         elif status == CANCELLED:
-            self._emit(run, "pipeline", "cancelled", f"Run cancelled after {duration:.1f} s", data)
+            event, msg = "cancelled", f"Run cancelled after {duration:.1f} s"
         else:
             bad = [f"{n} {s}" for n, s in stages.items() if s in (PARTIAL, FAILURE)]
-            why = run.error or ", ".join(bad)
-            self._emit(run, "pipeline", "failure", f"Run ended {status}: {why}", data)
+            event, msg = "failure", f"Run ended {status}: {run.error or ', '.join(bad)}"
+        # Order matters for a crash: the terminal event first, then the runs.jsonl line. Recovery
+        # closes a run without a terminal event, and adds the line of a run that has one.
         assert run.writer is not None
+        ev = run.writer.emit("pipeline", event, msg, data)
+        line = _run_line(rs)
+        history.append_run(self.settings, line)
+        self._last_run = line
+        if self._run is run:
+            self._run = None
+        self._publish(EventMessage(ev))  # watchers told last: the line is there when they look
         run.writer.close()
 
     # --- stages -------------------------------------------------------------------------------
@@ -1039,13 +1042,13 @@ class Engine:
                                       error=ENGINE_STOPPED, duration=None)
                 report["killed_processes"] = killed
                 report_file = history.write_report(self.settings, report, rs.started)
-                history.append_run(self.settings, _run_line(rs))
-                ev = writer.emit(
+                ev = writer.emit(  # before the runs.jsonl line, as in _finish
                     "pipeline", "failure", ENGINE_STOPPED,
                     {"status": FAILURE, "error": ENGINE_STOPPED, "recovered_by_pid": os.getpid(),
                      "killed_processes": killed, "report": str(report_file),
                      "stages": {n: st.state for n, st in rs.stages.items()}},
                 )
+                history.append_run(self.settings, _run_line(rs))
                 self._publish(EventMessage(ev))
             finally:
                 writer.close()

@@ -502,6 +502,27 @@ def test_recover_indexes_a_finished_run_missing_its_line(root: Path, tmp_path: P
     assert history.read_runs(s)[0]["status"] == "success"
 
 
+def test_a_crash_while_recording_a_run_leaves_it_closed_exactly_once(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = make_settings(root)
+    add_store(s, "ES")
+
+    def crash(*_: object) -> None:
+        raise OSError("disk gone while writing runs.jsonl")
+
+    monkeypatch.setattr(history, "append_run", crash)
+    with pytest.raises(BaseException, match="disk gone"):
+        run_engine(Engine(s, stage_command=fake_command(root, tmp_path)))
+    monkeypatch.undo()
+    [path] = s.events_dir.glob("pipeline_*.jsonl")
+    run_id = path.stem[len("pipeline_"):]
+    Engine(s).recover()
+    events, _ = read_events(path)
+    assert [e.event for e in events if e.stage == "pipeline" and e.is_terminal] == ["success"]
+    assert [(r["run_id"], r["status"]) for r in history.read_runs(s)] == [(run_id, "success")]
+
+
 # --- the engine's schedule loop --------------------------------------------------------------------
 
 
