@@ -387,7 +387,10 @@ class Engine:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 if self._queued is not None:
+                    # active from this moment: until its task first runs it would otherwise be
+                    # neither queued nor running, and a request could start a second run
                     run, self._queued = self._queued, None
+                    self._run = run
                     tg.start_soon(self._execute_in_background, run)
                 if schedule:
                     nb = not_before or self.not_before

@@ -626,6 +626,29 @@ def test_request_run_and_stop_cancels_the_active_run(root: Path, tmp_path: Path)
     assert left_alive(root) == []
 
 
+def test_a_queued_run_stays_active_while_serve_starts_it(root: Path, tmp_path: Path) -> None:
+    s = make_settings(root)
+    add_store(s, "ES")
+    behave(root, analyzer="hang")
+    engine = Engine(s, stage_command=fake_command(root, tmp_path))
+    assert engine.request_run() is True  # queued until serve() starts
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: engine.serve(schedule=False))
+            # at every turn of the loop while serve() starts the queued run, a second request
+            # is refused: there is never a moment with no run active
+            while not (root / "running-analyzer-ES").exists():
+                assert engine.busy
+                assert engine.request_run() is False
+                await anyio.lowlevel.checkpoint()
+            engine.stop()
+
+    anyio.run(main)
+    assert [r["status"] for r in history.read_runs(s)] == ["cancelled"]
+    assert left_alive(root) == []
+
+
 def test_cancel_from_another_thread(root: Path, tmp_path: Path) -> None:
     s = make_settings(root)
     add_store(s, "ES")
