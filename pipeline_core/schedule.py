@@ -9,8 +9,8 @@ happen twice, CDT then CST; both are marks, so runs stay fifteen real minutes ap
 :class:`MarkSchedule` is built on the ``schedule`` library: a ``schedule.Scheduler`` holding one
 job, driven by ``run_pending()`` from the engine's async loop. The library's own time keeping is
 replaced, for reasons that matter here: it reads the machine's local clock (naive
-``datetime.now()``), which is neither Chicago time (a host in Asia/Kolkata is half an hour off
-every quarter-hour mark) nor injectable for tests; its ``.at(..., tz)`` needs ``pytz``; and its
+``datetime.now()``), which is neither Chicago time (on a host in Asia/Kolkata a mark set for
+:05 would fire at Chicago :35, and every hour-based time would be off) nor injectable for tests; its ``.at(..., tz)`` needs ``pytz``; and its
 naive wall-clock arithmetic skips the repeated hour at fall-back. So the job's next run comes
 from :func:`next_mark` on the injected Chicago clock, and ``should_run`` compares against that
 clock.

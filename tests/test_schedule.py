@@ -192,15 +192,23 @@ def test_built_on_the_schedule_library() -> None:
 
 
 def test_local_time_zone_of_the_machine_does_not_matter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a host in Asia/Kolkata (+05:30) the marks are still Chicago's quarter hours."""
+    """On a host in Asia/Kolkata (+05:30) the marks are still Chicago's.
+
+    Quarter-hour minutes would not show a local-time mistake (every zone's offset is a multiple
+    of 15 minutes), so the marks here are at minute 5: read in Kolkata time they would be :35.
+    """
     monkeypatch.setenv("TZ", "Asia/Kolkata")
     _time.tzset()
     try:
-        sched = MarkSchedule(Q, clock.now)
+        before = datetime.now(UTC)
+        sched = MarkSchedule((5,), clock.now)
         nxt = sched.next_mark
-        assert nxt.tzinfo is CHICAGO and nxt.minute in Q and nxt.second == 0
-        assert 0 < sched.seconds_to_next() <= 900
-        assert nxt.astimezone(UTC).minute in Q
+        assert nxt.tzinfo is CHICAGO and nxt.minute == 5 and nxt.second == 0
+        assert nxt.astimezone(UTC) == brute_next(before, {5}).astimezone(UTC)
+        # --schedule 08:00 is 08:00 in Chicago, not on the machine's clock
+        nb = not_before_from(time(8, 0), clock.now())
+        assert (nb.astimezone(CHICAGO).hour, nb.astimezone(CHICAGO).minute) == (8, 0)
+        assert timedelta(seconds=-1) <= nb.astimezone(UTC) - datetime.now(UTC) <= timedelta(days=1)
     finally:
         monkeypatch.undo()
         _time.tzset()
