@@ -35,8 +35,9 @@ from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
 from qtsw_tui.screens.results import ResultsScreen
+from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
-from qtsw_tui.widgets.event_table import EventsPanel
+from qtsw_tui.widgets.event_table import EventsPanel, EventTable
 from qtsw_tui.widgets.format import clock_time, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
@@ -58,6 +59,14 @@ LINE_CHARS = 2000  # a longer output line is cut on screen (the .log file has al
 STOP_SECONDS = 60.0  # how long quitting waits for the engine to record a cancelled run
 HANGUP_EXIT = 128 + signal.SIGHUP  # the console's exit status after losing its terminal
 WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
+
+
+def binding_ids() -> set[str]:
+    """Every binding id that ``[keys]`` in the settings may remap: the app's, its panels' and
+    its screens' (Textual's keymap applies to bindings wherever they are declared)."""
+    classes = (QtswApp, EventsPanel, EventTable, StagePane, ConfirmScreen, HelpScreen,
+               HistoryScreen, ResultsScreen, RunDetailScreen)
+    return {b.id for cls in classes for b in cls.BINDINGS if isinstance(b, Binding) and b.id}
 
 
 class QtswApp(App[int]):
@@ -124,7 +133,7 @@ class QtswApp(App[int]):
         self.received = {"events": 0, "lines": 0}
         self.flushed = {"events": 0, "batches": 0}
         self._unfrozen_events = 0
-        unknown = sorted(set(settings.keys) - {b.id for b in self.BINDINGS if isinstance(b, Binding)})
+        unknown = sorted(set(settings.keys) - binding_ids())
         self._unknown_keys = unknown
         self.set_keymap({k: v for k, v in settings.keys.items() if k not in unknown})
 
