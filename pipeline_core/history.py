@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_core import clock
+from pipeline_core import clock, results
 from pipeline_core.events import Event, read_events, run_event_path
 from pipeline_core.fsutil import append_jsonl, write_json_atomic
 from pipeline_core.settings import Settings
@@ -161,13 +161,7 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
                 n, size = _count_files(d, "*.parquet")
                 if n:
                     processed[d.name] = {"files": n, "bytes": size}
-    monthly: dict[str, int] = {}
-    if settings.analyzer_runs_dir.is_dir():
-        for d in sorted(settings.analyzer_runs_dir.iterdir()):
-            if d.is_dir():
-                n, _ = _count_files(d, "*.parquet")
-                if n:
-                    monthly[d.name] = n
+    monthly = results.monthly_counts(settings)
     archived, _ = _count_files(settings.archive_dir)
     return {
         "root": str(settings.root),

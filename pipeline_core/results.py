@@ -75,6 +75,11 @@ def monthly_files(settings: Settings) -> dict[str, list[Path]]:
     return out
 
 
+def monthly_counts(settings: Settings) -> dict[str, int]:
+    """Monthly result files per stream (streams without files left out)."""
+    return {stream: len(files) for stream, files in monthly_files(settings).items()}
+
+
 def available_months(settings: Settings) -> list[tuple[int, int]]:
     """The (year, month) pairs that have at least one monthly file, oldest first."""
     months: set[tuple[int, int]] = set()

@@ -31,6 +31,7 @@ from pipeline_core import clock as chicago
 from pipeline_core.events import Event
 from pipeline_core.runstate import STAGE_NAMES, EngineSnapshot, EventMessage, OutputMessage
 from pipeline_core.settings import Settings
+from qtsw_tui.headless import event_text
 from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
@@ -286,7 +287,7 @@ class QtswApp(App[int]):
         for ev in events:
             if ev.event != "failure":
                 continue
-            error = _error_text(ev)
+            error = event_text(ev).strip() or "no error message"
             if ev.stage == "pipeline":
                 status = str(ev.data.get("status") or "failure")
                 severity = "warning" if status == "partial" else "error"
@@ -480,14 +481,6 @@ class QtswApp(App[int]):
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
-
-
-def _error_text(ev: Event) -> str:
-    """The message of a failure event, with its data's error when that adds something."""
-    msg, err = ev.msg.strip(), str(ev.data.get("error") or "").strip()
-    if msg and err and err not in msg:
-        return f"{msg}: {err}"
-    return msg or err or "no error message"
 
 
 def build_app(

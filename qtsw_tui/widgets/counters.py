@@ -14,7 +14,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from pipeline_core import rawfiles, state
+from pipeline_core import rawfiles, results, state
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.format import clock_time, size
 
@@ -50,19 +50,6 @@ def _tree_size(folder: Path) -> tuple[int, int]:
     return total, files
 
 
-def monthly_counts(settings: Settings) -> dict[str, int]:
-    """Monthly result files per stream (``analyzer_runs/<stream>/<YYYY>/*_an_*.parquet``)."""
-    out: dict[str, int] = {}
-    base = settings.analyzer_runs_dir
-    if not base.is_dir():
-        return out
-    for stream in sorted(p for p in base.iterdir() if p.is_dir()):
-        n = sum(1 for _ in stream.glob("*/*_an_*.parquet"))
-        if n:
-            out[stream.name] = n
-    return out
-
-
 def read_counters(settings: Settings, now: float | None = None) -> Counters:
     """Count raw files, store, pending work and monthly files; a failing part is reported, not raised."""
     problems: list[str] = []
@@ -92,7 +79,7 @@ def read_counters(settings: Settings, now: float | None = None) -> Counters:
         store_instruments=store_insts,
         pending_analysis=pending_an,
         pending_merges=pending_mg,
-        monthly=monthly_counts(settings),
+        monthly=results.monthly_counts(settings),
         problems=tuple(problems),
     )
 
