@@ -64,7 +64,7 @@ from pipeline_core.results import (
 )
 from pipeline_core.settings import Settings
 
-KEY = ("Date", "Time", "Session", "Instrument")
+KEY = ("Date", "Time", "Session", "Instrument")  # the merge key: Direction and Result are not in it
 # Deterministic crash point for tests: SIGKILL this process right after the temporary file of
 # the Nth monthly write is complete (before it replaces the monthly file).
 KILL_ENV = "QTSW_MERGER_KILL_AFTER_WRITES"
@@ -257,9 +257,9 @@ class _Source:
 
 
 def _key_codes(table: pa.Table) -> list[np.ndarray]:
-    """Sortable integer codes of the key columns: Date, Time, Session, Instrument."""
-    codes = [table.column("Date").cast(pa.int32()).to_numpy()]
-    for name in ("Time", "Session", "Instrument"):
+    """Sortable integer codes of the key columns (:data:`KEY`: Date, Time, Session, Instrument)."""
+    codes = [table.column(KEY[0]).cast(pa.int32()).to_numpy()]
+    for name in KEY[1:]:
         values = table.column(name).to_numpy(zero_copy_only=False)
         codes.append(np.unique(values, return_inverse=True)[1])
     return codes

@@ -250,12 +250,6 @@ def read_changed_range(settings: Settings, inst: str) -> tuple[datetime, datetim
         ) from None
 
 
-def provisional_dates(settings: Settings, inst: str) -> list[date]:
-    """The instrument's dates that hold ``Final = false`` rows, per its analyzer state."""
-    st = state.read_analyzer_state(settings, inst) or {}
-    return sorted(date.fromisoformat(d) for d in st.get("provisional_dates", []))
-
-
 def output_path(settings: Settings, run_id: str, inst: str) -> Path:
     """Where the run's output for ``inst`` goes: ``data/analyzer_temp/<run_id>/<INST>.parquet``."""
     return settings.analyzer_temp_dir / run_id / f"{inst}.parquet"

@@ -548,7 +548,6 @@ def _analyze_batch(
 
     count = len(rows)
     out = {
-        "row": rows,
         "direction": np.where(is_long, 1, np.where(is_short, 2, 0)),
         "result": np.full(count, _NOTRADE),
         "range_high": range_high,
