@@ -205,7 +205,7 @@ class Engine:
         return EngineSnapshot(
             now=self.now(),
             scheduler=self.scheduler_state,
-            next_mark=self._schedule.next_mark if self._schedule is not None else None,
+            next_mark=self.next_mark,
             current=current,
             last_run=dict(self._last_run) if self._last_run else None,
         )
@@ -1101,7 +1101,7 @@ def _state_from_events(events: Sequence[Event]) -> tuple[RunState, dict[str, dic
         ts = _ts(ev)
         if ev.stage == "pipeline":
             if ev.is_terminal:
-                rs.status = str(ev.data.get("status") or ("cancelled" if ev.event == "cancelled" else ev.event))
+                rs.status = str(ev.data.get("status") or ev.event)
                 rs.ended = ts
             continue
         if ev.stage not in rs.stages:
@@ -1115,7 +1115,7 @@ def _state_from_events(events: Sequence[Event]) -> tuple[RunState, dict[str, dic
             st.state = SKIPPED
             st.reason = str(ev.data.get("reason") or "")
         elif ev.is_terminal:
-            st.state = str(ev.data.get("status") or (CANCELLED if ev.event == "cancelled" else ev.event))
+            st.state = str(ev.data.get("status") or ev.event)
             st.ended = ts
             st.error = ev.data.get("error")
             st.counts = dict(ev.data.get("counts") or {})
