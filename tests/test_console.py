@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from processes import processes_naming
 from rich.console import Console
 from textual.app import App
 from textual.widgets import DataTable, Input, Select
@@ -110,23 +111,6 @@ def shown_text(widget, width: int = 100) -> str:
 
 def table_rows(table: DataTable) -> list[list[str]]:
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
-
-
-def stage_processes(root: Path) -> list[int]:
-    """Pids of live processes whose command line names this data root (the stage processes)."""
-    needle = str(root).encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if needle in cmd and ") Z " not in stat:
-            pids.append(int(entry))
-    return pids
 
 
 async def run_and_wait(pilot, key: str, n_runs_before: int, what: str) -> dict:
@@ -418,7 +402,7 @@ async def test_run_now_fills_panes_bars_events_then_history_detail_results_and_f
         await pilot.press("escape")
         await pilot.press("q")
     assert app.return_value == 0
-    assert stage_processes(s.root) == []
+    assert processes_naming(s.root) == []
 
 
 async def test_single_stage_keys_run_one_stage_each(tmp_path):
@@ -480,7 +464,7 @@ async def test_cancel_asks_first_then_cancels_and_leaves_no_process(tmp_path):
         assert run["status"] == "cancelled"
         assert run["stages"]["analyzer"] == "cancelled"
         await wait_for(pilot, lambda: "last ■ cancelled" in header_text(app), "the header to show it")
-        assert stage_processes(s.root) == []
+        assert processes_naming(s.root) == []
         assert not app.notified  # a cancel asked for is not a failure
         await pilot.press("q")
     report = history.find_report(s, run["run_id"])
@@ -506,7 +490,7 @@ async def test_quit_during_a_run_asks_then_stops_the_engine_cleanly(tmp_path):
     assert len(runs) == 1 and runs[0]["status"] == "cancelled"
     events = history.run_events(s, runs[0]["run_id"])
     assert events[-1].stage == "pipeline" and events[-1].event == "cancelled"
-    assert stage_processes(s.root) == []
+    assert processes_naming(s.root) == []
 
 
 async def test_stage_failures_notify_naming_the_stage_and_the_error(tmp_path):

@@ -20,6 +20,8 @@ import uuid
 from datetime import date
 from pathlib import Path
 
+from processes import alive, processes_naming
+
 from pipeline_core.sample import write_samples
 from pipeline_core.settings import load_settings
 
@@ -44,21 +46,6 @@ def poll(sock: str, session: str, cond, what: str, timeout: float = 60.0) -> str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; the screen shows:\n{text}")
         time.sleep(0.1)
-
-
-def processes_naming(root: Path) -> list[int]:
-    needle = str(root).encode()
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    if ") Z " not in stat:
-                        out.append(int(entry))
-            except OSError:
-                pass
-    return out
 
 
 def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):
@@ -118,7 +105,7 @@ def test_console_losing_its_terminal_mid_run_records_the_run_and_leaves(tmp_path
         pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
         tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
         deadline = time.monotonic() + 60
-        while Path(f"/proc/{pane_pid}").exists() and ") Z " not in Path(f"/proc/{pane_pid}/stat").read_text():
+        while alive(pane_pid):
             assert time.monotonic() < deadline, "the console outlived its terminal"
             time.sleep(0.1)
     finally:
