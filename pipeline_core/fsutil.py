@@ -8,13 +8,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# Fault injection for the crash tests: with QTSW_CRASH_BEFORE_RENAME=N a process kills itself
+# (SIGKILL) at its Nth atomic Parquet write, when the temporary file is complete and the
+# destination not yet replaced: the moment a crash tests the "old or new, never partial" rule.
+CRASH_BEFORE_RENAME_ENV = "QTSW_CRASH_BEFORE_RENAME"
+_parquet_writes = 0
+_crash_lock = threading.Lock()
+
+
+def _crash_point(dest: Path) -> None:
+    global _parquet_writes
+    at = os.environ.get(CRASH_BEFORE_RENAME_ENV)
+    if not at or dest.suffix != ".parquet":
+        return
+    with _crash_lock:
+        _parquet_writes += 1
+        if _parquet_writes == int(at):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(path: Path) -> None:
@@ -41,6 +61,7 @@ def atomic_path(dest: Path) -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
+        _crash_point(dest)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     finally:
@@ -85,19 +106,10 @@ def append_jsonl(path: Path, record: Any) -> None:
         os.close(fd)
 
 
-def write_parquet_atomic(
-    dest: Path,
-    table: pa.Table,
-    *,
-    writer: Callable[[pa.Table, Path], None] | None = None,
-    **options: Any,
-) -> None:
+def write_parquet_atomic(dest: Path, table: pa.Table, **options: Any) -> None:
     """Write ``table`` to ``dest`` atomically (``options`` go to ``pyarrow.parquet.write_table``)."""
     with atomic_path(dest) as tmp:
-        if writer is not None:
-            writer(table, tmp)
-        else:
-            pq.write_table(table, tmp, **options)
+        pq.write_table(table, tmp, **options)
 
 
 def remove_stale_temp_files(folder: Path) -> int:

@@ -20,9 +20,7 @@ is idempotent).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import sys
 import time
 from collections import defaultdict
@@ -65,9 +63,6 @@ from pipeline_core.results import (
 from pipeline_core.settings import Settings
 
 KEY = ("Date", "Time", "Session", "Instrument")  # the merge key: Direction and Result are not in it
-# Deterministic crash point for tests: SIGKILL this process right after the temporary file of
-# the Nth monthly write is complete (before it replaces the monthly file).
-KILL_ENV = "QTSW_MERGER_KILL_AFTER_WRITES"
 
 GroupKey = tuple[str, int, int]  # (stream, year, month)
 
@@ -328,20 +323,6 @@ def merge_group(
 # --- the merge -------------------------------------------------------------------------------------
 
 
-class _Killer:
-    """Test hook (see KILL_ENV): counts monthly writes and SIGKILLs the process at the Nth."""
-
-    def __init__(self) -> None:
-        raw = os.environ.get(KILL_ENV, "")
-        self.at = int(raw) if raw.strip().isdigit() else 0
-        self.writes = 0
-
-    def after_temp_written(self) -> None:
-        self.writes += 1
-        if self.at and self.writes >= self.at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
     """Merge every run folder in ``data/analyzer_temp`` into the monthly files.
 
@@ -391,13 +372,12 @@ def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
                 continue  # already in the monthly file from an earlier, interrupted merge
             groups[key].append(_Source(rank, f, rows))
 
-    killer = _Killer()
     total = len(groups)
     last_report = 0.0
     if reporter:
         reporter.progress(0, total, "merging monthly files")
     for n, key in enumerate(sorted(groups), start=1):
-        outcome = _merge_one(settings, key, groups[key], killer)
+        outcome = _merge_one(settings, key, groups[key])
         summary.groups.append(outcome)
         if outcome.error is None:
             for s in groups[key]:
@@ -446,7 +426,7 @@ def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
 
 
 def _merge_one(
-    settings: Settings, key: GroupKey, sources: list[_Source], killer: _Killer
+    settings: Settings, key: GroupKey, sources: list[_Source]
 ) -> GroupOutcome:
     stream, year, month = key
     path = monthly_path(settings, stream, year, month)
@@ -476,12 +456,7 @@ def _merge_one(
             return outcome
         meta[META_UPDATED] = clock.iso_now()
         table = result.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
-
-        def write(t: pa.Table, tmp: Path) -> None:
-            pq.write_table(t, tmp)
-            killer.after_temp_written()
-
-        write_parquet_atomic(path, table, writer=write)
+        write_parquet_atomic(path, table)
         outcome.action = "written"
     except Exception as exc:  # a failed group keeps its run folders for the next merge
         outcome.action = "failed"

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -54,12 +52,6 @@ WRITE_OPTIONS: dict = {
     "write_statistics": ["timestamp"],
     "row_group_size": ROW_GROUP_ROWS,
 }
-
-# Fault injection for the crash test: when set to N, the process kills itself (SIGKILL) at
-# its N-th store write, after the temporary file is written and before it is renamed.
-KILL_BEFORE_RENAME_ENV = "QTSW_STORE_KILL_BEFORE_RENAME"
-_writes_done = 0
-_writes_lock = threading.Lock()
 
 _YEAR_FILE = re.compile(r"^(?P<inst>[A-Z0-9]+)_(?P<year>\d{4})\.parquet$")
 
@@ -326,17 +318,7 @@ def with_instrument(table: pa.Table, inst: str) -> pa.Table:
 
 
 def _write_year(path: Path, table: pa.Table) -> None:
-    def writer(t: pa.Table, tmp: Path) -> None:
-        global _writes_done
-        pq.write_table(t, tmp, **WRITE_OPTIONS)
-        kill_at = os.environ.get(KILL_BEFORE_RENAME_ENV)
-        if kill_at:
-            with _writes_lock:
-                _writes_done += 1
-                if _writes_done == int(kill_at):
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-    write_parquet_atomic(path, table, writer=writer)
+    write_parquet_atomic(path, table, **WRITE_OPTIONS)
 
 
 def ms_to_datetime(ms: int) -> datetime:

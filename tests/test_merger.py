@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from pipeline_core import merger
+from pipeline_core import fsutil, merger
 from pipeline_core.analyzer.strategy import RESULT_SCHEMA
 from pipeline_core.protocol import parse
 from pipeline_core.results import (
@@ -300,7 +300,7 @@ def test_merge_killed_mid_way_leaves_files_old_or_new_and_a_rerun_completes(
     merger.merge(copy)
     new = monthly_rows(copy)
 
-    code, _ = run_stage(settings, env={merger.KILL_ENV: str(kill_at)})
+    code, _ = run_stage(settings, env={fsutil.CRASH_BEFORE_RENAME_ENV: str(kill_at)})
 
     assert code == -9
     now = monthly_rows(settings)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_core import protocol, sample, state, store
+from pipeline_core import fsutil, protocol, sample, state, store
 from pipeline_core.settings import CHICAGO, Settings, load_settings
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
@@ -674,7 +674,7 @@ def test_sigkill_while_writing_the_store_loses_and_doubles_nothing(settings: Set
     content = f.read_bytes()
     # killed between writing a temp file and renaming it (the kill_at-th year file; the
     # years are written in parallel, so with 2 the other year may already be renamed)
-    run = run_translator(settings.root, env={store.KILL_BEFORE_RENAME_ENV: str(kill_at)})
+    run = run_translator(settings.root, env={fsutil.CRASH_BEFORE_RENAME_ENV: str(kill_at)})
     assert run.rc == -9, run.stdout + run.stderr
     assert not any(m.type == "result" for m in run.messages)
     now = {k: _rows(t) for k, t in _store_snapshot(settings).items()}  # every file reads
