@@ -26,7 +26,7 @@ from pipeline_core.settings import CHICAGO, Settings
 
 
 @contextlib.contextmanager
-def _changes_lock(settings: Settings) -> Iterator[None]:
+def changes_lock(settings: Settings) -> Iterator[None]:
     """Serialise read-modify-write of ``changes.json`` between processes (and threads)."""
     path = settings.state_dir / ".changes.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def read_changes(settings: Settings) -> dict[str, tuple[datetime, datetime]]:
 
 def record_changes(settings: Settings, instrument: str, first: datetime, last: datetime) -> None:
     """Widen the instrument's changed range to include [first, last]."""
-    with _changes_lock(settings):
+    with changes_lock(settings):
         raw = read_json(changes_path(settings), {}) or {}
         cur = raw.get(instrument)
         if cur:
@@ -79,7 +79,7 @@ def record_changes(settings: Settings, instrument: str, first: datetime, last: d
 
 def clear_changes(settings: Settings, instrument: str, consumed: tuple[datetime, datetime]) -> None:
     """Remove the instrument's entry if it is still the range the analyzer consumed."""
-    with _changes_lock(settings):
+    with changes_lock(settings):
         raw = read_json(changes_path(settings), {}) or {}
         cur = raw.get(instrument)
         if not cur:

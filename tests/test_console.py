@@ -8,6 +8,7 @@ Every app here is built by ``build_app`` (what the command line runs) over a rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import time
@@ -24,7 +25,7 @@ from rich.console import Console
 from textual.app import App
 from textual.widgets import DataTable, Input, Select
 
-from pipeline_core import history
+from pipeline_core import history, state
 from pipeline_core.engine import Engine
 from pipeline_core.events import STAGES, TERMINAL, Event
 from pipeline_core.runstate import OutputMessage
@@ -436,6 +437,15 @@ async def test_pause_and_resume_show_in_the_header(tmp_path):
     assert "Schedule paused" in scheduler_log and "Schedule resumed" in scheduler_log
 
 
+def held_in_analyzer(s: Settings) -> contextlib.ExitStack:
+    """Hold the pending-work lock: each analyzer process then waits at its end (where it
+    clears its changed range), so the run cannot leave the analyzer until this is closed —
+    a cancel or quit pressed meanwhile cannot lose a race with the run's end."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(state.changes_lock(s))
+    return stack
+
+
 async def test_cancel_asks_first_then_cancels_and_leaves_no_process(tmp_path):
     s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
     app = console(s)
@@ -448,6 +458,7 @@ async def test_cancel_asks_first_then_cancels_and_leaves_no_process(tmp_path):
             lambda: (cur := app.engine.snapshot().current) is not None and cur.stage == "analyzer",
             "the analyzer to run",
         )
+        hold = held_in_analyzer(s)  # the run stays in the analyzer until the cancel lands
         await pilot.press("c")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("r", "t", "c", "q")  # a question on screen takes only its answer
@@ -460,6 +471,7 @@ async def test_cancel_asks_first_then_cancels_and_leaves_no_process(tmp_path):
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
         await wait_for(pilot, lambda: not app.engine.busy, "the cancelled run to end")
+        hold.close()
         run = history.read_runs(s)[-1]
         assert run["status"] == "cancelled"
         assert run["stages"]["analyzer"] == "cancelled"
@@ -478,6 +490,7 @@ async def test_quit_during_a_run_asks_then_stops_the_engine_cleanly(tmp_path):
         await pilot.press("r")
         await wait_for(pilot, lambda: app.engine.snapshot().current is not None
                        and app.engine.snapshot().current.stage == "analyzer", "the analyzer to run")
+        hold = held_in_analyzer(s)
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
@@ -485,6 +498,7 @@ async def test_quit_during_a_run_asks_then_stops_the_engine_cleanly(tmp_path):
         await pilot.press("q")
         await pilot.press("y")
         await wait_for(pilot, lambda: not app.is_running, "the console to exit", timeout=DEADLINE)
+        hold.close()
     assert app.return_value == 3
     runs = history.read_runs(s)
     assert len(runs) == 1 and runs[0]["status"] == "cancelled"
