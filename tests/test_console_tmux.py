@@ -22,6 +22,7 @@ from pathlib import Path
 
 from processes import alive, processes_naming
 
+from pipeline_core import state
 from pipeline_core.sample import write_samples
 from pipeline_core.settings import load_settings
 
@@ -102,12 +103,15 @@ def test_console_losing_its_terminal_mid_run_records_the_run_and_leaves(tmp_path
         poll(sock, session, lambda t: "schedule running" in t and " ready" in t, "the console to start")
         tmux(sock, "send-keys", "-t", session, "r")
         poll(sock, session, lambda t: "stage analyzer" in t, "the analyzer to run")
-        pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
-        tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
-        deadline = time.monotonic() + 60
-        while alive(pane_pid):
-            assert time.monotonic() < deadline, "the console outlived its terminal"
-            time.sleep(0.1)
+        # each analyzer process now waits at its end for the pending-work lock: the run is
+        # certainly still going when the terminal hangs up
+        with state.changes_lock(settings):
+            pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
+            tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
+            deadline = time.monotonic() + 60
+            while alive(pane_pid):
+                assert time.monotonic() < deadline, "the console outlived its terminal"
+                time.sleep(0.1)
     finally:
         tmux(sock, "kill-server", check=False)
     assert processes_naming(root) == []
