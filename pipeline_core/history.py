@@ -131,14 +131,21 @@ def log_name(stage: str, instrument: str | None = None) -> str:
     return f"{stage}-{instrument}" if instrument else stage
 
 
-def _count_files(folder: Path, pattern: str = "*") -> tuple[int, int]:
-    """(files, bytes) under ``folder`` matching ``pattern``, recursively; hidden files ignored."""
+def count_files(folder: Path, pattern: str = "*") -> tuple[int, int]:
+    """(files, bytes) under ``folder`` matching ``pattern``, recursively; hidden files (such as
+    the temporary file of a write in progress) ignored."""
     n = size = 0
     if folder.is_dir():
         for p in folder.rglob(pattern):
-            if p.is_file() and not p.name.startswith("."):
+            if p.name.startswith("."):
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # removed between listing and stat
+                continue
+            if p.is_file():
                 n += 1
-                size += p.stat().st_size
+                size += st.st_size
     return n, size
 
 
@@ -158,11 +165,11 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
     if settings.processed_dir.is_dir():
         for d in sorted(settings.processed_dir.iterdir()):
             if d.is_dir():
-                n, size = _count_files(d, "*.parquet")
+                n, size = count_files(d, "*.parquet")
                 if n:
                     processed[d.name] = {"files": n, "bytes": size}
     monthly = results.monthly_counts(settings)
-    archived, _ = _count_files(settings.archive_dir)
+    archived, _ = count_files(settings.archive_dir)
     return {
         "root": str(settings.root),
         "lock": lock_holder(settings.lock_file),

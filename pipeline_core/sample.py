@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from pipeline_core.fsutil import atomic_path, write_json_atomic
-from pipeline_core.settings import CHICAGO, Settings, SettingsError, load_settings
+from pipeline_core import clock
+from pipeline_core.fsutil import write_bytes_atomic, write_json_atomic
+from pipeline_core.settings import Settings, SettingsError, load_settings
 
 DEFAULT_INSTRUMENTS = ("ES", "NQ", "YM", "CL", "NG", "GC")
 
@@ -126,7 +127,7 @@ def trading_days(end: date, count: int) -> list[date]:
 
 def last_completed_trading_day(today: date | None = None) -> date:
     """The last trading day before ``today`` (default: today in Chicago)."""
-    d = (today or datetime.now(CHICAGO).date()) - timedelta(days=1)
+    d = (today or clock.now().date()) - timedelta(days=1)
     while not is_trading_day(d):
         d -= timedelta(days=1)
     return d
@@ -137,8 +138,8 @@ def last_completed_trading_day(today: date | None = None) -> date:
 
 def session_bounds_ms(d: date) -> tuple[int, int]:
     """Epoch ms of the Globex session of trade date ``d``: previous day 17:00 to ``d`` 16:00."""
-    start = datetime.combine(d - timedelta(days=1), time(17, 0), tzinfo=CHICAGO)
-    end = datetime.combine(d, time(16, 0), tzinfo=CHICAGO)
+    start = clock.wall(d - timedelta(days=1), time(17, 0))
+    end = clock.wall(d, time(16, 0))
     return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
 
 
@@ -331,8 +332,7 @@ def write_bars_csv(
     if crlf:
         data = data.replace(b"\n", b"\r\n")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    write_bytes_atomic(path, data)
     return path
 
 

@@ -6,15 +6,13 @@ so the console can call it every few seconds from a thread worker.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rich.text import Text
 from textual.widgets import Static
 
-from pipeline_core import rawfiles, results, state
+from pipeline_core import history, rawfiles, results, state
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.format import clock_time, size
 
@@ -28,7 +26,6 @@ class Counters:
     raw_stale: int = 0
     exporting: tuple[dict[str, Any], ...] = ()
     store_bytes: int = 0
-    store_files: int = 0
     store_instruments: int = 0
     pending_analysis: int = 0
     pending_merges: int = 0
@@ -36,32 +33,18 @@ class Counters:
     problems: tuple[str, ...] = ()
 
 
-def _tree_size(folder: Path) -> tuple[int, int]:
-    """(bytes, files) of the Parquet files under ``folder``."""
-    total = files = 0
-    for dirpath, _dirs, names in os.walk(folder):
-        for name in names:
-            if name.endswith(".parquet"):
-                try:
-                    total += os.stat(os.path.join(dirpath, name)).st_size
-                    files += 1
-                except FileNotFoundError:  # replaced between listing and stat: next refresh
-                    pass
-    return total, files
-
-
-def read_counters(settings: Settings, now: float | None = None) -> Counters:
+def read_counters(settings: Settings) -> Counters:
     """Count raw files, store, pending work and monthly files; a failing part is reported, not raised."""
     problems: list[str] = []
     ready = waiting = stale = 0
     exporting: tuple[dict[str, Any], ...] = ()
     try:
-        scan = rawfiles.scan_raw(settings, now=now)
+        scan = rawfiles.scan_raw(settings)
         ready, waiting, stale = len(scan.ready), len(scan.waiting), len(scan.stale)
         exporting = tuple(scan.exporting)
     except Exception as exc:  # a half-written signal file must not blank the panel
         problems.append(f"raw: {exc}")
-    store_bytes, store_files = _tree_size(settings.processed_dir) if settings.processed_dir.is_dir() else (0, 0)
+    _, store_bytes = history.count_files(settings.processed_dir, "*.parquet")
     try:
         store_insts = len(state.store_instruments(settings))
         pending_an = len(state.pending_analysis(settings))
@@ -75,7 +58,6 @@ def read_counters(settings: Settings, now: float | None = None) -> Counters:
         raw_stale=stale,
         exporting=exporting,
         store_bytes=store_bytes,
-        store_files=store_files,
         store_instruments=store_insts,
         pending_analysis=pending_an,
         pending_merges=pending_mg,

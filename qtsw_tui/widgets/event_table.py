@@ -152,7 +152,6 @@ class EventStore:
     """The newest ``capacity`` events (as records), in arrival order, and how many were ever added."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
         self._records: deque[Record] = deque(maxlen=capacity)
         self.total = 0
 

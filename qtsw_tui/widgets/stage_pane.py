@@ -31,7 +31,6 @@ class StagePane(Log):
         self.stage = stage
         self.state_text = ""
         self.following = True
-        self.lines_received = 0
 
     def on_mount(self) -> None:
         self._retitle()
@@ -40,7 +39,6 @@ class StagePane(Log):
         """Append a batch of output lines; only the last ``max_lines`` of a flood are kept."""
         if not lines:
             return
-        self.lines_received += len(lines)
         if self.max_lines is not None and len(lines) > self.max_lines:
             lines = lines[-self.max_lines :]
         self.write_lines(lines)
