@@ -1005,7 +1005,6 @@ class Engine:
             starts = [e for e in events if e.stage == "pipeline" and e.event == "start"]
             if not starts:
                 continue
-            killed = proc.kill_run_processes(run_id)
             rs, details, open_stages = _state_from_events(events)
             terminal = [e for e in events if e.stage == "pipeline" and e.is_terminal]
             if terminal:
@@ -1019,6 +1018,7 @@ class Engine:
                     )
                 history.append_run(self.settings, _run_line(rs))
                 continue
+            killed = proc.kill_run_processes(run_id)  # a run left open: its stages may live on
             writer = EventWriter(path, run_id)
             try:
                 for name in open_stages:

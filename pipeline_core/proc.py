@@ -223,7 +223,6 @@ async def run_stage(
     grace: float,
     silence_warning: float,
     env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
     on_start: Callable[[int], None] = _noop,
     on_output: Callable[[str], None] = _noop,
     on_message: Callable[[protocol.Message], None] = _noop,
@@ -322,7 +321,6 @@ async def run_stage(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
-            cwd=cwd,
             start_new_session=True,
         )
         pgid = proc.pid  # a new session: the child leads its own process group
