@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline_core import clock
 from pipeline_core.analyzer.strategy import RESULT_SCHEMA
@@ -52,12 +51,11 @@ from pipeline_core.results import (
     META_MODE,
     META_RUN_ID,
     META_UPDATED,
-    file_metadata,
+    ResultSchemaError,
     monthly_files,
     monthly_path,
     parse_monthly_name,
     read_result_file,
-    schema_difference,
     stream_instrument,
 )
 from pipeline_core.settings import Settings
@@ -182,13 +180,11 @@ def run_folders(settings: Settings) -> list[Path]:
 def load_run_file(path: Path) -> RunFile:
     """Read and check one analyzer output file; :class:`RunFileError` says what is wrong with it."""
     try:
-        table = pq.read_table(path)
-        meta = file_metadata(path)
+        table, meta = read_result_file(path)
+    except ResultSchemaError as exc:
+        raise RunFileError(f"{path}: schema mismatch: {exc.difference}") from None
     except Exception as exc:  # any unreadable file: corrupt, truncated, not Parquet
         raise RunFileError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-    if not table.schema.equals(RESULT_SCHEMA, check_metadata=False):
-        raise RunFileError(f"{path}: schema mismatch: {schema_difference(table.schema, RESULT_SCHEMA)}")
-    table = table.replace_schema_metadata(None)
     instrument = meta.get(META_INSTRUMENT) or path.stem
     try:
         created_ns = int(meta[META_CREATED_NS])

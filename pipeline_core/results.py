@@ -96,11 +96,20 @@ def read_monthly_file(path: Path) -> pa.Table:
     return read_result_file(path)[0]
 
 
+class ResultSchemaError(ValueError):
+    """A readable result file whose columns are not the result columns."""
+
+    def __init__(self, path: Path, difference: str) -> None:
+        super().__init__(f"{path}: {difference}")
+        self.difference = difference
+
+
 def read_result_file(path: Path) -> tuple[pa.Table, dict[str, str]]:
-    """A result file's rows (checked against the result columns) and its qtsw metadata."""
+    """A result file's rows (checked against the result columns) and its qtsw metadata, in one
+    read. Raises :class:`ResultSchemaError` for other columns, pyarrow's errors if unreadable."""
     table = pq.read_table(path)
     if not table.schema.equals(RESULT_SCHEMA, check_metadata=False):
-        raise ValueError(f"{path}: {schema_difference(table.schema, RESULT_SCHEMA)}")
+        raise ResultSchemaError(path, schema_difference(table.schema, RESULT_SCHEMA))
     return table.replace_schema_metadata(None), _decode_metadata(table.schema.metadata)
 
 

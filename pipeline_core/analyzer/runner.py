@@ -56,7 +56,7 @@ from pipeline_core.results import (
     META_MODE,
     META_RUN_ID,
     RESULTS,
-    file_metadata,
+    read_result_file,
 )
 from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings
 
@@ -399,11 +399,11 @@ def _write_output(
     mode = "full" if full else "incremental"
     if path.exists() and not full:
         # The same run analysed this instrument before: keep its rows for the other dates.
-        prev = pq.read_table(path)
-        if file_metadata(path).get(META_MODE) == "full":
+        prev, prev_meta = read_result_file(path)
+        if prev_meta.get(META_MODE) == "full":
             mode = "full"
         keep = pc.invert(pc.is_in(prev.column("Date"), value_set=pa.array(dates, pa.date32())))
-        prev = prev.filter(keep).replace_schema_metadata(None).cast(RESULT_SCHEMA)
+        prev = prev.filter(keep)
         result = pa.concat_tables([prev, result]).sort_by(
             [("Date", "ascending"), ("Time", "ascending"), ("Session", "ascending")]
         )
