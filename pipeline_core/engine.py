@@ -755,7 +755,10 @@ class Engine:
                 ip.done, ip.total = done, total
                 done = sum(i.done for i in run.state.instruments.values())
                 total = sum(i.total for i in run.state.instruments.values())
-            run.progress[stage] = (done, total, text)
+            unit = body.get("unit")
+            # what the heartbeat repeats: the stage's counts (summed over instruments), or for a
+            # quantity with a unit (bytes of a large file) the stage's own words
+            run.progress[stage] = (done, total, progress_text(done, total, text if unit else "", unit))
             key = f"{stage}:{instrument or ''}"
             last = run.last_progress_event.get(key, 0.0)
             now = time.monotonic()
@@ -766,13 +769,10 @@ class Engine:
                 data = {"done": own_done, "total": own_total, "stage_done": done, "stage_total": total}
                 if instrument:
                     data["instrument"] = instrument
+                if unit:
+                    data["unit"] = unit
                 label = f"{instrument}: " if instrument else ""
-                if body.get("unit"):  # e.g. bytes of a large file: the stage's text says it better
-                    data["unit"] = body["unit"]
-                    shown = text or f"{own_done}/{own_total} {body['unit']}"
-                else:
-                    shown = f"{own_done}/{own_total}" + (f" {text}" if text else "")
-                self._emit(run, stage, "progress", label + shown, data)
+                self._emit(run, stage, "progress", label + progress_text(own_done, own_total, text, unit), data)
         elif msg.type == "metric":
             data = dict(body.get("data") or {})
             if instrument:
@@ -797,7 +797,7 @@ class Engine:
                 await anyio.sleep(wait)
                 continue
             run.last_progress_event[stage] = time.monotonic()
-            done, total, text = run.progress.get(stage, (0, 0, ""))
+            done, total, shown = run.progress.get(stage, (0, 0, ""))
             elapsed = time.monotonic() - t0
             data: dict[str, Any] = {"done": done, "total": total, "elapsed_seconds": round(elapsed, 1),
                                     "heartbeat": True}
@@ -806,7 +806,7 @@ class Engine:
                     i.instrument: {"state": i.state, "done": i.done, "total": i.total}
                     for i in run.state.instruments.values()
                 }
-            where = f"{done}/{total}" if total else "running"
+            where = shown if total else "running"
             self._emit(run, stage, "progress", f"{stage} {where}, {elapsed:.0f} s elapsed", data)
 
     async def _single(self, run: _Run, name: str) -> None:
@@ -1065,6 +1065,14 @@ class Engine:
         if closed:
             self._last_run = history.last_run(self.settings)
         return closed
+
+
+def progress_text(done: int, total: int, text: str = "", unit: str | None = None) -> str:
+    """How a stage's progress reads: counted items as ``done/total text``; a quantity with a
+    unit (bytes of a large file) by the stage's own text, which says it in better units."""
+    if unit:
+        return text or f"{done}/{total} {unit}"
+    return f"{done}/{total}" + (f" {text}" if text else "")
 
 
 def _run_line(rs: RunState) -> dict[str, Any]:

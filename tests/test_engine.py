@@ -66,6 +66,7 @@ FAKE_STAGE = textwrap.dedent(
         time.sleep(0.3)
     if mode == "bytes":
         rep.progress(200_000_000, 390_000_000, "ES.csv: 200 of 390 MB parsed", unit="bytes")
+        time.sleep(0.8)  # long enough for a heartbeat at a 0.2 s progress interval
     if mode == "fail":
         rep.result("failure", "it broke", error=f"{stage} {inst or ''}: simulated failure".replace(" :", ":"))
         sys.exit(1)
@@ -287,7 +288,7 @@ def test_single_stage_run(root: Path, tmp_path: Path) -> None:
 
 
 def test_progress_in_bytes_is_shown_by_its_text(root: Path, tmp_path: Path) -> None:
-    s = make_settings(root)
+    s = make_settings(root, timeouts__progress_interval=0.2)
     add_raw(s)
     behave(root, translator="bytes")
     rs = run_engine(Engine(s, stage_command=fake_command(root, tmp_path)), stages=["translator"])
@@ -296,6 +297,8 @@ def test_progress_in_bytes_is_shown_by_its_text(root: Path, tmp_path: Path) -> N
     assert progress[0].msg == "ES.csv: 200 of 390 MB parsed"
     assert progress[0].data["unit"] == "bytes" and progress[0].data["done"] == 200_000_000
     assert progress[-1].msg == "3/3 step"  # counted items keep their counts
+    beats = [e for e in progress if e.data.get("heartbeat") and e.data["total"]]  # after the bytes
+    assert beats and all("200 of 390 MB parsed" in e.msg and "200000000" not in e.msg for e in beats)
 
 
 def test_workers_bound_concurrency(root: Path, tmp_path: Path) -> None:
