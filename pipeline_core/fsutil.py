@@ -106,6 +106,25 @@ def append_jsonl(path: Path, record: Any) -> None:
         os.close(fd)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON-object lines of a file written by :func:`append_jsonl` (none if it does not
+    exist); a partial last line from a crash, or any line that is not an object, is skipped."""
+    out: list[dict[str, Any]] = []
+    try:
+        fh = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return out
+    with fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
 def write_parquet_atomic(dest: Path, table: pa.Table, **options: Any) -> None:
     """Write ``table`` to ``dest`` atomically (``options`` go to ``pyarrow.parquet.write_table``)."""
     with atomic_path(dest) as tmp:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline_core import state
 from pipeline_core.settings import Settings
 
 # One pattern per accepted name form (SPEC §2.1); the group is the symbol.
@@ -223,9 +224,8 @@ _manifest_cache: dict[Path, tuple[tuple[int, int], set[tuple[str, int, int]]]] =
 
 
 def _ingested_keys(settings: Settings) -> set[tuple[str, int, int]]:
-    from pipeline_core.state import manifest_path
-
-    path = manifest_path(settings)
+    """(name, size, mtime_ns) of every file in the manifest, re-read only when it changed."""
+    path = state.manifest_path(settings)
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -235,12 +235,10 @@ def _ingested_keys(settings: Settings) -> set[tuple[str, int, int]]:
     if cached and cached[0] == sig:
         return cached[1]
     keys: set[tuple[str, int, int]] = set()
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-                keys.add((rec["name"], int(rec["size"]), int(rec["mtime_ns"])))
-            except (ValueError, KeyError, TypeError):
-                continue  # a partial last line or an older record without mtime_ns
+    for rec in state.read_manifest(settings):
+        try:
+            keys.add((rec["name"], int(rec["size"]), int(rec["mtime_ns"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # a record without mtime_ns
     _manifest_cache[path] = (sig, keys)
     return keys

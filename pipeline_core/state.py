@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_core.fsutil import read_json, write_json_atomic
+from pipeline_core.fsutil import read_json, read_jsonl, write_json_atomic
 from pipeline_core.settings import CHICAGO, Settings
 
 
@@ -48,6 +48,11 @@ def analyzer_state_path(settings: Settings, instrument: str) -> Path:
 
 def manifest_path(settings: Settings) -> Path:
     return settings.state_dir / "manifest.jsonl"
+
+
+def read_manifest(settings: Settings) -> list[dict[str, Any]]:
+    """The manifest's records of ingested raw files, oldest first."""
+    return read_jsonl(manifest_path(settings))
 
 
 def read_changes(settings: Settings) -> dict[str, tuple[datetime, datetime]]:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import threading
 import time
@@ -799,24 +798,6 @@ def _year_table(chunks: list[tuple[np.ndarray, ...]]) -> tuple[pa.Table, int]:
 # --- the manifest -----------------------------------------------------------------------------
 
 
-def read_manifest(settings: Settings) -> list[dict[str, Any]]:
-    """The manifest records (a partial last line, from a crash mid-append, is skipped)."""
-    path = state.manifest_path(settings)
-    out = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    out.append(rec)
-    except FileNotFoundError:
-        pass
-    return out
-
-
 def append_manifest(settings: Settings, record: dict[str, Any]) -> None:
     """Append one record durably (one whole line, fsynced)."""
     append_jsonl(state.manifest_path(settings), record)
@@ -909,7 +890,7 @@ class Ingested:
     @classmethod
     def load(cls, settings: Settings) -> Ingested:
         out = cls()
-        for rec in read_manifest(settings):
+        for rec in state.read_manifest(settings):
             if rec.get("status", "ingested") == "ingested" and rec.get("sha256"):
                 out.add(rec)
         return out

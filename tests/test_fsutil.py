@@ -12,6 +12,7 @@ from pipeline_core.fsutil import (
     append_jsonl,
     atomic_path,
     read_json,
+    read_jsonl,
     remove_stale_temp_files,
     write_json_atomic,
     write_parquet_atomic,
@@ -49,3 +50,12 @@ def test_append_jsonl_starts_fresh_after_a_partial_line(tmp_path: Path) -> None:
         fh.write(b'{"half": ')  # an append cut by a crash
     append_jsonl(path, {"b": 2})
     assert path.read_text().splitlines() == ['{"a":1}', '{"half": ', '{"b":2}']
+
+
+def test_read_jsonl_skips_a_partial_line_and_non_objects(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.jsonl"
+    assert read_jsonl(path) == []
+    append_jsonl(path, {"a": 1})
+    with open(path, "a") as fh:
+        fh.write("[1, 2]\n{\"cut\": ")
+    assert read_jsonl(path) == [{"a": 1}]
