@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -97,6 +99,24 @@ def test_run_now_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     assert "not running" in text and line["run_id"][:8] in text
 
 
+def headless_run(root: Path) -> subprocess.Popen[str]:
+    """``qtsw --run-now --no-ui --json`` started in the background, its events on stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "qtsw_tui", "--root", str(root), "--run-now", "--no-ui", "--json"],
+        stdout=subprocess.PIPE, text=True, env=clean_env(),
+    )
+
+
+def read_until(eng: subprocess.Popen[str], stop: Callable[[dict[str, Any]], bool]) -> str:
+    """Read the engine's events up to the first one ``stop`` accepts; returns the run id."""
+    assert eng.stdout is not None
+    for raw in eng.stdout:
+        ev = json.loads(raw)
+        if stop(ev):
+            return str(ev["run_id"])
+    raise AssertionError("the engine ended before the awaited event")
+
+
 def test_engine_killed_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
     ref, root = tmp_path / "reference", tmp_path / "root"
     # three instruments on two workers: at the kill two analyses run and one waits
@@ -104,22 +124,17 @@ def test_engine_killed_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None
     sample(root, 6, "--instruments", "ES,NQ,GC")
     assert qtsw("--root", str(ref), "--run-now", "--no-ui").returncode == 0
 
-    eng = subprocess.Popen([sys.executable, "-m", "qtsw_tui", "--root", str(root), "--run-now", "--no-ui", "--json"],
-                           stdout=subprocess.PIPE, text=True, env=clean_env())
-    run_id = None
+    eng = headless_run(root)
     try:
-        for raw in eng.stdout:
-            ev = json.loads(raw)
-            run_id = ev["run_id"]
-            if ev["stage"] == "analyzer" and ev["event"] == "log" and ev["data"].get("phase") == "start":
-                break  # the analyzer's processes are running: kill the engine now
+        # the analyzer's processes are running: kill the engine now
+        run_id = read_until(eng, lambda ev: ev["stage"] == "analyzer" and ev["event"] == "log"
+                            and ev["data"].get("phase") == "start")
         eng.send_signal(signal.SIGKILL)
         eng.wait(10)
     finally:
         if eng.poll() is None:
             eng.kill()
             eng.wait()
-    assert run_id is not None
     s = settings_for(root)
     assert history.read_runs(s) == []  # the dead engine recorded nothing
 
@@ -147,15 +162,9 @@ def test_engine_killed_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None
 def test_sigterm_cancels_a_headless_run(tmp_path: Path) -> None:
     root = tmp_path / "root"
     sample(root, 40)
-    eng = subprocess.Popen([sys.executable, "-m", "qtsw_tui", "--root", str(root), "--run-now", "--no-ui", "--json"],
-                           stdout=subprocess.PIPE, text=True, env=clean_env())
-    run_id = None
+    eng = headless_run(root)
     try:
-        for raw in eng.stdout:
-            ev = json.loads(raw)
-            run_id = ev["run_id"]
-            if ev["stage"] == "translator" and ev["event"] == "start":
-                break
+        run_id = read_until(eng, lambda ev: ev["stage"] == "translator" and ev["event"] == "start")
         eng.send_signal(signal.SIGTERM)
         rest = eng.stdout.read()
         eng.wait(60)

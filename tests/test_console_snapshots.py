@@ -236,12 +236,16 @@ def test_main_screen_160x48_with_events(snap_settings, snap_compare):
     assert snap_compare(console(snap_settings), terminal_size=(160, 48), run_before=run_before)
 
 
+async def open_history(pilot) -> None:
+    await pilot.press("h")
+    await settle(pilot, lambda: isinstance(pilot.app.screen, HistoryScreen) and len(pilot.app.screen.runs) == 2,
+                 "the two runs")
+
+
 def test_history_screen(snap_settings, snap_compare):
     async def run_before(pilot) -> None:
         await main_ready(pilot)
-        await pilot.press("h")
-        await settle(pilot, lambda: isinstance(pilot.app.screen, HistoryScreen) and len(pilot.app.screen.runs) == 2,
-                     "the two runs")
+        await open_history(pilot)
 
     assert snap_compare(console(snap_settings), terminal_size=(80, 24), run_before=run_before)
 
@@ -249,9 +253,7 @@ def test_history_screen(snap_settings, snap_compare):
 def test_run_detail_screen(snap_settings, snap_compare):
     async def run_before(pilot) -> None:
         await main_ready(pilot)
-        await pilot.press("h")
-        await settle(pilot, lambda: isinstance(pilot.app.screen, HistoryScreen) and len(pilot.app.screen.runs) == 2,
-                     "the two runs")
+        await open_history(pilot)
         await pilot.press("enter")
         await settle(pilot, lambda: isinstance(pilot.app.screen, RunDetailScreen)
                      and pilot.app.screen.report is not None, "the report")
