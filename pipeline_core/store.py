@@ -273,6 +273,19 @@ def _match(old: pa.Table, new: pa.Table) -> tuple[np.ndarray, np.ndarray, np.nda
     return new_ts, pos, matched, changed
 
 
+def last_stored_ms(path: Path) -> int | None:
+    """The last bar time of a year file (epoch ms), from its footer statistics: no data read.
+    None when the statistics do not say (then the caller reads the file)."""
+    meta = pq.ParquetFile(path).metadata
+    if meta.num_row_groups == 0:
+        return None
+    col = meta.schema.to_arrow_schema().get_field_index("timestamp")
+    stats = meta.row_group(meta.num_row_groups - 1).column(col).statistics
+    if stats is None or not stats.has_min_max:
+        return None
+    return _stat_ms(stats.max)
+
+
 def changed_range(old: pa.Table | None, new: pa.Table) -> tuple[int, int] | None:
     """First and last epoch ms of a bar that upserting ``new`` into ``old`` adds or changes."""
     if new.num_rows == 0:
@@ -359,7 +372,12 @@ def upsert_years(
     last: int | None = None
     for year, new in sorted(years, key=lambda kv: kv[0]):
         path = store_path(settings, inst, year)
-        found = changed_range(read_year(path) if path.exists() else None, new)
+        old_last = last_stored_ms(path) if path.exists() else None
+        if new.num_rows and (old_last is None or int(_ts_ms(new)[0]) > old_last):
+            # appended after the year's last bar (the usual run): known from the footer alone
+            found = changed_range(None, new)
+        else:
+            found = changed_range(read_year(path) if path.exists() else None, new)
         if found is None:
             continue
         first = found[0] if first is None else min(first, found[0])
