@@ -170,7 +170,6 @@ def _require(name: str, cols: tuple[str, ...], needed: tuple[str, ...]) -> None:
 class Piece:
     """What the parse of one byte range of a file produced."""
 
-    index: int
     rows_in: int = 0
     malformed: int = 0
     bad: dict[str, int] = field(default_factory=dict)
@@ -469,7 +468,7 @@ def parse_piece(
 def _parse_piece(
     path: Path, layout: Layout, index: int, start: int, end: int, tolerant: bool
 ) -> Piece:
-    piece = Piece(index)
+    piece = Piece()
     data = _read_range(path, start, end)
     skip = layout.header_lines if index == 0 else 0
 
