@@ -44,6 +44,7 @@ from pipeline_core.analyzer.strategy import (
     affected_dates,
     analyze,
     candidate_dates,
+    date_window,
 )
 from pipeline_core.fsutil import write_parquet_atomic
 from pipeline_core.protocol import Reporter, stage_main
@@ -110,14 +111,6 @@ class AnalyzerOutcome:
 # --- which bars the dates need --------------------------------------------------------------------
 
 
-def _next_day(d: date, days: frozenset[int]) -> date:
-    for k in range(1, 8):
-        nd = d + timedelta(days=k)
-        if nd.weekday() in days:
-            return nd
-    return d + timedelta(days=7)
-
-
 def date_windows(dates: Iterable[date], cfg: StrategyConfig) -> list[tuple[datetime, datetime]]:
     """The bar ranges [start, end) that analysing ``dates`` reads, joined where close together.
 
@@ -125,14 +118,9 @@ def date_windows(dates: Iterable[date], cfg: StrategyConfig) -> list[tuple[datet
     the next trade day). The next bar at or after the end also matters (it makes a window
     complete); :func:`load_bars_for_dates` adds it.
     """
-    first_start = min(s.range_start for s in cfg.sessions)
-    last_slot = max(t for s in cfg.sessions for t in s.slots)
     windows: list[tuple[datetime, datetime]] = []
     for d in sorted(set(dates)):
-        # The later of the next trade day and the next weekday: never shorter than the horizon.
-        horizon_day = max(_next_day(d, cfg.trade_days), _next_day(d, frozenset(range(5))))
-        lo = clock.wall(d, first_start)
-        hi = max(clock.wall(horizon_day, last_slot), clock.wall(d, cfg.entry_cutoff) + timedelta(minutes=1))
+        lo, hi = date_window(d, cfg)
         if windows and lo <= windows[-1][1] + _JOIN_GAP:
             windows[-1] = (windows[-1][0], max(windows[-1][1], hi))
         else:

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline_core import clock
 from pipeline_core.settings import CHICAGO, Session, Settings
 
 __all__ = [
@@ -300,30 +301,32 @@ def candidate_dates(bars: Bars, cfg: StrategyConfig) -> list[date]:
     return [d for d, c in zip(days[:-1], counts, strict=True) if c and d.weekday() in cfg.trade_days]
 
 
+def date_window(d: date, cfg: StrategyConfig) -> tuple[datetime, datetime]:
+    """The span of bar times that trade date ``d``'s rows depend on: from its earliest range
+    start to its horizon (the latest slot on the next trade day). Its entry windows, which end
+    at the cutoff on ``d``, lie inside it."""
+    earliest = min(s.range_start for s in cfg.sessions)
+    latest = max(t for s in cfg.sessions for t in s.slots)
+    return clock.wall(d, earliest), clock.wall(_next_trade_day(d, cfg.trade_days), latest)
+
+
 def affected_dates(first: datetime, last: datetime, cfg: StrategyConfig) -> list[date]:
     """The trade dates whose range, entry or horizon window overlaps bars in [first, last].
 
-    ``first`` and ``last`` are aware datetimes (the changed bar-open times). A date D's windows
-    run from D's earliest range start to the horizon (the latest slot on the next trade day), or
-    to D's entry cutoff if that were later. Dates holding ``Final = false`` rows are not included
-    here; SPEC §4.7 re-analyses them as well.
+    ``first`` and ``last`` are aware datetimes (the changed bar-open times); a date's windows
+    are its :func:`date_window`. Dates holding ``Final = false`` rows are not included here;
+    SPEC §4.7 re-analyses them as well.
     """
     if first.tzinfo is None or last.tzinfo is None:
         raise ValueError("affected_dates needs time-zone-aware datetimes")
     if last < first:
         raise ValueError(f"affected_dates: last {last.isoformat()} is before first {first.isoformat()}")
-    earliest = min(s.range_start for s in cfg.sessions)
-    latest = max(t for s in cfg.sessions for t in s.slots)
     d = first.astimezone(CHICAGO).date() - timedelta(days=8)  # a horizon reaches ≤ 7 days ahead
     end = last.astimezone(CHICAGO).date()
     out = []
     while d <= end:
         if d.weekday() in cfg.trade_days:
-            start = datetime.combine(d, earliest, tzinfo=CHICAGO)
-            stop = max(
-                datetime.combine(_next_trade_day(d, cfg.trade_days), latest, tzinfo=CHICAGO),
-                datetime.combine(d, cfg.entry_cutoff, tzinfo=CHICAGO),
-            )
+            start, stop = date_window(d, cfg)
             if start <= last and first <= stop:
                 out.append(d)
         d += timedelta(days=1)
