@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from qtsw_tui.widgets.format import key_label
+
 
 class ConfirmScreen(ModalScreen[bool]):
     """Dismisses with True (``y``/Yes) or False (``n``/``Esc``/No)."""
@@ -27,8 +29,9 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical(id="confirm-box"):
             yield Static(self.question, id="confirm-question")
             with Horizontal(id="confirm-buttons"):
-                yield Button(f"{self.yes_label} (y)", id="confirm-yes", variant="error")
-                yield Button(f"{self.no_label} (n)", id="confirm-no", variant="primary")
+                yes, no = key_label(self.app, "confirm.yes", "y"), key_label(self.app, "confirm.no", "n")
+                yield Button(f"{self.yes_label} ({yes})", id="confirm-yes", variant="error")
+                yield Button(f"{self.no_label} ({no})", id="confirm-no", variant="primary")
 
     def on_mount(self) -> None:
         self.query_one("#confirm-no", Button).focus()

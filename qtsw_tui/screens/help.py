@@ -10,16 +10,27 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-# Keys that belong to panels and screens rather than the app (shown for completeness).
-PANEL_KEYS = [
-    ("Events", "f", "cycle the stage filter"),
-    ("Events", "v", "verbose: show log, progress and metric events"),
-    ("Events", "Esc", "clear the filter"),
-    ("Stage pane", "End", "follow new output again"),
-    ("History", "Enter", "open the run's detail"),
-    ("Results", "[ / ]", "previous / next month"),
-    ("Any screen", "Esc", "back"),
+from qtsw_tui.widgets.format import key_label
+
+# Keys that belong to panels and screens rather than the app: (where, binding ids, default
+# label, what it does). A remapped binding shows its new key.
+PANEL_KEYS: list[tuple[str, tuple[str, ...], str, str]] = [
+    ("Events", ("events.stage",), "f", "cycle the stage filter"),
+    ("Events", ("events.verbose",), "v", "verbose: show log, progress and metric events"),
+    ("Events", ("events.clear",), "Esc", "clear the filter"),
+    ("Stage pane", ("pane.follow",), "End", "follow new output again"),
+    ("History", (), "Enter", "open the run's detail"),
+    ("Results", ("results.prev", "results.next"), "[ / ]", "previous / next month"),
+    ("Any screen", (), "Esc", "back"),
 ]
+
+
+def panel_key(app: object, ids: tuple[str, ...], default: str) -> str:
+    """The label of a panel key: its default, or the remapped key(s) of its binding(s)."""
+    if not any(getattr(app, "_keymap", {}).get(i) for i in ids):
+        return default
+    defaults = [d.strip() for d in default.split("/")]
+    return " / ".join(key_label(app, i, d) for i, d in zip(ids, defaults, strict=False))
 
 
 class HelpScreen(ModalScreen[None]):
@@ -32,6 +43,7 @@ class HelpScreen(ModalScreen[None]):
     def __init__(self, keys: list[tuple[str, str]]) -> None:
         super().__init__()
         self.keys = keys
+        self.panel_rows: list[tuple[str, str]] = []  # (key as bound, "where: what it does")
 
     def compose(self) -> ComposeResult:
         table = Table(box=None, show_header=False, padding=(0, 1), expand=False)
@@ -40,7 +52,10 @@ class HelpScreen(ModalScreen[None]):
         for key, desc in self.keys:
             table.add_row(key, desc)
         table.add_row("", "")
-        for where, key, desc in PANEL_KEYS:
+        self.panel_rows = [(panel_key(self.app, ids, default), f"{where}: {desc}")
+                           for where, ids, default, desc in PANEL_KEYS]
+        for key, text in self.panel_rows:
+            where, _, desc = text.partition(": ")
             table.add_row(key, Text.assemble((f"{where}: ", "dim"), desc))
         with VerticalScroll(id="help-box") as box:
             box.border_title = "Keys"

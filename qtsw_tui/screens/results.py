@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Footer, Select, Static
 
 from pipeline_core import results
 from pipeline_core.settings import Settings
+from qtsw_tui.widgets.format import key_label
 
 RESULT_COLUMNS = ("Win", "BE", "Loss", "TIME", "NoTrade")
 
@@ -125,5 +126,6 @@ class ResultsScreen(Screen[None]):
         self.query_one("#results-status", Static).update(
             f"{month_label(*month)}: {streams} streams · "
             + " · ".join(f"{n} {k}" for k, n in tot_counts.items())
-            + " · profit in points · Prov = provisional rows · [ ] month"
+            + " · profit in points · Prov = provisional rows · "
+            + f"{key_label(self.app, 'results.prev', '[')} {key_label(self.app, 'results.next', ']')} month"
         )

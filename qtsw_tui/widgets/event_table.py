@@ -23,7 +23,7 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Input, Static
 
 from pipeline_core.events import EVENT_TYPES, STAGES, Event
-from qtsw_tui.widgets.format import event_clock, short_id
+from qtsw_tui.widgets.format import event_clock, key_label, short_id
 
 VERBOSE_ONLY = ("log", "progress", "metric")
 # event type -> style; the type's name is always printed too, so colour is never the only cue
@@ -420,7 +420,8 @@ class EventsPanel(Vertical):
         dropped = f" (newest {stored:,} kept)" if total > stored else ""
         text = (
             f"{self.table.row_count:,} shown · {total:,} events{dropped} · {self.flt.describe()}"
-            "  [dim]/ filter · f stage · v verbose[/]"
+            f"  [dim]{key_label(self.app, 'filter', '/')} filter · {key_label(self.app, 'events.stage', 'f')} stage"
+            f" · {key_label(self.app, 'events.verbose', 'v')} verbose[/]"
         )
         status.update(text, layout=False)  # one line, fixed height: repaint only
 

@@ -106,3 +106,14 @@ STATE_STYLE: dict[str, tuple[str, str]] = {
 def state_mark(state: str | None) -> tuple[str, str]:
     """The glyph and style of a run, stage or instrument state."""
     return STATE_STYLE.get(state or "", ("?", ""))
+
+
+def key_label(app: Any, binding_id: str, default: str) -> str:
+    """How the key of binding ``binding_id`` reads in hints: ``default`` unless ``[keys]`` in the
+    settings remapped it, then the new key(s) as Textual displays them."""
+    keys = getattr(app, "_keymap", {}).get(binding_id)
+    if not keys:
+        return default
+    from textual.binding import Binding  # this module is otherwise free of Textual
+
+    return "/".join(app.get_key_display(Binding(k.strip(), "")) for k in keys.split(","))

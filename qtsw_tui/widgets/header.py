@@ -8,13 +8,17 @@ from rich.text import Text
 from textual.widgets import Static
 
 from pipeline_core.runstate import EngineSnapshot, seconds_between
-from qtsw_tui.widgets.format import countdown, duration, parse_time, short_id, state_mark
+from qtsw_tui.widgets.format import countdown, duration, key_label, parse_time, short_id, state_mark
 
 SCHEDULER_STYLE = {"running": "bold green", "paused": "bold black on yellow", "off": "dim"}
 
 
-def header_lines(snap: EngineSnapshot, now: datetime) -> tuple[Text, Text]:
-    """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock)."""
+IDLE_HINT = "r run now · t/a/m one stage · s results · ? help"
+
+
+def header_lines(snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT) -> tuple[Text, Text]:
+    """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock);
+    ``hint`` names the main keys while no run is active."""
     top = Text()
     top.append(now.strftime("%H:%M:%S"), style="bold")
     top.append(" CT", style="dim")
@@ -43,7 +47,7 @@ def header_lines(snap: EngineSnapshot, now: datetime) -> tuple[Text, Text]:
     run = snap.current
     if run is None:
         bottom.append("idle", style="dim")
-        bottom.append("  r run now · t/a/m one stage · s results · ? help", style="dim")
+        bottom.append(f"  {hint}", style="dim")
     else:
         bottom.append("▶ run ", style="bold cyan")
         bottom.append(short_id(run.run_id), style="bold")
@@ -66,9 +70,22 @@ class StatusHeader(Static):
     """Two lines at the top of the main screen, refreshed from the engine snapshot."""
 
     _shown: Text | None = None
+    _hint_text: str | None = None
+
+    def _hint(self) -> str:
+        if self._hint_text is None:  # the keymap is fixed once the console runs
+
+            def k(binding_id: str, default: str) -> str:
+                return key_label(self.app, binding_id, default)
+
+            self._hint_text = (
+                f"{k('run_now', 'r')} run now · {k('run_translator', 't')}/{k('run_analyzer', 'a')}/"
+                f"{k('run_merger', 'm')} one stage · {k('results', 's')} results · {k('help', '?')} help"
+            )
+        return self._hint_text
 
     def show(self, snap: EngineSnapshot, now: datetime) -> None:
-        text = Text("\n").join(header_lines(snap, now))
+        text = Text("\n").join(header_lines(snap, now, self._hint()))
         if text != self._shown:
             self._shown = text
             # two lines, height fixed by the stylesheet: repaint only, no layout pass
