@@ -966,11 +966,7 @@ class Engine:
                 entry["instruments"] = per
             stages[name] = entry
         return {
-            "run_id": rs.run_id,
-            "trigger": rs.trigger,
-            "started": _iso(rs.started),
-            "ended": _iso(rs.ended),
-            "status": rs.status,
+            **_run_line(rs),  # the runs.jsonl fields, then the report's own
             "duration_seconds": round(duration, 3) if duration is not None else _seconds(rs.started, rs.ended),
             "stages": stages,
             "error": error,
