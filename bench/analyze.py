@@ -33,7 +33,7 @@ import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from pipeline_core import sample, state, store
+from pipeline_core import catalog, sample, store
 from pipeline_core.analyzer import runner
 from pipeline_core.analyzer.strategy import Bars, StrategyConfig, analyze
 from pipeline_core.protocol import parse
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(saved_state, settings.state_dir)
         shutil.rmtree(settings.analyzer_temp_dir, ignore_errors=True)
         changed = store.upsert_bars(settings, "ES", new_day)
-        state.record_changes(settings, "ES", *changed)
+        catalog.open_catalog(settings).record_changes("ES", *changed)
 
     try:
         incs = []

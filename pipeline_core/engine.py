@@ -4,10 +4,10 @@ A run has a run_id (uuid4), a trigger (``schedule``, ``manual``, ``stage``) and 
 Translator → Analyzer → Merger, each a subprocess (:mod:`pipeline_core.proc`):
 
 * the translator runs if raw files are ready (``rawfiles.scan_raw``);
-* the analyzer runs if analysis is pending (``state.pending_analysis``) — also after a failed
+* the analyzer runs if analysis is pending (``catalog.pending_analysis``) — also after a failed
   translator — with one process per instrument, up to ``settings.effective_workers`` at once;
   one instrument failing leaves the others running and makes the stage ``partial``;
-* the merger runs if analyzer output awaits merging (``state.pending_merges``).
+* the merger runs if analyzer output awaits merging (``catalog.pending_merges``).
 
 A stage with nothing to do is recorded as ``skipped`` with the reason. The run's status is the
 worst of its stages (success < partial < failure), or ``cancelled``. Everything a run does is
@@ -41,7 +41,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from pipeline_core import clock, history, lock, proc, state
+from pipeline_core import catalog, clock, history, lock, proc
 from pipeline_core.events import (
     Event,
     EventWriter,
@@ -673,9 +673,9 @@ class Engine:
                 "files": names[:100], "count": len(ready), "waiting": len(waiting),
                 "exporting": len(exporting), "stale": [p.name for p in stale]}
         if name == "analyzer":
-            pending = state.pending_analysis(s, full=run.full)
+            pending = catalog.pending_analysis(s, full=run.full)
             if not pending:
-                if not state.store_instruments(s):
+                if not catalog.store_instruments(s):
                     return False, "no bars in the store", {}
                 return False, "no pending analysis (no bars changed since the last analysis)", {}
             insts = sorted(pending)
@@ -684,7 +684,7 @@ class Engine:
             return True, f"{len(insts)} instrument(s) to analyse: {', '.join(insts)}", {
                 "instruments": insts, "reasons": pending, "workers": s.effective_workers,
                 "full": run.full}
-        pending_dirs = state.pending_merges(s)
+        pending_dirs = catalog.pending_merges(s)
         if not pending_dirs:
             return False, "no analyzer output awaiting merge", {}
         return True, f"{len(pending_dirs)} analyzer run folder(s) awaiting merge", {
@@ -979,6 +979,19 @@ class Engine:
 
     # --- recovery -----------------------------------------------------------------------------
 
+    def _reconcile_catalog(self) -> None:
+        """Open the catalogue (migrating old JSON state on first start) and finish the data
+        writes a crash interrupted; each thing done is a scheduler event."""
+        try:
+            cat = catalog.open_catalog(self.settings)
+            notes = [*cat.migrated, *catalog.reconcile(self.settings)]
+            cat.migrated = []
+        except (catalog.CatalogError, OSError) as exc:
+            self._sched_emit("log", f"catalogue: {exc}", {"level": "error"})
+            return
+        for note in notes:
+            self._sched_emit("log", f"catalogue: {note}", {"level": "warning"})
+
     def recover(self) -> list[str]:
         """Close runs left open by an engine that died: each becomes ``failure``,
         "engine stopped during run", with its report and runs.jsonl line. Stage processes the dead
@@ -990,6 +1003,7 @@ class Engine:
         if lock.held_by_other(self.settings) is not None:
             return []
         self._recovered = True
+        self._reconcile_catalog()
         known = history.run_ids(self.settings)
         active = {r.state.run_id for r in (self._run, self._queued) if r is not None}
         closed: list[str] = []

@@ -126,7 +126,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def write_parquet_atomic(dest: Path, table: pa.Table, **options: Any) -> None:
-    """Write ``table`` to ``dest`` atomically (``options`` go to ``pyarrow.parquet.write_table``)."""
+    """Write ``table`` to ``dest`` atomically (``options`` go to ``pyarrow.parquet.write_table``;
+    page checksums are on unless they say otherwise)."""
+    options.setdefault("write_page_checksum", True)
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, **options)
 

@@ -151,7 +151,7 @@ def count_files(folder: Path, pattern: str = "*") -> tuple[int, int]:
 
 def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
     """What is where (``qtsw status``): files per folder, pending work, last runs, the lock holder."""
-    from pipeline_core import state
+    from pipeline_core import catalog
     from pipeline_core.lock import lock_holder
     from pipeline_core.rawfiles import scan_raw
 
@@ -183,8 +183,8 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
         },
         "processed": processed,
         "pending": {
-            "analysis": state.pending_analysis(settings),
-            "merges": [p.name for p in state.pending_merges(settings)],
+            "analysis": catalog.pending_analysis(settings),
+            "merges": [p.name for p in catalog.pending_merges(settings)],
         },
         "monthly": monthly,
         "runs": read_runs(settings, limit=runs),

@@ -7,12 +7,18 @@ instrument. Its rows are upserted into
 ``data/analyzer_runs/<STREAM>/<YYYY>/<STREAM>_an_<YYYY>_<MM>.parquet`` on the key
 (Date, Time, Session, Instrument): Direction and Result are not in the key, so a provisional row
 is replaced, never duplicated. Runs are applied oldest first (``created_ns`` in each file's
-metadata), so the newer run wins. A run from ``--full`` stands for the instrument's whole
-history: rows of older runs that it does not hold are dropped.
+metadata), so the newer run wins. A run from ``--full`` stands for every date it analysed
+(``covered_dates`` in its metadata): rows of older runs on those dates that it does not hold are
+dropped; rows on dates it did not analyse (their bars are no longer in the store) are kept and
+counted, never deleted.
+
+Every monthly file is checked against its catalogue record before it is rewritten; a damaged
+one fails its own group (stream and month) only, is never rewritten, and the error says how to
+repair it.
 
 Each monthly file is read once and written atomically. A run folder is removed only after every
 group (stream, year, month) it feeds is written. Which groups of a retained run are already
-written is journalled in ``data/state/merger.json``, so a retry does not lay an older run over
+written is journalled in the catalogue (``merge_journal``), so a retry does not lay an older run over
 rows a newer run wrote since; a retry without a journal entry simply re-applies the run (merging
 is idempotent).
 """
@@ -32,19 +38,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from pipeline_core import clock
+from pipeline_core import catalog, clock
 from pipeline_core.analyzer.strategy import RESULT_SCHEMA
-from pipeline_core.fsutil import (
-    fsync_dir,
-    read_json,
-    remove_stale_temp_files,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from pipeline_core.catalog import CatalogError, DamageError
+from pipeline_core.fsutil import fsync_dir, remove_stale_temp_files
 from pipeline_core.protocol import Reporter, stage_main
 from pipeline_core.results import (
     META_ANALYSIS_HASH,
+    META_COVERED,
     META_CREATED_NS,
     META_ENGINE_VERSION,
     META_INSTRUMENT,
@@ -52,6 +55,7 @@ from pipeline_core.results import (
     META_RUN_ID,
     META_UPDATED,
     ResultSchemaError,
+    decode_dates,
     monthly_files,
     monthly_path,
     parse_monthly_name,
@@ -82,6 +86,7 @@ class RunFile:
     engine_version: str
     analysis_hash: str
     table: pa.Table
+    covered: np.ndarray | None = None  # a full run's analysed dates (date32 day numbers)
 
     @property
     def journal_key(self) -> str:
@@ -101,8 +106,10 @@ class GroupOutcome:
     replaced: int = 0
     unchanged: int = 0
     removed: int = 0
+    kept_without_bars: int = 0  # older rows a full run did not re-analyse (no bars): kept
     action: str = "unchanged"  # written | deleted | unchanged | failed
     error: str | None = None
+    damaged: bool = False  # failed because its monthly file is damaged
 
 
 @dataclass
@@ -135,6 +142,7 @@ class MergeSummary:
             "rows_added": sum(g.added for g in written),
             "rows_replaced": sum(g.replaced for g in written),
             "rows_removed": sum(g.removed for g in written),
+            "rows_kept_without_bars": sum(g.kept_without_bars for g in self.groups),
             "folders_removed": len(self.folders_removed),
             "folders_kept": len(self.folders_kept),
             "errors": len(self.errors),
@@ -144,22 +152,12 @@ class MergeSummary:
 # --- the journal of groups already written for retained runs -------------------------------------
 
 
-def journal_path(settings: Settings) -> Path:
-    return settings.state_dir / "merger.json"
-
-
 def _read_journal(settings: Settings) -> dict[str, dict[str, Any]]:
-    raw = read_json(journal_path(settings), {}) or {}
-    return raw.get("files", {}) if isinstance(raw, dict) else {}
+    return catalog.open_catalog(settings).journal()
 
 
 def _write_journal(settings: Settings, files: dict[str, dict[str, Any]]) -> None:
-    path = journal_path(settings)
-    if not files:
-        if path.exists():
-            path.unlink()
-        return
-    write_json_atomic(path, {"files": files})
+    catalog.open_catalog(settings).set_journal(files)
 
 
 def _group_id(key: GroupKey) -> str:
@@ -215,7 +213,17 @@ def load_run_file(path: Path) -> RunFile:
         engine_version=meta.get(META_ENGINE_VERSION, ""),
         analysis_hash=meta.get(META_ANALYSIS_HASH, ""),
         table=table,
+        covered=_covered(path, meta),
     )
+
+
+def _covered(path: Path, meta: dict[str, str]) -> np.ndarray | None:
+    if meta.get(META_MODE) != "full" or META_COVERED not in meta:
+        return None
+    try:
+        return decode_dates(meta[META_COVERED])
+    except ValueError:
+        raise RunFileError(f"{path}: unreadable {META_COVERED} metadata") from None
 
 
 def _split_by_month(table: pa.Table) -> dict[GroupKey, np.ndarray]:
@@ -285,7 +293,8 @@ def merge_group(
             parts.append(s.run.table.take(pa.array(s.rows)))
             ranks.append(np.full(len(s.rows), s.rank, dtype=np.int64))
     cut = max((s.rank for s in sources if s.run.full), default=0)
-    counts = {"added": 0, "replaced": 0, "unchanged": 0, "removed": 0}
+    covered = next((s.run.covered for s in sources if s.run.full and s.rank == cut), None)
+    counts = {"added": 0, "replaced": 0, "unchanged": 0, "removed": 0, "kept_without_bars": 0}
     if not parts:
         return RESULT_SCHEMA.empty_table(), counts
     combined = pa.concat_tables(parts)
@@ -300,7 +309,12 @@ def merge_group(
     first_rank = rank[order[starts]]
     last_rank = rank[order[ends]]
     existed = first_rank == 0
-    has_winner = last_rank >= cut  # rows older than a full run are dropped
+    has_winner = last_rank >= cut  # rows older than a full run are dropped ...
+    if covered is not None:
+        # ... but only on dates it analysed: the others have no bars left to recompute them
+        uncovered = ~np.isin(date[order[starts]], covered) & ~has_winner
+        counts["kept_without_bars"] = int(np.sum(uncovered & existed))
+        has_winner |= uncovered
     if existing is None or existing.num_rows == 0:
         existed[:] = False
     counts["added"] = int(np.sum(has_winner & ~existed))
@@ -428,11 +442,21 @@ def _merge_one(
     path = monthly_path(settings, stream, year, month)
     outcome = GroupOutcome(stream, year, month, path)
     try:
-        existing, old_meta = read_result_file(path) if path.exists() else (None, {})
+        if path.exists():
+            catalog.open_catalog(settings).check(path, catalog.MONTHLY, stream)
+            try:
+                existing, old_meta = read_result_file(path)
+            except Exception as exc:  # corrupt, truncated, not Parquet: damage, named
+                raise DamageError(
+                    path, f"unreadable ({exc})", catalog.repair_hint(catalog.MONTHLY, stream)
+                ) from None
+        else:
+            existing, old_meta = None, {}
         result, counts = merge_group(existing, sources)
         outcome.rows = result.num_rows
         outcome.added, outcome.replaced = counts["added"], counts["replaced"]
         outcome.unchanged, outcome.removed = counts["unchanged"], counts["removed"]
+        outcome.kept_without_bars = counts["kept_without_bars"]
         newest = sources[-1].run
         meta = {
             META_ENGINE_VERSION: newest.engine_version,
@@ -444,7 +468,7 @@ def _merge_one(
         same_meta = all(old_meta.get(k) == meta[k] for k in (META_ENGINE_VERSION, META_ANALYSIS_HASH))
         if result.num_rows == 0:
             if existing is not None:
-                path.unlink()
+                catalog.remove_recorded(settings, path)
                 fsync_dir(path.parent)
                 outcome.action = "deleted"
             return outcome
@@ -452,8 +476,21 @@ def _merge_one(
             return outcome
         meta[META_UPDATED] = clock.iso_now()
         table = result.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
-        write_parquet_atomic(path, table)
+        dates = table.column("Date")
+        catalog.write_recorded(
+            settings, path, catalog.MONTHLY, stream,
+            lambda tmp: pq.write_table(table, tmp, write_page_checksum=True),
+            rows=table.num_rows,
+            first=str(pc.min(dates).as_py()) if table.num_rows else None,
+            last=str(pc.max(dates).as_py()) if table.num_rows else None,
+            run_id=newest.run_id,
+            checked=True,
+        )
         outcome.action = "written"
+    except (DamageError, CatalogError) as exc:  # named, with the repair; blocks this group only
+        outcome.action = "failed"
+        outcome.damaged = True
+        outcome.error = str(exc)
     except Exception as exc:  # a failed group keeps its run folders for the next merge
         outcome.action = "failed"
         outcome.error = f"{path}: {type(exc).__name__}: {exc}"
@@ -499,10 +536,18 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     counts = summary.counts()
     counts["seconds"] = round(time.monotonic() - started, 3)
     rep.metric("merge totals", **counts)
+    if counts["rows_kept_without_bars"]:
+        rep.warning(
+            f"{counts['rows_kept_without_bars']} monthly row(s) kept on dates a full re-analysis "
+            "did not cover: their bars are no longer in the store",
+            rows=counts["rows_kept_without_bars"],
+        )
     if summary.ok:
         msg = (
             f"merged {len(summary.files)} run file(s) into {counts['groups']} monthly file(s): "
             f"{counts['rows_added']} rows added, {counts['rows_replaced']} replaced"
+            + (f", {counts['rows_kept_without_bars']} kept without bars"
+               if counts["rows_kept_without_bars"] else "")
         )
         rep.say(msg)
         rep.result("success", msg, counts=counts)
@@ -512,8 +557,11 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     for e in summary.errors:
         rep.say(f"ERROR {e}")
     msg = f"merge failed: {first}{more}; kept run folder(s) {', '.join(summary.folders_kept)}"
-    rep.result("failure", msg, counts=counts, error=first)
-    return "failure"
+    # A damaged monthly file blocks its own stream and month; the other groups were written.
+    only_damage = not summary.file_errors and all(g.damaged for g in summary.groups if g.error)
+    status = "partial" if only_damage else "failure"
+    rep.result(status, msg, counts=counts, error=first)
+    return status
 
 
 def main(argv: Iterable[str] | None = None) -> int:

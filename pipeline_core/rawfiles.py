@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline_core import state
+from pipeline_core import catalog
 from pipeline_core.settings import Settings
 
 # One pattern per accepted name form (SPEC §2.1); the group is the symbol.
@@ -168,7 +168,7 @@ def scan_raw(settings: Settings, now: float | None = None) -> RawScan:
         path = Path(entry.path)
         raw_names.add(entry.name)
         if (entry.name, st.st_size, st.st_mtime_ns) in keep_ingested:
-            continue  # raw_policy keep: already in the manifest, nothing to do
+            continue  # raw_policy keep: already in the catalogue, nothing to do
         stem = signal_stem(entry.name)
         complete = signals.get(f"{COMPLETE_PREFIX}{stem}.json")
         progress = signals.get(f"{PROGRESS_PREFIX}{stem}.json")
@@ -218,27 +218,12 @@ def scan_raw(settings: Settings, now: float | None = None) -> RawScan:
     return scan
 
 
-# The manifest keys (name, size, mtime_ns) of ingested files, cached on the manifest's stat so
-# a scan under raw_policy "keep" does not re-read an unchanged manifest.
-_manifest_cache: dict[Path, tuple[tuple[int, int], set[tuple[str, int, int]]]] = {}
-
-
 def _ingested_keys(settings: Settings) -> set[tuple[str, int, int]]:
-    """(name, size, mtime_ns) of every file in the manifest, re-read only when it changed."""
-    path = state.manifest_path(settings)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
+    """(name, size, mtime_ns) of every raw file in the catalogue (raw_policy ``keep``)."""
+    cat = catalog.open_readonly(settings)
+    if cat is None:
         return set()
-    sig = (st.st_size, st.st_mtime_ns)
-    cached = _manifest_cache.get(path)
-    if cached and cached[0] == sig:
-        return cached[1]
-    keys: set[tuple[str, int, int]] = set()
-    for rec in state.read_manifest(settings):
-        try:
-            keys.add((rec["name"], int(rec["size"]), int(rec["mtime_ns"])))
-        except (KeyError, TypeError, ValueError):
-            continue  # a record without mtime_ns
-    _manifest_cache[path] = (sig, keys)
-    return keys
+    try:
+        return cat.ingested_keys()
+    finally:
+        cat.close()

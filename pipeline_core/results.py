@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -29,6 +30,24 @@ META_CREATED = "created"  # ISO-8601, Chicago
 META_CREATED_NS = "created_ns"  # time.time_ns() when the output was written: orders runs
 META_MODE = "mode"  # "full" or "incremental"
 META_UPDATED = "updated"  # monthly files: when the merger last wrote it
+META_COVERED = "covered_dates"  # full analyzer output: the dates it analysed (encode_dates)
+
+
+def encode_dates(days: list[int] | np.ndarray) -> str:
+    """Sorted day numbers (days since 1970-01-01, as date32) as compact text: the first, then
+    the gaps, comma-separated."""
+    days = sorted(int(d) for d in days)
+    if not days:
+        return ""
+    gaps = [days[0]] + [b - a for a, b in zip(days, days[1:], strict=False)]
+    return ",".join(map(str, gaps))
+
+
+def decode_dates(text: str) -> np.ndarray:
+    """The day numbers of :func:`encode_dates`, as a sorted int32 array."""
+    if not text:
+        return np.empty(0, dtype=np.int32)
+    return np.cumsum(np.array([int(x) for x in text.split(",")], dtype=np.int64)).astype(np.int32)
 _MONTHLY = re.compile(r"^(?P<stream>[A-Z][A-Z0-9]*\d)_an_(?P<year>\d{4})_(?P<month>\d{2})\.parquet$")
 
 
@@ -107,7 +126,7 @@ class ResultSchemaError(ValueError):
 def read_result_file(path: Path) -> tuple[pa.Table, dict[str, str]]:
     """A result file's rows (checked against the result columns) and its qtsw metadata, in one
     read. Raises :class:`ResultSchemaError` for other columns, pyarrow's errors if unreadable."""
-    table = pq.read_table(path)
+    table = pq.read_table(path, page_checksum_verification=True)
     if not table.schema.equals(RESULT_SCHEMA, check_metadata=False):
         raise ResultSchemaError(path, schema_difference(table.schema, RESULT_SCHEMA))
     return table.replace_schema_metadata(None), _decode_metadata(table.schema.metadata)

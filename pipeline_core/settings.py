@@ -194,8 +194,8 @@ class Settings:
         return self.data_dir / "analyzer_runs"
 
     @property
-    def state_dir(self) -> Path:
-        return self.data_dir / "state"
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite"
 
     @property
     def logs_dir(self) -> Path:
@@ -229,7 +229,6 @@ class Settings:
             self.processed_dir,
             self.analyzer_temp_dir,
             self.analyzer_runs_dir,
-            self.state_dir,
             self.events_dir,
             self.runs_dir,
             self.reports_dir,

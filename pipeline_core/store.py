@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline_core import catalog
+from pipeline_core.catalog import DamageError
 from pipeline_core.fsutil import write_parquet_atomic
 from pipeline_core.settings import CHICAGO, Settings
 
@@ -51,6 +53,7 @@ WRITE_OPTIONS: dict = {
     },
     "write_statistics": ["timestamp"],
     "row_group_size": ROW_GROUP_ROWS,
+    "write_page_checksum": True,
 }
 
 _YEAR_FILE = re.compile(r"^(?P<inst>[A-Z0-9]+)_(?P<year>\d{4})\.parquet$")
@@ -70,13 +73,14 @@ def _indices(idx: np.ndarray) -> pa.Array:
     return to_arrow(idx.astype(np.int64, copy=False), pa.int64())
 
 
-def store_dir(settings: Settings, inst: str) -> Path:
-    return settings.processed_dir / inst
+def store_dir(settings: Settings, inst: str, base: Path | None = None) -> Path:
+    """The instrument's store folder (``base`` replaces ``data/processed/<INST>``: a rebuild)."""
+    return base if base is not None else settings.processed_dir / inst
 
 
-def store_path(settings: Settings, inst: str, year: int) -> Path:
+def store_path(settings: Settings, inst: str, year: int, base: Path | None = None) -> Path:
     """The year file of instrument ``inst``."""
-    return store_dir(settings, inst) / f"{inst}_{year:04d}.parquet"
+    return store_dir(settings, inst, base) / f"{inst}_{year:04d}.parquet"
 
 
 def store_years(settings: Settings, inst: str) -> list[int]:
@@ -125,8 +129,23 @@ def read_year(
     binary search, which is exact because the file is sorted. ``columns`` (``timestamp``
     always included) reads only those: decoding a column costs as much as reading it.
     """
+    try:
+        return _read_year(path, start_ms, end_ms, columns)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        inst = path.parent.name
+        raise DamageError(path, f"unreadable ({exc})", catalog.repair_hint(catalog.STORE, inst)) from None
+
+
+def _read_year(
+    path: Path,
+    start_ms: int | None,
+    end_ms: int | None,
+    columns: Sequence[str] | None,
+) -> pa.Table:
     columns = _columns(columns)
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path, page_checksum_verification=True)
     meta = pf.metadata
     if start_ms is None and end_ms is None:
         table = pf.read(columns=columns)
@@ -199,7 +218,11 @@ def read_bars(
     if end is not None:
         last = ms_to_datetime(end_ms - 1).year  # type: ignore[operator]
         years = [y for y in years if y <= last]
-    parts = [read_year(store_path(settings, inst, y), start_ms, end_ms, columns) for y in years]
+    paths = [store_path(settings, inst, y) for y in years]
+    cat = catalog.open_catalog(settings)
+    for path in paths:
+        cat.check_once(path, catalog.STORE, inst)
+    parts = [read_year(path, start_ms, end_ms, columns) for path in paths]
     parts = [p for p in parts if p.num_rows]
     if not parts:
         return empty_table(columns)
@@ -330,8 +353,19 @@ def with_instrument(table: pa.Table, inst: str) -> pa.Table:
     return table.append_column(SCHEMA.field("instrument"), [instrument_column(inst, table.num_rows)])
 
 
-def _write_year(path: Path, table: pa.Table) -> None:
-    write_parquet_atomic(path, table, **WRITE_OPTIONS)
+def _write_year(settings: Settings, inst: str, path: Path, table: pa.Table, base: Path | None) -> None:
+    if base is not None:  # a rebuild's new store: recorded when it replaces the old one
+        write_parquet_atomic(path, table, **WRITE_OPTIONS)
+        return
+    ts = _ts_ms(table)
+    catalog.write_recorded(
+        settings, path, catalog.STORE, inst,
+        lambda tmp: pq.write_table(table, tmp, **WRITE_OPTIONS),
+        rows=table.num_rows,
+        first=ms_to_datetime(int(ts[0])).isoformat() if len(ts) else None,
+        last=ms_to_datetime(int(ts[-1])).isoformat() if len(ts) else None,
+        checked=True,
+    )
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -362,17 +396,29 @@ def upsert_years(
     inst: str,
     years: Iterable[tuple[int, pa.Table]],
     before_write: Callable[[datetime, datetime], None] | None = None,
+    base: Path | None = None,
 ) -> tuple[datetime, datetime] | None:
     """Like :func:`upsert_bars` for bars already normalised and cut by Chicago year (sorted,
-    unique; the ``instrument`` column may be left out: it is added as each year is written)."""
+    unique; the ``instrument`` column may be left out: it is added as each year is written).
+
+    Every existing year file it touches is checked against the catalogue first: a damaged one
+    raises :class:`~pipeline_core.catalog.DamageError` before anything is written. With
+    ``base`` (a rebuild) the files go to that folder and are not recorded.
+    """
+    cat = catalog.open_catalog(settings) if base is None else None
     # Two passes so the changed range is known (and handed to ``before_write``) before any
     # file changes, without holding every merged year in memory at once.
     todo: list[tuple[int, pa.Table]] = []
     first: int | None = None
     last: int | None = None
     for year, new in sorted(years, key=lambda kv: kv[0]):
-        path = store_path(settings, inst, year)
-        old_last = last_stored_ms(path) if path.exists() else None
+        path = store_path(settings, inst, year, base)
+        if cat is not None and path.exists():
+            cat.check(path, catalog.STORE, inst)
+        try:
+            old_last = last_stored_ms(path) if path.exists() else None
+        except (OSError, pa.ArrowException) as exc:
+            raise DamageError(path, f"unreadable ({exc})", catalog.repair_hint(catalog.STORE, inst)) from None
         if new.num_rows and (old_last is None or int(_ts_ms(new)[0]) > old_last):
             # appended after the year's last bar (the usual run): known from the footer alone
             found = changed_range(None, new)
@@ -391,9 +437,9 @@ def upsert_years(
 
     def write(item: tuple[int, pa.Table]) -> None:
         year, new = item
-        path = store_path(settings, inst, year)
+        path = store_path(settings, inst, year, base)
         old = read_year(path) if path.exists() else None
-        _write_year(path, merge_year(old, with_instrument(new, inst)))
+        _write_year(settings, inst, path, merge_year(old, with_instrument(new, inst)), base)
 
     # Parquet encoding releases the GIL: write the year files on every core.
     workers = min(len(todo), os.cpu_count() or 1, 4)

@@ -6,7 +6,7 @@ timestamp the newer file wins) and for each:
 
 1. rejects a zero-byte file, a name no parser accepts and an unconfigured symbol;
 2. hashes it (while it is parsed; first, when its size matches an ingested file); a file
-   whose sha256 is already in ``data/state/manifest.jsonl`` is not translated again, only
+   whose sha256 is already in the catalogue (``data/catalog.sqlite``) is not translated again, only
    archived (the stage says when it was ingested);
 3. parses it with pyarrow's streaming CSV reader (explicit column types; the file is cut at
    line boundaries into pieces parsed on all cores; no Python loop over rows). Bad rows are
@@ -14,9 +14,9 @@ timestamp the newer file wins) and for each:
 4. rejects the whole file when more than ``max_bad_row_fraction`` of its rows are bad, or when
    its bar times are implausible in Chicago (a bar in the future, or more than 1 % of the bars
    in the 16:00–16:59 break or on a Saturday: the input time zone is probably wrong);
-5. records the changed bar range (``state.record_changes``), then upserts the bars into the
+5. records the changed bar range (``Catalog.record_changes``), then upserts the bars into the
    store (each year file replaced atomically);
-6. only then appends the manifest record and archives (or deletes, or keeps) the raw file and
+6. only then records the file in the catalogue and archives (or deletes, or keeps) the raw file and
    its export signal files.
 
 A rejected file is moved unchanged to ``data/raw/quarantine/`` with ``<name>.error.txt``
@@ -54,9 +54,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from pipeline_core import clock, state, store
+from pipeline_core import catalog, clock, store
+from pipeline_core.catalog import Catalog, CatalogError, DamageError
 from pipeline_core.fsutil import (
-    append_jsonl,
     fsync_dir,
     remove_stale_temp_files,
     write_bytes_atomic,
@@ -794,14 +794,6 @@ def _year_table(chunks: list[tuple[np.ndarray, ...]]) -> tuple[pa.Table, int]:
     return pa.table(cols, schema=_BARS_SCHEMA), dups
 
 
-# --- the manifest -----------------------------------------------------------------------------
-
-
-def append_manifest(settings: Settings, record: dict[str, Any]) -> None:
-    """Append one record durably (one whole line, fsynced)."""
-    append_jsonl(state.manifest_path(settings), record)
-
-
 # --- moving raw files -------------------------------------------------------------------------
 
 
@@ -852,10 +844,16 @@ def _move_with_signals(settings: Settings, path: Path, dest: Path, signals: list
         _move(sig, _free_name(dest.parent / "logs", sig.name))
 
 
-def dispose(settings: Settings, path: Path) -> Path | None:
-    """Archive, delete or keep a translated raw file (``raw_policy``), with its signal files.
+def archive_dest(settings: Settings, path: Path) -> Path | None:
+    """Where :func:`dispose` will archive ``path`` (None unless ``raw_policy`` is archive)."""
+    if settings.raw_policy != "archive":
+        return None
+    return _free_name(settings.archive_dir / clock.now().strftime("%Y-%m-%d"), path.name)
 
-    Returns the archive path (None when deleted or kept).
+
+def dispose(settings: Settings, path: Path, dest: Path | None = None) -> Path | None:
+    """Archive (to ``dest``, else a free name), delete or keep a translated raw file
+    (``raw_policy``), with its signal files. Returns the archive path (None when deleted or kept).
     """
     policy = settings.raw_policy
     if policy == "keep":
@@ -866,8 +864,8 @@ def dispose(settings: Settings, path: Path) -> Path | None:
             p.unlink(missing_ok=True)
         fsync_dir(path.parent)
         return None
-    day = settings.archive_dir / clock.now().strftime("%Y-%m-%d")
-    dest = _free_name(day, path.name)
+    dest = dest or archive_dest(settings, path)
+    assert dest is not None
     _move_with_signals(settings, path, dest, signals)
     return dest
 
@@ -879,38 +877,22 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.astimezone(CHICAGO).isoformat() if dt is not None else None
 
 
-@dataclass
-class Ingested:
-    """What the manifest says was ingested: the first record per sha256, and the file sizes."""
-
-    by_sha: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sizes: set[int] = field(default_factory=set)
-
-    @classmethod
-    def load(cls, settings: Settings) -> Ingested:
-        out = cls()
-        for rec in state.read_manifest(settings):
-            if rec.get("status", "ingested") == "ingested" and rec.get("sha256"):
-                out.add(rec)
-        return out
-
-    def add(self, rec: dict[str, Any]) -> None:
-        self.by_sha.setdefault(rec["sha256"], rec)
-        if isinstance(rec.get("size"), int):
-            self.sizes.add(rec["size"])
-
-
 def translate_file(
     path: Path,
     settings: Settings,
     rep: Reporter,
-    ingested: Ingested,
+    cat: Catalog,
     run_id: str | None,
+    sizes: set[int] | None = None,
 ) -> tuple[str, FileResult | None, Any]:
     """Translate one ready raw file. Returns ``(outcome, result, extra)`` with outcome
-    ``translated``, ``already_ingested`` (extra: the earlier manifest record) or
-    ``quarantined`` (extra: the FileRejected). A translated file's manifest record is added to
-    ``ingested``, so a copy later in the same run is recognised."""
+    ``translated``, ``already_ingested`` (extra: the earlier catalogue record) or
+    ``quarantined`` (extra: the FileRejected). A translated file is recorded in the catalogue
+    ``cat`` (its size added to ``sizes``, the sizes of files ingested so far), so a copy later in
+    the same run is recognised. A damaged store file raises
+    :class:`~pipeline_core.catalog.DamageError`; the raw file then stays where it is."""
+    if sizes is None:
+        sizes = cat.ingested_sizes()
     name = path.name
     t0 = time.perf_counter()
     st = path.stat()
@@ -923,21 +905,20 @@ def translate_file(
             raise FileRejected(f"{name}: {exc.reason}", "file_name") from None
         hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
         try:
-            # Only a file of a size already in the manifest can be a copy of an ingested one:
+            # Only a file of a size already in the catalogue can be a copy of an ingested one:
             # hash it before parsing. Any other file is hashed while it is parsed.
             pending = hasher.submit(sha256_file, path)
-            if st.st_size in ingested.sizes:
+            if st.st_size in sizes:
                 layout_pieces = None
             else:
                 layout_pieces = _parse(path, settings, rep, name)
             digest = pending.result()
         finally:
             hasher.shutdown(wait=True)
-        earlier = ingested.by_sha.get(digest)
+        earlier = cat.ingested(digest)
         if earlier is not None:
             if settings.raw_policy == "keep":
-                append_manifest(
-                    settings,
+                cat.add_raw(
                     {
                         "name": name,
                         "size": st.st_size,
@@ -945,11 +926,15 @@ def translate_file(
                         "sha256": digest,
                         "status": "already_ingested",
                         "ingested_at": clock.iso_now(),
-                        "first_ingested_at": earlier.get("ingested_at"),
                         "run_id": run_id,
                     },
                 )
-            dispose(settings, path)
+            dest = dispose(settings, path)
+            if dest is not None and (
+                not earlier.get("archived_path") or not cat.abs(earlier["archived_path"]).exists()
+            ):
+                # the earlier copy never reached the archive (a crash between record and move)
+                cat.set_archived(int(earlier["id"]), dest)
             return "already_ingested", None, earlier
         result = FileResult(name, instrument, st.st_size, digest)
         layout, pieces = layout_pieces or _parse(path, settings, rep, name)
@@ -961,11 +946,13 @@ def translate_file(
 
     def record(first: datetime, last: datetime) -> None:
         # durable before the store changes, so a crash cannot lose the analyzer's pending work
-        state.record_changes(settings, instrument, first, last)
+        cat.record_changes(instrument, first, last)
 
-    result.changed = store.upsert_years(settings, instrument, list(years.items()), before_write=record)
+    with catalog.instrument_lock(settings, instrument):
+        result.changed = store.upsert_years(settings, instrument, list(years.items()), before_write=record)
     years.clear()
     result.seconds = time.perf_counter() - t0
+    dest = archive_dest(settings, path)
     entry = {
         "name": name,
         "size": st.st_size,
@@ -985,10 +972,13 @@ def translate_file(
         "changed_last": _iso(result.changed[1]) if result.changed else None,
         "ingested_at": clock.iso_now(),
         "run_id": run_id,
+        "archived_path": cat.rel(dest) if dest is not None else None,
     }
-    append_manifest(settings, entry)
-    ingested.add(entry)
-    dispose(settings, path)
+    # Recorded before the move: a crash in between leaves the file in data/raw, where the next
+    # run finds its sha256 in the catalogue and archives it as already ingested.
+    cat.add_raw(entry)
+    sizes.add(st.st_size)
+    dispose(settings, path, dest)
     return "translated", result, None
 
 
@@ -1046,9 +1036,11 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         rep.say(msg)
         rep.result("success", msg, counts)
         return "success"
-    ingested = Ingested.load(settings)
+    cat = catalog.open_catalog(settings)
+    sizes = cat.ingested_sizes()
     rep.say(f"translating {len(files)} raw file(s) into {settings.processed_dir}")
     errors: list[str] = []
+    damaged = 0
     for i, path in enumerate(files):
         rep.progress(i, len(files), f"translating {path.name}", file=path.name)
         try:
@@ -1057,7 +1049,14 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
             rep.say(f"{path.name}: gone before it was translated; skipped")
             continue
         try:
-            outcome, res, extra = translate_file(path, settings, rep, ingested, args.run_id)
+            outcome, res, extra = translate_file(path, settings, rep, cat, args.run_id, sizes)
+        except (DamageError, CatalogError) as exc:  # named, with its repair; blocks this file only
+            counts["errors"] += 1
+            damaged += isinstance(exc, DamageError)
+            errors.append(str(exc))
+            rep.warning(f"{path.name}: not translated: {exc}; the file stays in data/raw", file=path.name)
+            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
+            continue
         except Exception as exc:  # one file's unexpected failure must not stop the others
             counts["errors"] += 1
             errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
@@ -1130,9 +1129,12 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         + (f", {counts['errors']} failed" if counts["errors"] else "")
     )
     rep.say(summary)
+    counts["catalog_seconds"] = round(cat.seconds, 4)
     if counts["errors"]:
-        rep.result("failure", summary, counts, error="; ".join(errors))
-        return "failure"
+        # Damaged store files block their own instrument; the others went on: partial.
+        status = "partial" if damaged == counts["errors"] else "failure"
+        rep.result(status, summary, counts, error="; ".join(errors))
+        return status
     status = "partial" if counts["quarantined"] else "success"
     rep.result(status, summary, counts)
     return status

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline_core import sample, state, store
+from pipeline_core import catalog, sample, store
 from pipeline_core.analyzer import runner
 from pipeline_core.protocol import Reporter, parse
 from pipeline_core.results import file_metadata
@@ -39,7 +38,7 @@ def add_bars(
         bars = bars.filter(pc.less(bars.column("timestamp"), pa.scalar(until, bars.schema.field("timestamp").type)))
     changed = store.upsert_bars(settings, inst, bars)
     assert changed is not None
-    state.record_changes(settings, inst, *changed)
+    catalog.open_catalog(settings).record_changes(inst, *changed)
 
 
 def run_analyzer(settings: Settings, *args: str) -> tuple[int, list, str]:
@@ -99,7 +98,7 @@ def test_stage_writes_the_run_output_with_its_metadata_and_reports(settings: Set
     assert counts["rows"] == table.num_rows
     assert sum(counts[r] for r in ("Win", "BE", "Loss", "TIME", "NoTrade")) == table.num_rows
 
-    st = state.read_analyzer_state(settings, "ES")
+    st = catalog.open_catalog(settings).analyzer_state("ES")
     assert st["analysis_hash"] == settings.analysis_hash and st["last_run_id"] == "run-1"
     # The data ends at the last day's close: its trades' horizons (next day) are incomplete.
     not_final = {d for d, f in zip(table.column("Date").to_pylist(), table.column("Final").to_pylist(),
@@ -108,8 +107,8 @@ def test_stage_writes_the_run_output_with_its_metadata_and_reports(settings: Set
     assert LAST_DAY.isoformat() in st["provisional_dates"]
     last = [r for r in table.to_pylist() if r["Date"] == LAST_DAY and r["Time"] in ("10:30", "11:00")]
     assert [(r["Result"], r["Final"]) for r in last] == [("NoTrade", False), ("NoTrade", False)]
-    assert "ES" not in state.read_changes(settings)
-    assert state.pending_analysis(settings) == {}
+    assert "ES" not in catalog.open_catalog(settings).read_changes()
+    assert catalog.pending_analysis(settings) == {}
 
 
 def test_changed_analysis_settings_require_a_full_run(settings: Settings) -> None:
@@ -127,7 +126,7 @@ def test_changed_analysis_settings_require_a_full_run(settings: Settings) -> Non
     assert res.body["status"] == "failure"
     assert "analysis settings changed" in res.body["msg"] and "--full" in res.body["msg"]
     assert not (settings.analyzer_temp_dir / "b").exists()
-    assert "ES" in state.read_changes(settings)  # nothing consumed
+    assert "ES" in catalog.open_catalog(settings).read_changes()  # nothing consumed
 
     code, messages, out = run_analyzer(settings, "--instrument", "ES", "--run-id", "c", "--full")
 
@@ -135,8 +134,8 @@ def test_changed_analysis_settings_require_a_full_run(settings: Settings) -> Non
     assert only_result(messages).body["counts"]["mode"] == "full"
     meta = file_metadata(settings.analyzer_temp_dir / "c" / "ES.parquet")
     assert meta["analysis_hash"] == new_hash and meta["mode"] == "full"
-    assert state.read_analyzer_state(settings, "ES")["analysis_hash"] == new_hash
-    assert "ES" not in state.read_changes(settings)
+    assert catalog.open_catalog(settings).analyzer_state("ES")["analysis_hash"] == new_hash
+    assert "ES" not in catalog.open_catalog(settings).read_changes()
 
 
 def test_unknown_instrument_fails_naming_it(settings: Settings) -> None:
@@ -150,8 +149,8 @@ def test_nothing_to_do_reports_zero_dates_and_writes_nothing(settings: Settings)
     add_bars(settings, "ES", DAYS)
     runner.analyze_instrument(settings, "ES", run_id="first")
     # Suppose every row were final: no changes and no provisional dates are pending.
-    st = state.read_analyzer_state(settings, "ES")
-    state.write_analyzer_state(settings, "ES", {**st, "provisional_dates": []})
+    st = catalog.open_catalog(settings).analyzer_state("ES")
+    catalog.open_catalog(settings).save_analysis("ES", {**st, "provisional_dates": []}, None)
 
     code, messages, out = run_analyzer(settings, "--instrument", "ES", "--run-id", "idle")
 
@@ -180,7 +179,7 @@ def test_a_new_day_reads_and_analyses_only_what_it_touches(settings: Settings) -
         False,
         False,
     ]
-    st = state.read_analyzer_state(settings, "ES")
+    st = catalog.open_catalog(settings).analyzer_state("ES")
     assert st["provisional_dates"] == ["2025-12-01"]
 
 
@@ -216,15 +215,17 @@ def test_instruments_run_concurrently_each_with_its_own_state(settings: Settings
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     for inst in ("ES", "NQ", "CL"):
         assert (settings.analyzer_temp_dir / "par" / f"{inst}.parquet").exists()
-        assert state.read_analyzer_state(settings, inst)["last_run_id"] == "par"
-    assert json.loads(state.changes_path(settings).read_text()) == {}
+        assert catalog.open_catalog(settings).analyzer_state(inst)["last_run_id"] == "par"
+    assert catalog.open_catalog(settings).read_changes() == {}
 
 
-def test_a_broken_state_file_is_named_and_a_full_run_rebuilds_it(settings: Settings) -> None:
+def test_a_broken_state_record_is_named_and_a_full_run_rebuilds_it(settings: Settings) -> None:
     add_bars(settings, "ES", DAYS)
     runner.analyze_instrument(settings, "ES", run_id="first")
-    path = state.analyzer_state_path(settings, "ES")
-    path.write_text('{"analysis_hash": "x", "provisional_dates": ["2025-13-45"]')  # cut short
+    cat = catalog.open_catalog(settings)
+    with cat.tx() as c:  # a record no qtsw writes: a date that does not exist
+        c.execute("UPDATE analyzer SET provisional_dates='[\"2025-13-45\"]' WHERE instrument='ES'")
+    path = settings.catalog_path
 
     code, messages, _ = run_analyzer(settings, "--instrument", "ES", "--run-id", "inc")
 
@@ -235,4 +236,4 @@ def test_a_broken_state_file_is_named_and_a_full_run_rebuilds_it(settings: Setti
     code, messages, _ = run_analyzer(settings, "--instrument", "ES", "--run-id", "full", "--full")
 
     assert code == 0
-    assert state.read_analyzer_state(settings, "ES")["last_run_id"] == "full"
+    assert catalog.open_catalog(settings).analyzer_state("ES")["last_run_id"] == "full"

@@ -25,7 +25,7 @@ from rich.console import Console
 from textual.app import App
 from textual.widgets import DataTable, Input, Select
 
-from pipeline_core import history, state
+from pipeline_core import catalog, history
 from pipeline_core.engine import Engine
 from pipeline_core.events import STAGES, TERMINAL, Event
 from pipeline_core.runstate import OutputMessage
@@ -442,7 +442,7 @@ def held_in_analyzer(s: Settings) -> contextlib.ExitStack:
     clears its changed range), so the run cannot leave the analyzer until this is closed —
     a cancel or quit pressed meanwhile cannot lose a race with the run's end."""
     stack = contextlib.ExitStack()
-    stack.enter_context(state.changes_lock(s))
+    stack.enter_context(catalog.hold_writes(s))
     return stack
 
 

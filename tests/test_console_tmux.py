@@ -22,7 +22,7 @@ from pathlib import Path
 
 from processes import alive, processes_naming
 
-from pipeline_core import state
+from pipeline_core import catalog
 from pipeline_core.sample import write_samples
 from pipeline_core.settings import load_settings
 
@@ -116,7 +116,7 @@ def test_console_losing_its_terminal_mid_run_records_the_run_and_leaves(tmp_path
         poll(sock, session, lambda t: "stage analyzer" in t, "the analyzer to run")
         # each analyzer process now waits at its end for the pending-work lock: the run is
         # certainly still going when the terminal hangs up
-        with state.changes_lock(settings):
+        with catalog.hold_writes(settings):
             pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
             tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
             deadline = time.monotonic() + 60

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from pipeline_core import merger, sample, state, store
+from pipeline_core import catalog, merger, sample, store
 from pipeline_core.analyzer import runner
 from pipeline_core.analyzer.strategy import Bars, StrategyConfig, analyze
 from pipeline_core.clock import wall
@@ -57,7 +57,7 @@ def translate(settings: Settings, bars: pa.Table) -> None:
     """What the translator does with new bars: upsert, then record the changed range."""
     changed = store.upsert_bars(settings, "ES", bars)
     if changed is not None:
-        state.record_changes(settings, "ES", *changed)
+        catalog.open_catalog(settings).record_changes("ES", *changed)
 
 
 def monthly(settings: Settings) -> dict[str, list[dict]]:
@@ -143,10 +143,10 @@ def test_incremental_runs_equal_a_full_reanalysis(
         assert sorted(got) == sorted(want)
         for name in want:
             assert got[name] == want[name], name
-        assert state.read_changes(inc) == {}
-        assert state.read_analyzer_state(inc, "ES")["provisional_dates"] == state.read_analyzer_state(
-            full, "ES"
-        )["provisional_dates"]
+        assert catalog.open_catalog(inc).read_changes() == {}
+        assert catalog.open_catalog(inc).analyzer_state("ES")["provisional_dates"] == catalog.open_catalog(
+            full
+        ).analyzer_state("ES")["provisional_dates"]
 
 
 def test_a_correction_in_the_past_sees_the_bar_that_completes_its_horizon() -> None:
@@ -160,8 +160,8 @@ def test_a_correction_in_the_past_sees_the_bar_that_completes_its_horizon() -> N
         runner.analyze_instrument(inc, "ES", run_id="first")
         assert merger.merge(inc).ok
         # No provisional dates pending, so the correction's window is the only one read.
-        st_ = state.read_analyzer_state(inc, "ES")
-        state.write_analyzer_state(inc, "ES", {**st_, "provisional_dates": []})
+        st_ = catalog.open_catalog(inc).analyzer_state("ES")
+        catalog.open_catalog(inc).save_analysis("ES", {**st_, "provisional_dates": []}, None)
         ten = store.read_bars(inc, "ES", wall(wednesday, time(10)), wall(wednesday, time(11)))
         translate(inc, shifted(ten, -3))
 
@@ -191,11 +191,11 @@ def test_provisional_rows_are_completed_by_bars_beyond_their_horizon() -> None:
         inc = new_root(Path(tmp), "incremental")
         translate(inc, bars.slice(0, cut))
         runner.analyze_instrument(inc, "ES", run_id="thursday")
-        assert thursday.isoformat() in state.read_analyzer_state(inc, "ES")["provisional_dates"]
+        assert thursday.isoformat() in catalog.open_catalog(inc).analyzer_state("ES")["provisional_dates"]
         translate(inc, bars.slice(monday))
         out = runner.analyze_instrument(inc, "ES", run_id="monday")
         assert merger.merge(inc).ok
-        assert thursday.isoformat() not in state.read_analyzer_state(inc, "ES")["provisional_dates"]
+        assert thursday.isoformat() not in catalog.open_catalog(inc).analyzer_state("ES")["provisional_dates"]
         assert out.dates > 0
 
         full = new_root(Path(tmp), "full")

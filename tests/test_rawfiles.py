@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from pipeline_core import catalog
 from pipeline_core.rawfiles import RawFileError, name_form, parse_instrument, scan_raw
 from pipeline_core.settings import Settings, load_settings
 
@@ -195,14 +196,15 @@ def test_scan_of_a_missing_raw_folder_is_empty(root: Path) -> None:
     assert (scan.ready, scan.waiting, scan.exporting, scan.stale) == ([], [], [], [])
 
 
-def test_keep_policy_skips_files_already_in_the_manifest(root: Path) -> None:
+def test_keep_policy_skips_files_already_in_the_catalogue(root: Path) -> None:
     s = load_settings(root=root, env={}, overrides={"input.raw_policy": "keep"})
     s.ensure_dirs()
     f = _write(s.raw_dir / "ES.csv", age=3600)
     other = _write(s.raw_dir / "NQ.csv", age=3600)
     st_ = f.stat()
-    rec = {"name": "ES.csv", "size": st_.st_size, "mtime_ns": st_.st_mtime_ns, "sha256": "x"}
-    (s.state_dir / "manifest.jsonl").write_text(json.dumps(rec) + "\n")
+    rec = {"name": "ES.csv", "size": st_.st_size, "mtime_ns": st_.st_mtime_ns, "sha256": "x",
+           "status": "ingested", "ingested_at": "2025-01-02T00:00:00-06:00"}
+    catalog.open_catalog(s).add_raw(rec)
     assert scan_raw(s).ready == [other]
     _write(f, "Date,Time,Open,High,Low,Close,Volume,Instrument\n2025-01-02,00:00:00,1,1,1,1,1,ES\n", age=60)
     assert set(scan_raw(s).ready) == {f, other}  # changed since: to be translated again

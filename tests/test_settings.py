@@ -34,8 +34,9 @@ def test_paths_live_under_the_root(root: Path) -> None:
     assert s.processed_dir == root / "data" / "processed"
     assert s.lock_file == root / "logs" / "qtsw.lock"
     assert s.runs_index == root / "logs" / "runs.jsonl"
+    assert s.catalog_path == root / "data" / "catalog.sqlite"
     s.ensure_dirs()
-    for d in (s.raw_logs_dir, s.analyzer_temp_dir, s.events_dir, s.reports_dir, s.state_dir):
+    for d in (s.raw_logs_dir, s.analyzer_temp_dir, s.events_dir, s.reports_dir):
         assert d.is_dir()
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_core import fsutil, protocol, sample, state, store
+from pipeline_core import catalog, fsutil, protocol, sample, store
 from pipeline_core.settings import CHICAGO, Settings, load_settings
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
@@ -110,8 +110,13 @@ def archived(settings: Settings, name: str) -> list[Path]:
 
 
 def manifest(settings: Settings) -> list[dict[str, Any]]:
-    p = state.manifest_path(settings)
-    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+    """The catalogue's raw-file records, in ingestion order."""
+    if not settings.catalog_path.exists():
+        return []
+    recs = catalog.open_catalog(settings).raw_files()
+    for r in recs:
+        r["dropped"] = json.loads(r["dropped"]) if r.get("dropped") else {}
+    return recs
 
 
 def with_line(text: str, line_no: int, new: str) -> str:
@@ -164,7 +169,7 @@ def test_every_input_form_lands_in_the_store_exactly(all_forms: Any, inst: str, 
     assert m["dropped"] == {} and m["duplicates"] == 0
     first = written[inst].column("timestamp")[0].as_py().astimezone(CHICAGO)
     assert m["first_bar"] == first.isoformat()
-    # archived unchanged, recorded in the manifest
+    # archived unchanged, recorded in the catalogue
     [arch] = archived(s, name)
     assert arch.read_bytes() == raw[name]
     assert not (s.raw_dir / name).exists()
@@ -173,8 +178,8 @@ def test_every_input_form_lands_in_the_store_exactly(all_forms: Any, inst: str, 
     assert rec["size"] == len(raw[name]) and rec["instrument"] == inst
     assert rec["rows_in"] == rec["rows_kept"] == written[inst].num_rows
     assert rec["first_bar"] == first.isoformat() and rec["ingested_at"]
-    assert rec["dropped"] == {} and rec["duplicates"] == 0 and "mtime" in rec
-    changes = state.read_changes(s)
+    assert rec["dropped"] == {} and rec["duplicates"] == 0 and rec["mtime_ns"] > 0
+    changes = catalog.open_catalog(s).read_changes()
     assert changes[inst][0] == first
 
 
@@ -556,7 +561,7 @@ def test_same_file_twice_is_ingested_once(settings: Settings) -> None:
     assert first.counts["translated"] == 1
     year_file = store.store_path(settings, "ES", 2025)
     snap = year_file.read_bytes(), year_file.stat().st_mtime_ns
-    changes_before = (settings.state_dir / "changes.json").read_bytes()
+    changes_before = catalog.open_catalog(settings).read_changes()
     (settings.raw_dir / "ES.csv").write_bytes(content)
     settle(settings.raw_dir / "ES.csv")
     second = run_translator(settings.root)
@@ -566,7 +571,7 @@ def test_same_file_twice_is_ingested_once(settings: Settings) -> None:
     [w] = [w for w in second.of("warning") if "already ingested" in w["msg"]]
     assert f"already ingested at {rec['ingested_at']}" in w["msg"]
     assert (year_file.read_bytes(), year_file.stat().st_mtime_ns) == snap
-    assert (settings.state_dir / "changes.json").read_bytes() == changes_before
+    assert catalog.open_catalog(settings).read_changes() == changes_before
     assert len(manifest(settings)) == 1
     names = sorted(p.name for p in settings.archive_dir.glob("*/*.csv"))
     assert names == ["ES-2.csv", "ES.csv"]  # archived like any other
@@ -608,7 +613,7 @@ def test_changes_widen_over_files_for_the_analyzer(settings: Settings) -> None:
     run_translator(settings.root)
     put(settings, "DataExport_ES_20251127_023046_UTC.csv", b)
     run_translator(settings.root)
-    first, last = state.read_changes(settings)["ES"]
+    first, last = catalog.open_catalog(settings).read_changes()["ES"]
     assert first == a.column("timestamp")[0].as_py() and last == b.column("timestamp")[-1].as_py()
 
 
@@ -687,7 +692,7 @@ def test_sigkill_while_writing_the_store_loses_and_doubles_nothing(settings: Set
     assert [r["name"] for r in manifest(settings)] == ["ES.csv"]
     assert list(settings.processed_dir.rglob(".*.tmp"))  # the interrupted temp file
     # the analyzer's pending range already covers the new file, before any store file changed
-    first, last = state.read_changes(settings)["ES"]
+    first, last = catalog.open_catalog(settings).read_changes()["ES"]
     assert first <= update.column("timestamp")[0].as_py() and last >= update.column("timestamp")[-1].as_py()
     rerun = run_translator(settings.root)
     assert rerun.rc == 0 and rerun.result["status"] == "success"

@@ -34,9 +34,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline_core import clock, state, store
+from pipeline_core import catalog, clock, store
 from pipeline_core.analyzer.strategy import (
     RESULT_SCHEMA,
     Bars,
@@ -46,10 +45,12 @@ from pipeline_core.analyzer.strategy import (
     candidate_dates,
     date_window,
 )
+from pipeline_core.catalog import CatalogError, DamageError
 from pipeline_core.fsutil import write_parquet_atomic
 from pipeline_core.protocol import Reporter, stage_main
 from pipeline_core.results import (
     META_ANALYSIS_HASH,
+    META_COVERED,
     META_CREATED,
     META_CREATED_NS,
     META_ENGINE_VERSION,
@@ -57,6 +58,8 @@ from pipeline_core.results import (
     META_MODE,
     META_RUN_ID,
     RESULTS,
+    decode_dates,
+    encode_dates,
     read_result_file,
 )
 from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings
@@ -131,8 +134,11 @@ def date_windows(dates: Iterable[date], cfg: StrategyConfig) -> list[tuple[datet
 def stored_dates(settings: Settings, inst: str, cfg: StrategyConfig) -> list[date]:
     """Every candidate date of the instrument's store (reads only the timestamps, a year at a time)."""
     out: list[date] = []
+    cat = catalog.open_catalog(settings)
     for year in store.store_years(settings, inst):
-        col = pq.read_table(store.store_path(settings, inst, year), columns=["timestamp"]).column(0)
+        path = store.store_path(settings, inst, year)
+        cat.check_once(path, catalog.STORE, inst)
+        col = store.read_year(path, columns=["timestamp"]).column(0)
         ts = col.cast(pa.timestamp("ns", tz="UTC")).combine_chunks().to_numpy().view(np.int64)
         # candidate_dates looks at bar times only; the prices are a zero-copy stand-in.
         zero = np.broadcast_to(np.float64(0.0), ts.shape)
@@ -204,37 +210,38 @@ def load_bars_for_dates(
 
 
 class StateError(Exception):
-    """A pending-work state file that cannot be read: names the file and what to do."""
+    """Pending-work state that cannot be read: names the catalogue and what to do."""
 
 
 def read_state(settings: Settings, inst: str, full: bool) -> dict[str, Any] | None:
-    """The instrument's analyzer state, checked. A broken one is ignored by a full run (which
-    rebuilds it) and stops an incremental run with a :class:`StateError`."""
-    path = state.analyzer_state_path(settings, inst)
+    """The instrument's analyzer state from the catalogue (None: never analysed), checked. A
+    broken one is ignored by a full run (which rebuilds it) and stops an incremental run with a
+    :class:`StateError`."""
     try:
-        st = state.read_analyzer_state(settings, inst)
+        st = catalog.open_catalog(settings).analyzer_state(inst)
         if st is not None:
             for d in st.get("provisional_dates", []):
                 date.fromisoformat(d)  # raises for a broken entry
-            if not isinstance(st.get("analysis_hash"), str):
+            if st.get("analysis_hash") is None and not st.get("full_requested"):
                 raise ValueError("no analysis_hash")
         return st
     except (ValueError, TypeError, AttributeError) as exc:
         if full:
             return None
         raise StateError(
-            f"{path}: unreadable analyzer state ({exc}); a full re-analysis (--full) rebuilds it"
+            f"{settings.catalog_path}: unreadable analyzer state of {inst} ({exc}); "
+            "a full re-analysis (--full) rebuilds it"
         ) from None
 
 
 def read_changed_range(settings: Settings, inst: str) -> tuple[datetime, datetime] | None:
-    """The instrument's pending changed bar range (``changes.json``), or None."""
+    """The instrument's pending changed bar range (from the catalogue), or None."""
     try:
-        return state.read_changes(settings).get(inst)
+        return catalog.open_catalog(settings).read_changes().get(inst)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise StateError(
-            f"{state.changes_path(settings)}: unreadable pending changes ({exc}); "
-            f"fix or remove the file, then re-analyse with --full"
+            f"{settings.catalog_path}: unreadable pending changes of {inst} ({exc}); "
+            "re-analyse with --full"
         ) from None
 
 
@@ -265,6 +272,13 @@ def analyze_instrument(
     cfg = StrategyConfig.from_settings(settings, inst)
     st = read_state(settings, inst, full)
     changes = read_changed_range(settings, inst)
+    requested = (st or {}).get("full_requested")
+    if requested and not full:
+        full = True
+        if reporter:
+            reporter.say(f"{inst}: full re-analysis: {requested}")
+    if st is not None and st.get("analysis_hash") is None:
+        st = None  # only a request on record: never analysed
     if st is not None and not full and st.get("analysis_hash") != settings.analysis_hash:
         raise AnalysisSettingsChanged(
             f"the analysis settings changed since {inst} was last analysed "
@@ -344,7 +358,8 @@ def analyze_instrument(
     }
     out.provisional_dates = sorted((old_provisional - set(dates)) | new_provisional)
 
-    # Write the output (even with zero rows for a full run: it says "nothing" for every month).
+    # Write the output (even with zero rows for a full run: it says "nothing" for every month
+    # of the dates it analysed).
     t2 = time.perf_counter()
     if result.num_rows or full_mode:
         out.output = _write_output(settings, run_id, inst, result, dates, full_mode)
@@ -365,8 +380,9 @@ def _save_state(
     provisional: list[date],
     consumed: tuple[datetime, datetime] | None,
 ) -> None:
-    state.write_analyzer_state(
-        settings,
+    """The new analyzer state and the consumed change range, in one catalogue transaction (a
+    full re-analysis asked for is done by any run that gets here)."""
+    catalog.open_catalog(settings).save_analysis(
         inst,
         {
             "analysis_hash": settings.analysis_hash,
@@ -374,10 +390,10 @@ def _save_state(
             "provisional_dates": [d.isoformat() for d in provisional],
             "last_run_id": run_id,
             "updated": clock.iso_now(),
+            "full_done": True,
         },
+        consumed,
     )
-    if consumed is not None:
-        state.clear_changes(settings, inst, consumed)
 
 
 def _write_output(
@@ -385,11 +401,14 @@ def _write_output(
 ) -> Path:
     path = output_path(settings, run_id, inst)
     mode = "full" if full else "incremental"
+    day_numbers = pa.array(dates, pa.date32()).cast(pa.int32()).to_numpy()
+    covered = day_numbers if full else None
     if path.exists() and not full:
         # The same run analysed this instrument before: keep its rows for the other dates.
         prev, prev_meta = read_result_file(path)
         if prev_meta.get(META_MODE) == "full":
             mode = "full"
+            covered = np.union1d(decode_dates(prev_meta.get(META_COVERED, "")), day_numbers)
         keep = pc.invert(pc.is_in(prev.column("Date"), value_set=pa.array(dates, pa.date32())))
         prev = prev.filter(keep)
         result = pa.concat_tables([prev, result]).sort_by(
@@ -404,6 +423,9 @@ def _write_output(
         META_CREATED_NS: str(time.time_ns()),
         META_MODE: mode,
     }
+    if covered is not None:
+        # The merger drops older rows only on dates a full run analysed (bars still stored).
+        meta[META_COVERED] = encode_dates(covered)
     table = result.cast(RESULT_SCHEMA).replace_schema_metadata(
         {k.encode(): v.encode() for k, v in meta.items()}
     )
@@ -428,8 +450,9 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         return "failure"
     run_id = args.run_id or str(uuid.uuid4())
     try:
-        out = analyze_instrument(settings, inst, full=args.full, run_id=run_id, reporter=rep)
-    except (AnalysisSettingsChanged, StateError) as exc:
+        with catalog.instrument_lock(settings, inst, shared=True):
+            out = analyze_instrument(settings, inst, full=args.full, run_id=run_id, reporter=rep)
+    except (AnalysisSettingsChanged, StateError, DamageError, CatalogError) as exc:
         rep.say(f"ERROR {exc}")
         rep.result("failure", str(exc), counts={"instrument": inst, "dates": 0}, error=str(exc))
         return "failure"

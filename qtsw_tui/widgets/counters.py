@@ -12,7 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from pipeline_core import history, rawfiles, results, state
+from pipeline_core import catalog, history, rawfiles, results
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.format import clock_time, size
 
@@ -46,9 +46,9 @@ def read_counters(settings: Settings) -> Counters:
         problems.append(f"raw: {exc}")
     _, store_bytes = history.count_files(settings.processed_dir, "*.parquet")
     try:
-        store_insts = len(state.store_instruments(settings))
-        pending_an = len(state.pending_analysis(settings))
-        pending_mg = len(state.pending_merges(settings))
+        store_insts = len(catalog.store_instruments(settings))
+        pending_an = len(catalog.pending_analysis(settings))
+        pending_mg = len(catalog.pending_merges(settings))
     except Exception as exc:
         problems.append(f"state: {exc}")
         store_insts = pending_an = pending_mg = 0

@@ -1,4 +1,4 @@
-"""Pending-work state: concurrent processes updating changes.json lose nothing."""
+"""Pending work in the catalogue: concurrent processes recording changes lose nothing."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from pipeline_core import state
+from pipeline_core import catalog
 from pipeline_core.settings import CHICAGO, Settings
 
 _WRITER = """
 import sys
 from datetime import datetime, timedelta
-from pipeline_core import state
+from pipeline_core import catalog
 from pipeline_core.settings import CHICAGO, load_settings
 s = load_settings(root=sys.argv[1], env={})
 base = datetime(2025, 6, 2, 8, 0, tzinfo=CHICAGO)
 for i in range(40):
     inst = f"I{sys.argv[2]}_{i % 4}"
-    state.record_changes(s, inst, base + timedelta(minutes=i), base + timedelta(minutes=i + 1))
+    catalog.open_catalog(s).record_changes(inst, base + timedelta(minutes=i), base + timedelta(minutes=i + 1))
 """
 
 
@@ -30,7 +30,7 @@ def test_concurrent_processes_lose_no_update(settings: Settings, tmp_path: Path)
         subprocess.Popen([sys.executable, str(script), str(settings.root), str(n)]) for n in range(6)
     ]
     assert [p.wait(timeout=120) for p in procs] == [0] * 6
-    changes = state.read_changes(settings)
+    changes = catalog.open_catalog(settings).read_changes()
     assert sorted(changes) == sorted(f"I{n}_{k}" for n in range(6) for k in range(4))
     first, last = changes["I0_0"]
     assert (first.hour, first.minute, last.hour, last.minute) == (8, 0, 8, 37)
@@ -39,10 +39,11 @@ def test_concurrent_processes_lose_no_update(settings: Settings, tmp_path: Path)
 def test_clear_keeps_a_range_widened_after_it_was_consumed(settings: Settings) -> None:
     a = datetime(2025, 6, 2, 8, 0, tzinfo=CHICAGO)
     b = datetime(2025, 6, 2, 9, 0, tzinfo=CHICAGO)
-    state.record_changes(settings, "ES", a, b)
-    consumed = state.read_changes(settings)["ES"]
-    state.record_changes(settings, "ES", a, datetime(2025, 6, 3, 9, 0, tzinfo=CHICAGO))
-    state.clear_changes(settings, "ES", consumed)  # newer bars arrived meanwhile: still pending
-    assert "ES" in state.read_changes(settings)
-    state.clear_changes(settings, "ES", state.read_changes(settings)["ES"])
-    assert state.read_changes(settings) == {}
+    catalog.open_catalog(settings).record_changes("ES", a, b)
+    consumed = catalog.open_catalog(settings).read_changes()["ES"]
+    catalog.open_catalog(settings).record_changes("ES", a, datetime(2025, 6, 3, 9, 0, tzinfo=CHICAGO))
+    cat = catalog.open_catalog(settings)
+    cat.save_analysis("ES", {"analysis_hash": "h"}, consumed)  # newer bars arrived meanwhile
+    assert "ES" in cat.read_changes()
+    cat.save_analysis("ES", {"analysis_hash": "h"}, cat.read_changes()["ES"])
+    assert catalog.open_catalog(settings).read_changes() == {}
