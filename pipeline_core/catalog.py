@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_core import clock
-from pipeline_core.fsutil import atomic_path, read_json, read_jsonl
+from pipeline_core.fsutil import atomic_path, read_json
 from pipeline_core.settings import CHICAGO, Settings
 
 SCHEMA_VERSION = 1
@@ -223,6 +223,8 @@ class Catalog:
                 f"{self.path}: the catalogue cannot be opened ({exc}); restore it from a backup "
                 f"or move it aside and run `qtsw verify` to see what the folders hold"
             ) from None
+        except OSError as exc:
+            raise CatalogError(f"{self.path}: the catalogue cannot be created ({exc})") from None
         finally:
             self.seconds += time.perf_counter() - t0
 
@@ -689,8 +691,8 @@ def _migrate_json_state(settings: Settings, c: sqlite3.Connection) -> list[str]:
     notes: list[str] = []
     if state.is_dir():
         manifest = state / "manifest.jsonl"
-        bad = _bad_lines(manifest)
-        for rec in read_jsonl(manifest):
+        good, bad = _manifest_lines(manifest)
+        for rec in good:
             if not rec.get("sha256") or not rec.get("name"):
                 continue
             rec = dict(rec)
@@ -744,8 +746,11 @@ def _migrate_json_state(settings: Settings, c: sqlite3.Connection) -> list[str]:
     return notes
 
 
-def _bad_lines(path: Path) -> list[int]:
-    out: list[int] = []
+def _manifest_lines(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The JSON records of an old manifest and the numbers of the lines that are not one (each
+    line decoded on its own: one bad byte spoils only its line)."""
+    good: list[dict[str, Any]] = []
+    bad: list[int] = []
     try:
         with open(path, "rb") as fh:
             for i, line in enumerate(fh, start=1):
@@ -753,11 +758,13 @@ def _bad_lines(path: Path) -> list[int]:
                     rec = json.loads(line.decode("utf-8"))
                     if not isinstance(rec, dict):
                         raise ValueError
+                    good.append(rec)
                 except (ValueError, UnicodeDecodeError):
-                    out.append(i)
+                    if line.strip():
+                        bad.append(i)
     except FileNotFoundError:
         pass
-    return out
+    return good, bad
 
 
 def _record_existing(settings: Settings, c: sqlite3.Connection) -> list[str]:

@@ -9,6 +9,8 @@
     qtsw --schedule HH:MM             the schedule loop, first run not before HH:MM
     qtsw sample [--days N] ...        write realistic sample exports into data/raw
     qtsw status [--json]              what is where: files per folder, last runs, lock holder
+    qtsw verify [--json]              check the data files against the catalogue
+    qtsw rebuild --instrument X|--all rebuild a bar store from the raw archive, re-analyse it
 
 Also ``--root PATH`` (env ``QTSW_ROOT``), ``--config FILE``, ``--full``, ``--json`` (headless:
 raw event lines), ``--verbose`` (headless: stage output too).
@@ -31,7 +33,7 @@ from typing import Any, NoReturn
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("sample", "status")
+COMMANDS = ("sample", "status", "verify", "rebuild")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
@@ -110,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(sample.main(_globals(before) + after) or 0)
     if command == "status":
         return _status(_globals(before) + after)
+    if command in ("verify", "rebuild"):
+        from qtsw_tui import repaircmd
+
+        run = repaircmd.verify_main if command == "verify" else repaircmd.rebuild_main
+        return run(_globals(before) + after)
     args = build_parser().parse_args(argv)
 
     from pipeline_core import clock
