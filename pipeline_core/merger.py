@@ -535,6 +535,7 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     summary = merge(settings, rep)
     counts = summary.counts()
     counts["seconds"] = round(time.monotonic() - started, 3)
+    counts["catalog_seconds"] = round(catalog.open_catalog(settings).seconds, 4)
     rep.metric("merge totals", **counts)
     if counts["rows_kept_without_bars"]:
         rep.warning(

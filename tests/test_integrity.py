@@ -11,11 +11,12 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from test_cli import END, headless_run, monthly_tables, qtsw, read_until, store_tables
+from test_cli import END, clean_env, headless_run, monthly_tables, qtsw, read_until, store_tables
 
 from pipeline_core import catalog, history
 from pipeline_core.proc import RUN_ID_VAR, processes_with_env
@@ -186,6 +187,8 @@ def test_old_json_state_is_migrated_with_a_line_saying_so(tmp_path: Path) -> Non
     # defect: one garbage line and one 0xFF byte; the file they describe is still recognised
     manifest.write_bytes(lines[0][:20] + b"\xff garbage\n" + b"".join(lines[1:]))
     (s.data_dir / "state" / "analyzer" / "ES.json").write_text('{"analysis_hash": ')  # cut short
+    (s.data_dir / "state" / "changes.json").write_text('{"ES": {"first": "2025-')  # truncated
+    (s.data_dir / "state" / "merger.json").write_bytes(b"\x00\xffnot json")  # garbage
     # an old export delivered again: it must not be ingested twice
     archived = sorted(s.archive_dir.rglob("*ES*.csv"))[0]
     shutil.copy(archived, s.raw_dir / archived.name)
@@ -196,6 +199,7 @@ def test_old_json_state_is_migrated_with_a_line_saying_so(tmp_path: Path) -> Non
     assert got.returncode == 0, got.stdout + got.stderr
     assert "migrated" in got.stdout and "manifest.jsonl: line 1" in got.stdout
     assert "ES.json: unreadable" in got.stdout
+    assert "changes.json: unreadable" in got.stdout and "merger.json: unreadable" in got.stdout
     assert not (s.data_dir / "state").exists() and list(s.data_dir.glob("state.migrated-*"))
     assert "already ingested" in got.stdout  # the copy was recognised from the archive
     same_tables(store_tables(s), store_tables(settings_for(ref)))
@@ -316,3 +320,40 @@ def test_chaos_random_kills_equal_an_uninterrupted_history(tmp_path: Path) -> No
     assert qtsw("--root", str(root), "verify").returncode == 0
     assert history.read_runs(s)[-1]["status"] == "success"
     assert processes_with_env(RUN_ID_VAR, history.read_runs(s)[-1]["run_id"]) == []
+
+
+def test_rebuild_with_the_engine_running_leaves_the_reanalysis_to_it(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from pipeline_core import clock
+    from pipeline_core.lock import lock_holder
+
+    root = tmp_path / "root"
+    sample(root, 4, "--instruments", "ES")
+    assert run_now(root).returncode == 0
+    s = settings_for(root)
+    want = store_tables(s)
+    store_file = es_store_file(s)
+    flip_byte(store_file)
+    later = (clock.now() + timedelta(hours=6)).strftime("%H:%M")  # no scheduled run meanwhile
+    eng = subprocess.Popen(
+        [sys.executable, "-m", "qtsw_tui", "--root", str(root), "--no-ui", "--schedule", later],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while lock_holder(s.lock_file) is None:
+            assert eng.poll() is None and time.monotonic() < deadline, "the engine did not start"
+            time.sleep(0.05)
+        got = qtsw("--root", str(root), "rebuild", "--instrument", "ES")
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert "an engine is running" in got.stdout and f"pid {eng.pid}" in got.stdout
+        after = store_tables(s)
+        for k in want:
+            assert after[k].equals(want[k]), k
+        assert catalog.pending_analysis(s)["ES"].startswith("full re-analysis: store rebuilt")
+        assert lock_holder(s.lock_file)["pid"] == eng.pid  # the engine was never disturbed
+    finally:
+        eng.send_signal(signal.SIGTERM)
+        eng.wait(30)
+    assert eng.returncode == 0

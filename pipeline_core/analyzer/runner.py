@@ -457,6 +457,7 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         rep.result("failure", str(exc), counts={"instrument": inst, "dates": 0}, error=str(exc))
         return "failure"
     counts = out.counts()
+    counts["catalog_seconds"] = round(catalog.open_catalog(settings).seconds, 4)
     rep.metric(f"{inst} analysis", **counts)
     if out.output is not None:
         rep.say(f"{inst}: wrote {out.output}")
