@@ -43,7 +43,7 @@ from typing import Any
 
 from pipeline_core import clock
 from pipeline_core.fsutil import atomic_path, read_json
-from pipeline_core.settings import CHICAGO, Settings
+from pipeline_core.settings import CHICAGO, Settings, describe_analysis_change
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 60_000
@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS files (
     first TEXT,
     last TEXT,
     run_id TEXT,
-    written_at TEXT NOT NULL
+    written_at TEXT NOT NULL,
+    analysis_hash TEXT                 -- monthly files: the analysis settings of their rows
 );
 CREATE TABLE IF NOT EXISTS intents (
     path TEXT PRIMARY KEY,
@@ -96,7 +97,8 @@ CREATE TABLE IF NOT EXISTS intents (
     first TEXT,
     last TEXT,
     run_id TEXT,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    analysis_hash TEXT
 );
 CREATE TABLE IF NOT EXISTS changes (
     instrument TEXT PRIMARY KEY,
@@ -106,6 +108,7 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE TABLE IF NOT EXISTS analyzer (
     instrument TEXT PRIMARY KEY,
     analysis_hash TEXT,
+    analysis_settings TEXT,            -- JSON: the settings the results were computed with
     engine_version TEXT,
     provisional_dates TEXT NOT NULL DEFAULT '[]',
     full_requested TEXT,               -- why a full re-analysis is due, or NULL
@@ -155,6 +158,7 @@ class FileRecord:
     last: str | None
     run_id: str | None
     written_at: str
+    analysis_hash: str | None = None
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
@@ -405,11 +409,13 @@ class Catalog:
         self._checked.add(sig)
 
     def put_intent(self, path: Path, kind: str, subject: str | None, sha: str, size: int,
-                   rows: int | None, first: str | None, last: str | None, run_id: str | None) -> None:
+                   rows: int | None, first: str | None, last: str | None, run_id: str | None,
+                   analysis_hash: str | None = None) -> None:
         with self.tx() as c:
             c.execute(
-                "INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (self.rel(path), kind, subject, sha, size, rows, first, last, run_id, clock.iso_now()),
+                "INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (self.rel(path), kind, subject, sha, size, rows, first, last, run_id, clock.iso_now(),
+                 analysis_hash),
             )
 
     def commit_intents(self, paths: list[Path], forget: list[Path] = ()) -> None:  # type: ignore[assignment]
@@ -436,9 +442,9 @@ class Catalog:
         self.seconds += time.perf_counter() - t0
         with self.tx() as c:
             c.execute(
-                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (self.rel(path), kind, subject, digest, size, rows, first, last, run_id,
-                 clock.iso_now()),
+                 clock.iso_now(), None),
             )
 
     # --- pending changes -------------------------------------------------------------------------
@@ -485,11 +491,14 @@ class Catalog:
         widened it meanwhile). A full re-analysis asked for is done with this."""
         with self.tx() as c:
             c.execute(
-                "INSERT OR REPLACE INTO analyzer (instrument, analysis_hash, engine_version, "
-                "provisional_dates, full_requested, last_run_id, updated) VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO analyzer (instrument, analysis_hash, analysis_settings, "
+                "engine_version, provisional_dates, full_requested, last_run_id, updated) "
+                "VALUES (?,?,?,?,?,?,?,?)",
                 (
                     instrument,
                     state.get("analysis_hash"),
+                    json.dumps(state["analysis_settings"], sort_keys=True)
+                    if state.get("analysis_settings") is not None else None,
                     state.get("engine_version"),
                     json.dumps(state.get("provisional_dates", [])),
                     None if state.get("full_done") else state.get("full_requested"),
@@ -555,9 +564,9 @@ def _commit_intent(c: sqlite3.Connection, rel: str) -> None:
     if row is None:
         return
     c.execute(
-        "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+        "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (row["path"], row["kind"], row["subject"], row["sha256"], row["size"], row["rows"],
-         row["first"], row["last"], row["run_id"], clock.iso_now()),
+         row["first"], row["last"], row["run_id"], clock.iso_now(), row["analysis_hash"]),
     )
     c.execute("DELETE FROM intents WHERE path=?", (rel,))
 
@@ -630,6 +639,7 @@ def write_recorded(
     last: str | None = None,
     run_id: str | None = None,
     checked: bool = False,
+    analysis_hash: str | None = None,
 ) -> None:
     """Write a data file and its catalogue record by the protocol (module docstring).
 
@@ -646,7 +656,7 @@ def write_recorded(
         digest = sha256_file(tmp)
         size = os.stat(tmp).st_size
         cat.seconds += time.perf_counter() - t0
-        cat.put_intent(dest, kind, subject, digest, size, rows, first, last, run_id)
+        cat.put_intent(dest, kind, subject, digest, size, rows, first, last, run_id, analysis_hash)
     cat.commit_intents([dest])
 
 
@@ -746,6 +756,20 @@ def _migrate_json_state(settings: Settings, c: sqlite3.Connection) -> list[str]:
     return notes
 
 
+def _file_analysis_hash(path: Path, kind: str) -> str | None:
+    """The analysis-settings hash in a monthly file's metadata (None for a store file or none)."""
+    if kind != MONTHLY:
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # unreadable: verify reports it
+        return None
+    value = meta.get(b"analysis_hash")
+    return value.decode() if value else None
+
+
 def _manifest_lines(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     """The JSON records of an old manifest and the numbers of the lines that are not one (each
     line decoded on its own: one bad byte spoils only its line)."""
@@ -780,9 +804,9 @@ def _record_existing(settings: Settings, c: sqlite3.Connection) -> list[str]:
                 continue
             subject = p.parent.name if kind == STORE else p.parent.parent.name
             c.execute(
-                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (str(p.relative_to(settings.root)), kind, subject, sha256_file(p),
-                 p.stat().st_size, None, None, None, None, now),
+                 p.stat().st_size, None, None, None, None, now, _file_analysis_hash(p, kind)),
             )
             n += 1
     notes = [f"recorded {n} existing store and monthly file(s)"] if n else []
@@ -858,11 +882,13 @@ def store_instruments(settings: Settings) -> list[str]:
 def pending_analysis(settings: Settings, full: bool = False) -> dict[str, str]:
     """Instruments with analysis to do, each with the reason (empty: nothing to analyse).
 
-    Pending: bars changed since the last analysis, a full re-analysis asked for (after a
-    rebuild), or an instrument in the store never analysed. With ``full``, every instrument in
-    the store. Reads the catalogue without creating it.
+    Pending: the analysis settings changed since its results were computed (a full
+    re-analysis, by itself), a full re-analysis asked for (after a rebuild), bars changed since
+    the last analysis, or an instrument in the store never analysed. With ``full``, every
+    instrument in the store. Instruments in the store that the settings no longer name are not
+    analysed. Reads the catalogue without creating it.
     """
-    insts = store_instruments(settings)
+    insts = [i for i in store_instruments(settings) if i in settings.instruments]
     if full:
         return {inst: "full re-analysis requested" for inst in insts}
     cat = open_readonly(settings)
@@ -875,7 +901,13 @@ def pending_analysis(settings: Settings, full: bool = False) -> dict[str, str]:
     out: dict[str, str] = {}
     for inst in insts:
         st = states.get(inst)
-        if st and st.get("full_requested"):
+        if st and st.get("analysis_hash") and st["analysis_hash"] != settings.analysis_hash_for(inst):
+            old = json.loads(st["analysis_settings"]) if st.get("analysis_settings") else None
+            out[inst] = (
+                f"analysis settings changed: {inst}: "
+                f"{describe_analysis_change(old, settings.analysis_dict_for(inst))}; full re-analysis"
+            )
+        elif st and st.get("full_requested"):
             out[inst] = f"full re-analysis: {st['full_requested']}"
         elif inst in changes:
             first, last = changes[inst]
@@ -883,6 +915,35 @@ def pending_analysis(settings: Settings, full: bool = False) -> dict[str, str]:
         elif st is None or st.get("analysis_hash") is None:
             out[inst] = "never analysed"
     return out
+
+
+def stale_results(settings: Settings) -> dict[str, str]:
+    """Per stream whose monthly files hold results of other analysis settings (or of an
+    instrument the settings no longer name), why. Empty: every stored result belongs to the
+    current settings. From the catalogue alone (no file is read)."""
+    cat = open_readonly(settings)
+    if cat is None:
+        return {}
+    try:
+        rows = cat.query(
+            "SELECT subject, analysis_hash, count(*) FROM files WHERE kind=? GROUP BY subject, analysis_hash",
+            (MONTHLY,),
+        )
+    finally:
+        cat.close()
+    out: dict[str, str] = {}
+    for stream, digest, n in rows:
+        inst = stream[:-1] if stream else None
+        if inst not in settings.instruments:
+            out[stream] = f"{n} monthly file(s) of {inst}, no longer in the settings"
+        elif digest is not None and digest != settings.analysis_hash_for(inst):
+            out[stream] = f"{n} monthly file(s) computed with other analysis settings ({digest})"
+    return out
+
+
+def removed_streams(settings: Settings) -> list[str]:
+    """Streams with monthly files whose instrument the settings no longer name."""
+    return sorted(s for s, why in stale_results(settings).items() if "no longer" in why)
 
 
 def pending_merges(settings: Settings) -> list[Path]:

@@ -685,10 +685,15 @@ class Engine:
                 "instruments": insts, "reasons": pending, "workers": s.effective_workers,
                 "full": run.full}
         pending_dirs = catalog.pending_merges(s)
-        if not pending_dirs:
+        removed = catalog.removed_streams(s)
+        if not pending_dirs and not removed:
             return False, "no analyzer output awaiting merge", {}
-        return True, f"{len(pending_dirs)} analyzer run folder(s) awaiting merge", {
-            "run_folders": [p.name for p in pending_dirs], "count": len(pending_dirs)}
+        why = f"{len(pending_dirs)} analyzer run folder(s) awaiting merge" if pending_dirs else ""
+        if removed:
+            why += ("; " if why else "") + f"results of instruments no longer in the settings: {', '.join(removed)}"
+        return True, why, {
+            "run_folders": [p.name for p in pending_dirs], "count": len(pending_dirs),
+            "removed_streams": removed}
 
     def _command(self, run: _Run, stage: str, instrument: str | None) -> list[str]:
         if self.stage_command is not None:

@@ -187,5 +187,13 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
             "merges": [p.name for p in catalog.pending_merges(settings)],
         },
         "monthly": monthly,
+        "results_settings": {
+            "current": {
+                inst: settings.analysis_hash_for(inst)
+                for inst in sorted({results.stream_instrument(k) for k in monthly})
+                if inst in settings.instruments
+            },
+            "stale": catalog.stale_results(settings),
+        },
         "runs": read_runs(settings, limit=runs),
     }

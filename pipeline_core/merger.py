@@ -47,11 +47,13 @@ from pipeline_core.fsutil import fsync_dir, remove_stale_temp_files
 from pipeline_core.protocol import Reporter, stage_main
 from pipeline_core.results import (
     META_ANALYSIS_HASH,
+    META_ANALYSIS_SETTINGS,
     META_COVERED,
     META_CREATED_NS,
     META_ENGINE_VERSION,
     META_INSTRUMENT,
     META_MODE,
+    META_REPLACE,
     META_RUN_ID,
     META_UPDATED,
     ResultSchemaError,
@@ -86,6 +88,7 @@ class RunFile:
     engine_version: str
     analysis_hash: str
     table: pa.Table
+    analysis_settings: str = ""
     covered: np.ndarray | None = None  # a full run's analysed dates (date32 day numbers)
 
     @property
@@ -121,6 +124,7 @@ class MergeSummary:
     file_errors: list[str] = field(default_factory=list)
     folders_removed: list[str] = field(default_factory=list)
     folders_kept: list[str] = field(default_factory=list)
+    streams_removed: list[str] = field(default_factory=list)
 
     @property
     def errors(self) -> list[str]:
@@ -143,6 +147,7 @@ class MergeSummary:
             "rows_replaced": sum(g.replaced for g in written),
             "rows_removed": sum(g.removed for g in written),
             "rows_kept_without_bars": sum(g.kept_without_bars for g in self.groups),
+            "streams_removed": len(self.streams_removed),
             "folders_removed": len(self.folders_removed),
             "folders_kept": len(self.folders_kept),
             "errors": len(self.errors),
@@ -213,12 +218,15 @@ def load_run_file(path: Path) -> RunFile:
         engine_version=meta.get(META_ENGINE_VERSION, ""),
         analysis_hash=meta.get(META_ANALYSIS_HASH, ""),
         table=table,
+        analysis_settings=meta.get(META_ANALYSIS_SETTINGS, ""),
         covered=_covered(path, meta),
     )
 
 
 def _covered(path: Path, meta: dict[str, str]) -> np.ndarray | None:
-    if meta.get(META_MODE) != "full" or META_COVERED not in meta:
+    """The dates a full run stands for; None: every date (a settings change, or an output of an
+    earlier version)."""
+    if meta.get(META_MODE) != "full" or META_COVERED not in meta or meta.get(META_REPLACE) == "1":
         return None
     try:
         return decode_dates(meta[META_COVERED])
@@ -432,7 +440,35 @@ def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
         if journalled:
             _write_journal(settings, journal_of(kept_files))
     summary.folders_kept = [f.name for f in folders if f not in complete]
+    _remove_streams_of_removed_instruments(settings, summary, reporter)
     return summary
+
+
+def _remove_streams_of_removed_instruments(
+    settings: Settings, summary: MergeSummary, reporter: Reporter | None
+) -> None:
+    """Monthly files of instruments the settings no longer name hold results the settings would
+    not produce: they go (each file counted; its rows in ``rows_removed``)."""
+    files = monthly_files(settings)
+    for stream in catalog.removed_streams(settings):
+        for path in files.get(stream, []):
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except Exception:  # unreadable: it goes all the same, counted without rows
+                rows = 0
+            catalog.remove_recorded(settings, path)
+            key = parse_monthly_name(path.name)
+            g = GroupOutcome(stream, key[1] if key else 0, key[2] if key else 0, path,
+                             removed=rows, action="deleted")
+            summary.groups.append(g)
+            if reporter:
+                _report_group(reporter, settings, g)
+        summary.streams_removed.append(stream)
+        if reporter:
+            reporter.warning(
+                f"{stream}: results removed: {stream_instrument(stream)} is no longer in the settings",
+                stream=stream,
+            )
 
 
 def _merge_one(
@@ -461,6 +497,7 @@ def _merge_one(
         meta = {
             META_ENGINE_VERSION: newest.engine_version,
             META_ANALYSIS_HASH: newest.analysis_hash,
+            META_ANALYSIS_SETTINGS: newest.analysis_settings,
             META_RUN_ID: newest.run_id,
         }
         changed = outcome.added or outcome.replaced or outcome.removed
@@ -485,6 +522,7 @@ def _merge_one(
             last=str(pc.max(dates).as_py()) if table.num_rows else None,
             run_id=newest.run_id,
             checked=True,
+            analysis_hash=newest.analysis_hash,
         )
         outcome.action = "written"
     except (DamageError, CatalogError) as exc:  # named, with the repair; blocks this group only
@@ -527,11 +565,12 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     settings.ensure_dirs()
     started = time.monotonic()
     folders = run_folders(settings)
-    if not folders:
+    if not folders and not catalog.removed_streams(settings):
         rep.say("nothing to merge: data/analyzer_temp holds no run folders")
         rep.result("success", "nothing to merge", counts=MergeSummary().counts())
         return "success"
-    rep.say(f"merging {len(folders)} run folder(s): {', '.join(f.name for f in folders)}")
+    if folders:
+        rep.say(f"merging {len(folders)} run folder(s): {', '.join(f.name for f in folders)}")
     summary = merge(settings, rep)
     counts = summary.counts()
     counts["seconds"] = round(time.monotonic() - started, 3)

@@ -31,6 +31,8 @@ META_CREATED_NS = "created_ns"  # time.time_ns() when the output was written: or
 META_MODE = "mode"  # "full" or "incremental"
 META_UPDATED = "updated"  # monthly files: when the merger last wrote it
 META_COVERED = "covered_dates"  # full analyzer output: the dates it analysed (encode_dates)
+META_REPLACE = "replace"  # "1": output of a settings change: it replaces the instrument's history
+META_ANALYSIS_SETTINGS = "analysis_settings"  # JSON: the settings that produced the rows
 
 
 def encode_dates(days: list[int] | np.ndarray) -> str:

@@ -285,6 +285,49 @@ class Settings:
         blob = json.dumps(self.analysis_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def analysis_dict_for(self, symbol: str) -> dict[str, Any]:
+        """The settings that decide ``symbol``'s results: its tick and target (a micro's come
+        from its base), the sessions and slots, trade days, entry cutoff, break-even fraction and
+        stop cap. Nothing else (timeouts, keys, workers, paths, input, point values) changes a
+        result row."""
+        inst = self.instrument(symbol)
+        full = self.analysis_dict()
+        del full["instruments"]
+        return {"instrument": {"symbol": symbol, "tick": inst.tick, "target": inst.target}, **full}
+
+    def analysis_hash_for(self, symbol: str) -> str:
+        """The hash of :meth:`analysis_dict_for`: results computed with another hash are stale."""
+        blob = json.dumps(self.analysis_dict_for(symbol), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def describe_analysis_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    """What differs between two :meth:`Settings.analysis_dict_for` values, in the operator's
+    words (``"tick 0.25 -> 0.5; S2 slots 09:30 10:00 10:30 11:00 -> 09:30 10:00 10:30"``)."""
+    if not old:
+        return "the settings of the stored results are not known"
+
+    def flat(d: Mapping[str, Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for k, v in d.get("instrument", {}).items():
+            if k != "symbol":
+                out[k] = str(v)
+        for sess in d.get("sessions", []):
+            out[f"{sess['name']} range start"] = sess["range_start"]
+            out[f"{sess['name']} slots"] = " ".join(sess["slots"])
+        days = "Mon Tue Wed Thu Fri Sat Sun".split()
+        out["trade days"] = " ".join(days[i] for i in d.get("trade_days", []))
+        for k in ("entry_cutoff", "break_even_fraction", "stop_cap_multiple"):
+            out[k.replace("_", " ")] = str(d.get(k))
+        return out
+
+    a, b = flat(old), flat(new)
+    parts = []
+    for key in [*a, *(k for k in b if k not in a)]:
+        if a.get(key) != b.get(key):
+            parts.append(f"{key} {a.get(key) or '(none)'} -> {b.get(key) or '(removed)'}")
+    return "; ".join(parts) or "no difference"
+
 
 # --- loading ---------------------------------------------------------------------------------
 

@@ -319,6 +319,13 @@ def format_status(st: dict[str, Any]) -> str:
         f"  results:    {sum(monthly.values())} monthly file(s)"
         + (" (" + ", ".join(f"{k} {v}" for k, v in monthly.items()) + ")" if monthly else "")
     )
+    rset = st.get("results_settings") or {}
+    if rset.get("stale"):
+        lines.append("  settings:   results from other settings (the next run re-analyses them): "
+                     + "; ".join(f"{k}: {v}" for k, v in rset["stale"].items()))
+    elif rset.get("current"):
+        lines.append("  settings:   results match the current analysis settings ("
+                     + ", ".join(f"{k} {v}" for k, v in rset["current"].items()) + ")")
     runs = st["runs"]
     if not runs:
         lines.append("  last runs:  none")

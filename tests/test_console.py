@@ -524,19 +524,20 @@ async def test_stage_failures_notify_naming_the_stage_and_the_error(tmp_path):
     assert "translator partial" in text and "quarantined" in text
     assert any(n[1] == f"Run {first['run_id'][:8]} partial" for n in app.notified)
 
-    # the analysis settings change and new bars arrive: the analyzer refuses without --full
-    (root / "qtsw.toml").write_text('[analysis]\nentry_cutoff = "15:00"\n')  # the stages read it too
-    changed = make_settings(root)
-    assert changed.analysis_hash != s.analysis_hash
-    write_samples(changed, days=1, instruments=["ES"], end=date(2025, 11, 28))
-    app = console(changed)
+    # a store file is damaged and ES is due for a full re-analysis: the analyzer fails, named
+    [store_file] = sorted((s.processed_dir / "ES").glob("ES_*.parquet"))
+    data = bytearray(store_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    store_file.write_bytes(bytes(data))
+    catalog.open_catalog(s).request_full("ES", "asked for by the operator")
+    app = console(s)
     async with app.run_test(size=SIZE) as pilot:
-        second = await run_and_wait(pilot, "r", 1, "the run after the settings change")
+        second = await run_and_wait(pilot, "r", 1, "the run with a damaged store file")
         await pilot.press("q")
     assert second["stages"]["analyzer"] == "failure"
     severity, title, text = next(n for n in app.notified if n[1].startswith("Analyzer"))
     assert severity == "error" and title == "Analyzer failed"
-    assert "ES" in text and "analysis settings changed" in text and "--full" in text
+    assert "ES" in text and "rebuild --instrument ES" in text
     assert any(n[0] == "error" and n[1] == f"Run {second['run_id'][:8]} failure" for n in app.notified)
 
 

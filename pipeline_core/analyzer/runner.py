@@ -9,8 +9,9 @@ Which trading dates are analysed (§4.7):
   changed (``state.read_changes``), plus the dates that still hold ``Final = false`` rows (kept in
   the analyzer state). Only the bars those dates need are read from the store.
 
-A different analysis-settings hash than the state's makes an incremental run fail: the settings
-changed and a full re-analysis (``--full``) is required.
+A different analysis-settings hash (of the instrument's own analysis settings) than the
+state's makes the run a full re-analysis by itself, whose output replaces every older row of the
+instrument (rows of removed slots and sessions, and rows whose bars are gone, included).
 
 The output is written atomically with the engine version, the analysis hash, the run id and a
 ``created_ns`` stamp (the merger's run order) in its Parquet metadata. Only once it is durable are
@@ -22,6 +23,7 @@ concurrently; each touches only its own state file and output file.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import uuid
@@ -50,19 +52,21 @@ from pipeline_core.fsutil import write_parquet_atomic
 from pipeline_core.protocol import Reporter, stage_main
 from pipeline_core.results import (
     META_ANALYSIS_HASH,
+    META_ANALYSIS_SETTINGS,
     META_COVERED,
     META_CREATED,
     META_CREATED_NS,
     META_ENGINE_VERSION,
     META_INSTRUMENT,
     META_MODE,
+    META_REPLACE,
     META_RUN_ID,
     RESULTS,
     decode_dates,
     encode_dates,
     read_result_file,
 )
-from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings
+from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings, describe_analysis_change
 
 BAR_COLUMNS = ("timestamp", "open", "high", "low", "close")  # what the strategy reads
 # The last window is read this much further, to find the bar that follows it in the same read.
@@ -71,10 +75,6 @@ _NEXT_BAR_MARGIN = timedelta(days=5)
 _JOIN_GAP = timedelta(days=3)
 # Report progress at least this often while analysing (seconds).
 _PROGRESS_EVERY = 0.5
-
-
-class AnalysisSettingsChanged(Exception):
-    """The analysis settings differ from those of the last analysis: ``--full`` is required."""
 
 
 @dataclass
@@ -263,8 +263,9 @@ def analyze_instrument(
 ) -> AnalyzerOutcome:
     """Analyse what is due for ``inst`` (everything with ``full``), write the run output, update state.
 
-    Raises :class:`AnalysisSettingsChanged` when the settings hash differs from the last analysis
-    and ``full`` is not set, :class:`StateError` for an unreadable state file, and KeyError for
+    When the instrument's analysis settings differ from those its results were computed with,
+    the analysis is a full one that replaces every older row (and says why). Raises
+    :class:`StateError` for an unreadable state file, and KeyError for
     an instrument not in the settings.
     """
     run_id = run_id or str(uuid.uuid4())
@@ -279,12 +280,18 @@ def analyze_instrument(
             reporter.say(f"{inst}: full re-analysis: {requested}")
     if st is not None and st.get("analysis_hash") is None:
         st = None  # only a request on record: never analysed
-    if st is not None and not full and st.get("analysis_hash") != settings.analysis_hash:
-        raise AnalysisSettingsChanged(
-            f"the analysis settings changed since {inst} was last analysed "
-            f"(settings hash {st.get('analysis_hash')} -> {settings.analysis_hash}): "
-            f"a full re-analysis is required: run the analyzer with --full"
-        )
+    current = settings.analysis_hash_for(inst)
+    replace = False
+    if st is not None and st.get("analysis_hash") != current:
+        # Results of other settings: recompute everything, and let no old row survive.
+        old = json.loads(st["analysis_settings"]) if st.get("analysis_settings") else None
+        why = describe_analysis_change(old, settings.analysis_dict_for(inst))
+        if reporter:
+            reporter.warning(
+                f"analysis settings changed: {inst}: {why}; full re-analysis",
+                instrument=inst, changed=why, old_hash=st.get("analysis_hash"), new_hash=current,
+            )
+        full = replace = True
     if st is not None and not full and st.get("engine_version") != ENGINE_VERSION and reporter:
         reporter.warning(
             f"{inst}: older results come from engine {st.get('engine_version')} "
@@ -362,7 +369,7 @@ def analyze_instrument(
     # of the dates it analysed).
     t2 = time.perf_counter()
     if result.num_rows or full_mode:
-        out.output = _write_output(settings, run_id, inst, result, dates, full_mode)
+        out.output = _write_output(settings, run_id, inst, result, dates, full_mode, replace)
     out.write_seconds = time.perf_counter() - t2
     # Only now that the output is durable: the new state, then the consumed change range.
     _save_state(settings, inst, run_id, out.provisional_dates, changes)
@@ -385,7 +392,8 @@ def _save_state(
     catalog.open_catalog(settings).save_analysis(
         inst,
         {
-            "analysis_hash": settings.analysis_hash,
+            "analysis_hash": settings.analysis_hash_for(inst),
+            "analysis_settings": settings.analysis_dict_for(inst),
             "engine_version": ENGINE_VERSION,
             "provisional_dates": [d.isoformat() for d in provisional],
             "last_run_id": run_id,
@@ -397,8 +405,12 @@ def _save_state(
 
 
 def _write_output(
-    settings: Settings, run_id: str, inst: str, result: pa.Table, dates: list[date], full: bool
+    settings: Settings, run_id: str, inst: str, result: pa.Table, dates: list[date], full: bool,
+    replace: bool = False,
 ) -> Path:
+    """The run's output file for ``inst``. A ``full`` output stands for the dates it analysed
+    (older rows on other dates are kept by the merger); a ``replace`` output (the analysis
+    settings changed) stands for the instrument's whole history."""
     path = output_path(settings, run_id, inst)
     mode = "full" if full else "incremental"
     day_numbers = pa.array(dates, pa.date32()).cast(pa.int32()).to_numpy()
@@ -416,14 +428,17 @@ def _write_output(
         )
     meta = {
         META_ENGINE_VERSION: ENGINE_VERSION,
-        META_ANALYSIS_HASH: settings.analysis_hash,
+        META_ANALYSIS_HASH: settings.analysis_hash_for(inst),
+        META_ANALYSIS_SETTINGS: json.dumps(settings.analysis_dict_for(inst), sort_keys=True),
         META_RUN_ID: run_id,
         META_INSTRUMENT: inst,
         META_CREATED: clock.iso_now(),
         META_CREATED_NS: str(time.time_ns()),
         META_MODE: mode,
     }
-    if covered is not None:
+    if replace:
+        meta[META_REPLACE] = "1"
+    elif covered is not None:
         # The merger drops older rows only on dates a full run analysed (bars still stored).
         meta[META_COVERED] = encode_dates(covered)
     table = result.cast(RESULT_SCHEMA).replace_schema_metadata(
@@ -452,7 +467,7 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     try:
         with catalog.instrument_lock(settings, inst, shared=True):
             out = analyze_instrument(settings, inst, full=args.full, run_id=run_id, reporter=rep)
-    except (AnalysisSettingsChanged, StateError, DamageError, CatalogError) as exc:
+    except (StateError, DamageError, CatalogError) as exc:
         rep.say(f"ERROR {exc}")
         rep.result("failure", str(exc), counts={"instrument": inst, "dates": 0}, error=str(exc))
         return "failure"
