@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_core import clock
-from pipeline_core.fsutil import atomic_path, read_json
+from pipeline_core.fsutil import atomic_path, fsync_dir, read_json
 from pipeline_core.settings import CHICAGO, Settings, describe_analysis_change
 
 SCHEMA_VERSION = 1
@@ -371,6 +371,8 @@ class Catalog:
             try:
                 digest = sha256_file(path)
             except FileNotFoundError:
+                if self._complete_intent(path, DELETED):
+                    return  # a removal that died before its record went
                 raise DamageError(
                     path, "missing: the catalogue records it", repair_hint(kind, subject)
                 ) from None
@@ -563,6 +565,10 @@ def _commit_intent(c: sqlite3.Connection, rel: str) -> None:
     row = c.execute("SELECT * FROM intents WHERE path=?", (rel,)).fetchone()
     if row is None:
         return
+    if row["sha256"] == DELETED:
+        c.execute("DELETE FROM files WHERE path=?", (rel,))
+        c.execute("DELETE FROM intents WHERE path=?", (rel,))
+        return
     c.execute(
         "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (row["path"], row["kind"], row["subject"], row["sha256"], row["size"], row["rows"],
@@ -660,11 +666,21 @@ def write_recorded(
     cat.commit_intents([dest])
 
 
+DELETED = "-"  # the sha256 of an intent to delete a file
+
+
 def remove_recorded(settings: Settings, path: Path) -> None:
-    """Remove a data file and its record (the file first: a crash leaves a record of a missing
-    file, which reconcile drops)."""
+    """Remove a data file and its record by the same protocol as a write: an intent to delete,
+    the unlink, then the record's removal (a crash in between is finished by :func:`reconcile`
+    or the next :meth:`Catalog.check`)."""
+    cat = open_catalog(settings)
+    if cat.record(path) is None:
+        path.unlink(missing_ok=True)
+        return
+    cat.put_intent(path, "-", None, DELETED, 0, None, None, None, None)
     path.unlink(missing_ok=True)
-    open_catalog(settings).forget(path)
+    fsync_dir(path.parent)
+    cat.forget(path)
 
 
 # --- reconcile at start --------------------------------------------------------------------------
@@ -682,7 +698,13 @@ def reconcile(settings: Settings) -> list[str]:
         except FileNotFoundError:
             digest = None
         with cat.tx() as c:
-            if digest == row["sha256"]:
+            if row["sha256"] == DELETED:
+                if digest is None:
+                    _commit_intent(c, row["path"])
+                    notes.append(f"{row['path']}: removed but still recorded when qtsw stopped; record removed")
+                else:
+                    c.execute("DELETE FROM intents WHERE path=?", (row["path"],))
+            elif digest == row["sha256"]:
                 _commit_intent(c, row["path"])
                 notes.append(f"{row['path']}: written but not recorded when qtsw stopped; recorded now")
             else:

@@ -357,3 +357,26 @@ def test_rebuild_with_the_engine_running_leaves_the_reanalysis_to_it(tmp_path: P
         eng.send_signal(signal.SIGTERM)
         eng.wait(30)
     assert eng.returncode == 0
+
+
+def test_a_removal_interrupted_before_its_record_is_finished(settings: Settings) -> None:
+    import pyarrow as pa
+
+    path = settings.analyzer_runs_dir / "ES1" / "2025" / "ES1_an_2025_11.parquet"
+    catalog.write_recorded(settings, path, catalog.MONTHLY, "ES1",
+                           lambda t: pq.write_table(pa.table({"x": [1]}), t))
+    cat = catalog.open_catalog(settings)
+    cat.put_intent(path, "-", None, catalog.DELETED, 0, None, None, None, None)
+    path.unlink()  # the process died here, before the record went
+    cat.check(path, catalog.MONTHLY, "ES1")  # not "missing": the removal is finished instead
+    assert cat.record(path) is None
+    # the same crash, found by the next start instead
+    catalog.write_recorded(settings, path, catalog.MONTHLY, "ES1",
+                           lambda t: pq.write_table(pa.table({"x": [2]}), t))
+    cat.put_intent(path, "-", None, catalog.DELETED, 0, None, None, None, None)
+    path.unlink()
+    assert catalog.reconcile(settings) == [
+        "data/analyzer_runs/ES1/2025/ES1_an_2025_11.parquet: removed but still recorded when "
+        "qtsw stopped; record removed"
+    ]
+    assert cat.record(path) is None
