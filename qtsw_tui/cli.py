@@ -195,13 +195,35 @@ def _headless(engine: Any, args: argparse.Namespace, not_before: Any) -> int:
     engine.subscribe(printer)
     if args.run_now or args.stage:
         stages = [args.stage] if args.stage else None
-        rs = anyio.run(_one_run, engine, stages, bool(args.full), printer)
+        try:
+            rs = anyio.run(_one_run, engine, stages, bool(args.full), printer)
+        except Exception as exc:  # not even the run's event log could be written (a full disk)
+            os_error = _os_error(exc)
+            if os_error is None:
+                raise
+            _err(f"the run could not be recorded: {os_error.filename or ''}: {os_error.strerror or os_error}")
+            return EXIT_CODES["failure"]
         if rs is None:  # interrupted before the run began
             return EXIT_CODES["cancelled"]
         report = history.find_report(engine.settings, rs.run_id)
         printer.summary(rs, report.get("path") if report else None)
+        if rs.record_error:  # the run went as it says, but not all of its record is on disk
+            _err(f"run {rs.run_id[:8]} {rs.status}, but its record is incomplete: {rs.record_error}")
+            return EXIT_CODES["failure"]
         return EXIT_CODES.get(rs.status, 2)
     return anyio.run(_serve, engine, not_before, printer)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError in ``exc`` (itself, or within an exception group), else None."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _stop_signals() -> list[signal.Signals]:
@@ -273,7 +295,9 @@ def _status(argv: list[str]) -> int:
     except SettingsError as exc:
         _err(str(exc))
         return EXIT_CANNOT_START
-    st = collect_status(settings, runs=args.runs)
+    from pipeline_core.safetext import safe_data
+
+    st = safe_data(collect_status(settings, runs=args.runs))  # file names reach the terminal escaped
     text = json.dumps(st, default=str, indent=2) if args.json else format_status(st)
     try:
         print(text, flush=True)
@@ -305,6 +329,8 @@ def format_status(st: dict[str, Any]) -> str:
         f"{len(raw['exporting'])} being exported{_names(raw['exporting'])}, "
         f"{len(raw['quarantined'])} quarantined, {raw['archived']} archived"
     )
+    for ign in raw.get("ignored", []):
+        lines.append(f"  ignored:    {ign['path']}: {ign['reason']}")
     proc = st["processed"]
     files = sum(v["files"] for v in proc.values())
     size = sum(v["bytes"] for v in proc.values()) / 1e6
