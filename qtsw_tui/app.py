@@ -328,6 +328,12 @@ class QtswApp(App[int]):
 
     def _show_counters(self, counters: Counters) -> None:
         self.query_one("#counters", CountersPanel).show(counters)
+        header = self.query_one("#header", StatusHeader)
+        stale = tuple(sorted(counters.stale_results))
+        if stale != header.stale:
+            header.stale = stale
+            if self.snapshot is not None:
+                header.show(self.snapshot, self.clock())
 
     # --- actions --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

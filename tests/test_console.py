@@ -567,6 +567,33 @@ async def test_file_names_reach_the_console_as_plain_escaped_text(tmp_path):
     assert "\x1b" not in text
 
 
+async def test_results_from_other_settings_are_said_until_the_next_run_merged(tmp_path):
+    s = make_settings(tmp_path / "root")
+    write_samples(s, days=2, instruments=["ES"], end=SAMPLE_END)
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await run_and_wait(pilot, "r", 0, "the first run")
+        await pilot.press("q")
+    # the operator moves the S1 range start: every ES result was computed with other settings
+    (s.root / "qtsw.toml").write_text(
+        '[sessions]\nS1 = {range_start = "03:00", slots = ["07:30", "08:00", "09:00"]}\n'
+        'S2 = {range_start = "08:00", slots = ["09:30", "10:00", "10:30", "11:00"]}\n')
+    s = make_settings(s.root)
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "results from other settings" in header_text(app), "the header's notice")
+        assert "(ES1, ES2): the next run re-analyses" in header_text(app)
+        await pilot.press("s")
+        res = app.screen
+        assert isinstance(res, ResultsScreen)
+        status = res.query_one("#results-status")
+        await wait_for(pilot, lambda: "results from other settings" in shown_text(status), "the results notice")
+        await pilot.press("escape")
+        await run_and_wait(pilot, "r", 1, "the run that re-analyses")
+        await wait_for(pilot, lambda: "results from other settings" not in header_text(app), "the notice to go")
+        await pilot.press("q")
+
+
 async def test_stage_pane_stops_following_when_scrolled_up(tmp_path):
     s = make_settings(tmp_path / "root")
     app = console(s)
