@@ -189,19 +189,50 @@ def _headless(engine: Any, args: argparse.Namespace, not_before: Any) -> int:
     import anyio
 
     from pipeline_core import history
+    from pipeline_core.control import ControlError, ControlServer
+    from pipeline_core.sdnotify import Notifier
     from qtsw_tui.headless import HeadlessPrinter
 
     printer = HeadlessPrinter(sys.stdout, json_mode=args.json, verbose=args.verbose)
     engine.subscribe(printer)
-    if args.run_now or args.stage:
+    one_run = bool(args.run_now or args.stage)
+    server: Any = ControlServer(engine, engine.settings, hosted_by="headless", takes_runs=not one_run)
+    try:
+        server.open()
+    except ControlError as exc:  # the pipeline still runs; only attaching is impossible
+        _err(f"{exc}; consoles cannot attach to this engine")
+        server = None
+    host = _Host(engine, server, Notifier())
+    if one_run:
         stages = [args.stage] if args.stage else None
-        rs = anyio.run(_one_run, engine, stages, bool(args.full), printer)
+        rs = anyio.run(_one_run, engine, stages, bool(args.full), printer, host)
         if rs is None:  # interrupted before the run began
             return EXIT_CODES["cancelled"]
         report = history.find_report(engine.settings, rs.run_id)
         printer.summary(rs, report.get("path") if report else None)
         return EXIT_CODES.get(rs.status, 2)
-    return anyio.run(_serve, engine, not_before, printer)
+    return anyio.run(_serve, engine, not_before, printer, host)
+
+
+class _Host:
+    """What runs beside a headless engine: its control socket and the service-manager notices."""
+
+    def __init__(self, engine: Any, server: Any, notifier: Any) -> None:
+        self.engine = engine
+        self.server = server
+        self.notifier = notifier
+
+    def start(self, tg: Any) -> None:
+        """Serve the socket and tell the service manager the engine is ready (lock and socket up)."""
+        from pipeline_core.sdnotify import engine_status
+
+        if self.server is not None:
+            tg.start_soon(self.server.serve)
+        self.notifier.ready(engine_status(self.engine))
+        tg.start_soon(self.notifier.run, lambda: engine_status(self.engine))
+
+    def stopping(self) -> None:
+        self.notifier.stopping("stopping")
 
 
 def _stop_signals() -> list[signal.Signals]:
@@ -212,7 +243,7 @@ def _stop_signals() -> list[signal.Signals]:
     return sigs
 
 
-async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any) -> Any:
+async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any, host: _Host) -> Any:
     import anyio
 
     out: dict[str, Any] = {}
@@ -223,18 +254,21 @@ async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: A
                 task_status.started()
                 async for sig in signals:
                     printer.note(f"{sig.name}: cancelling the run")
+                    host.stopping()
                     if not engine.cancel():
                         tg.cancel_scope.cancel()
 
         await tg.start(watch_signals)  # handlers in place before anything can be interrupted
+        host.start(tg)
         out["rs"] = await engine.run(
             "stage" if stages else "manual", stages=stages, full=full
         )
+        host.stopping()
         tg.cancel_scope.cancel()
     return out.get("rs")
 
 
-async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
+async def _serve(engine: Any, not_before: Any, printer: Any, host: _Host) -> int:
     import anyio
 
     state = {"cancelled_a_run": False}
@@ -247,10 +281,13 @@ async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
                     busy = engine.busy
                     state["cancelled_a_run"] = state["cancelled_a_run"] or busy
                     printer.note(f"{sig.name}: stopping" + (" (cancelling the active run)" if busy else ""))
+                    host.stopping()
                     engine.stop()
 
         await tg.start(watch_signals)
+        host.start(tg)
         await engine.serve(schedule=True, not_before=not_before)
+        host.stopping()
         tg.cancel_scope.cancel()
     return EXIT_CODES["cancelled"] if state["cancelled_a_run"] else 0
 
