@@ -714,9 +714,12 @@ class Connection:
         try:
             with _short_path(self.path) as where:
                 self.sock.connect(where)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
+        except FileNotFoundError:
             self.sock.close()
-            raise NoEngine(f"no engine is serving {self.path} ({exc.strerror or exc})") from None
+            raise NoEngine(f"no control socket at {self.path}") from None
+        except ConnectionRefusedError:
+            self.sock.close()
+            raise NoEngine(f"nobody listens on {self.path}") from None
         except OSError as exc:
             self.sock.close()
             raise ControlError(f"{self.path}: cannot connect: {exc.strerror or exc}") from None

@@ -11,6 +11,8 @@
     qtsw status [--json]              what is where: files per folder, last runs, lock holder
     qtsw verify [--json]              check the data files against the catalogue
     qtsw rebuild --instrument X|--all rebuild a bar store from the raw archive, re-analyse it
+    qtsw ctl run-now [--full]|stage NAME|pause|resume|cancel|status [--json]
+                                      commands to the running engine, through its control socket
 
 Also ``--root PATH`` (env ``QTSW_ROOT``), ``--config FILE``, ``--full``, ``--json`` (headless:
 raw event lines), ``--verbose`` (headless: stage output too).
@@ -33,7 +35,7 @@ from typing import Any, NoReturn
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("sample", "status", "verify", "rebuild")
+COMMANDS = ("sample", "status", "verify", "rebuild", "ctl")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(sample.main(_globals(before) + after) or 0)
     if command == "status":
         return _status(_globals(before) + after)
+    if command == "ctl":
+        return _ctl(_globals(before) + after)
     if command in ("verify", "rebuild"):
         from qtsw_tui import repaircmd
 
@@ -290,6 +294,99 @@ async def _serve(engine: Any, not_before: Any, printer: Any, host: _Host) -> int
         host.stopping()
         tg.cancel_scope.cancel()
     return EXIT_CODES["cancelled"] if state["cancelled_a_run"] else 0
+
+
+# --- qtsw ctl -----------------------------------------------------------------------------------
+
+CTL_COMMANDS = {"run-now": "run_now", "stage": "stage", "pause": "pause", "resume": "resume",
+                "cancel": "cancel"}
+
+
+def _ctl(argv: list[str]) -> int:
+    """``qtsw ctl …``: 0 accepted, 4 no engine or refused (the reason on stderr), 2 broken reply."""
+    p = _Parser(prog="qtsw ctl", description="Send a command to the engine running on the data "
+                "root, through its control socket. Exit codes: 0 accepted, 4 no engine running or "
+                "the command refused (the reason on stderr), 2 the engine answered something unexpected.")
+    p.add_argument("--root")
+    p.add_argument("--config")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_now = sub.add_parser("run-now", help="start a full run now")
+    run_now.add_argument("--full", action="store_true", help="re-analyse everything")
+    stage = sub.add_parser("stage", help="run one stage now")
+    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("--full", action="store_true", help="re-analyse everything (analyzer)")
+    sub.add_parser("pause", help="pause the schedule (a running run continues)")
+    sub.add_parser("resume", help="resume the schedule")
+    sub.add_parser("cancel", help="cancel the active run")
+    status = sub.add_parser("status", help="the engine's state: schedule, next run, active run")
+    status.add_argument("--json", action="store_true", help="print it as one JSON object")
+    for sp in sub.choices.values():  # so that --root may also follow the command
+        sp.add_argument("--root", dest="root_after", help=argparse.SUPPRESS)
+        sp.add_argument("--config", dest="config_after", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from pipeline_core.control import ControlError, NoEngine, connect
+    from pipeline_core.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(root=args.root_after or args.root, config=args.config_after or args.config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_START
+    try:
+        with connect(settings) as conn:
+            if args.command == "status":
+                snap = conn.snapshot()
+                if args.json:
+                    print(json.dumps({"engine": conn.hello, "snapshot": snap}, indent=2), flush=True)
+                else:
+                    print(format_ctl_status(conn.hello, snap), flush=True)
+                return 0
+            params: dict[str, Any] = {}
+            if args.command in ("run-now", "stage") and args.full:
+                params["full"] = True
+            if args.command == "stage":
+                params["stage"] = args.name
+            reply = conn.command(CTL_COMMANDS[args.command], **params)
+    except NoEngine as exc:
+        _err(f"no engine is running on data root {settings.root} ({exc})")
+        return EXIT_CANNOT_START
+    except (ControlError, OSError) as exc:
+        _err(f"the engine's control socket: {exc}")
+        return EXIT_CODES["failure"]
+    if reply.get("type") == "accepted":
+        detail = reply.get("detail") or (f"run {str(reply['run_id'])[:8]}" if reply.get("run_id") else "")
+        print(f"accepted: {args.command}" + (f" ({detail})" if detail else ""), flush=True)
+        return 0
+    if reply.get("type") == "refused":
+        _err(f"refused: {args.command}: {reply.get('reason')}")
+        return EXIT_CANNOT_START
+    _err(f"unexpected answer from the engine: {reply.get('error') or reply}")
+    return EXIT_CODES["failure"]
+
+
+def format_ctl_status(hello: dict[str, Any], snap: dict[str, Any]) -> str:
+    """``qtsw ctl status`` as plain text."""
+    def hhmm(text: Any) -> str:
+        return str(text)[11:16] if text else "-"
+
+    lines = [
+        f"engine:    pid {hello.get('pid')} ({hello.get('hosted_by')}) since {hello.get('started')}, "
+        f"version {hello.get('engine_version')}, settings {hello.get('settings_hash')}",
+        f"data root: {hello.get('root')}",
+        f"schedule:  {snap.get('scheduler')}; next run {hhmm(snap.get('next_mark'))}",
+    ]
+    run = snap.get("current")
+    if run:
+        stage = f", {run['stage']} running" if run.get("stage") else ""
+        lines.append(f"run:       {str(run['run_id'])[:8]} ({run.get('trigger')}) since {hhmm(run.get('started'))}{stage}")
+    else:
+        lines.append("run:       idle")
+    last = snap.get("last_run")
+    if last:
+        lines.append(f"last run:  {str(last.get('run_id'))[:8]} {last.get('status')} at {hhmm(last.get('ended'))}")
+    else:
+        lines.append("last run:  none")
+    return "\n".join(lines)
 
 
 # --- qtsw status --------------------------------------------------------------------------------
