@@ -226,14 +226,24 @@ class _Host:
         self.server = server
         self.notifier = notifier
 
-    def start(self, tg: Any) -> None:
-        """Serve the socket and tell the service manager the engine is ready (lock and socket up)."""
-        from pipeline_core.sdnotify import engine_status
-
+    def start(self, tg: Any, *, schedule: bool = True) -> None:
+        """Serve the socket; tell the service manager the engine is ready once the lock and the
+        socket are up and (``schedule``) the engine has recovered and its schedule runs."""
         if self.server is not None:
             tg.start_soon(self.server.serve)
+        tg.start_soon(self._notify, schedule)
+
+    async def _notify(self, schedule: bool) -> None:
+        import anyio
+
+        from pipeline_core.sdnotify import engine_status
+
+        if not self.notifier.enabled:
+            return
+        while schedule and self.engine.scheduler_state == "off":
+            await anyio.sleep(0.01)
         self.notifier.ready(engine_status(self.engine))
-        tg.start_soon(self.notifier.run, lambda: engine_status(self.engine))
+        await self.notifier.run(lambda: engine_status(self.engine))
 
     def stopping(self) -> None:
         self.notifier.stopping("stopping")
@@ -263,7 +273,7 @@ async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: A
                         tg.cancel_scope.cancel()
 
         await tg.start(watch_signals)  # handlers in place before anything can be interrupted
-        host.start(tg)
+        host.start(tg, schedule=False)
         out["rs"] = await engine.run(
             "stage" if stages else "manual", stages=stages, full=full
         )
