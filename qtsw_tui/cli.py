@@ -7,6 +7,7 @@
     qtsw --run-now [--no-ui]          one full run now (headless: then exit)
     qtsw --stage translator|analyzer|merger [--no-ui]   one stage
     qtsw --schedule HH:MM             the schedule loop, first run not before HH:MM
+    qtsw --attach                     a console attached to the running engine (exit 4 if none)
     qtsw sample [--days N] ...        write realistic sample exports into data/raw
     qtsw status [--json]              what is where: files per folder, last runs, lock holder
     qtsw verify [--json]              check the data files against the catalogue
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
     p.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
     p.add_argument("--no-ui", action="store_true", help="run headless: events printed as they happen")
+    p.add_argument("--attach", action="store_true",
+                   help="only attach a console to the engine running on the data root (exit 4 if none)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--run-now", action="store_true", help="one full run now (headless: then exit)")
     what.add_argument("--stage", choices=STAGES, help="one stage now (headless: then exit)")
@@ -148,12 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline_core.engine import Engine
     from pipeline_core.lock import EngineLock, LockHeld
 
+    if args.attach:
+        if args.no_ui:
+            _err("--attach is for the console; use 'qtsw ctl' to steer an engine from a script")
+            return EXIT_CANNOT_START
+        return _attach(settings, args, only=True)
     lock = EngineLock.for_settings(settings)
     try:
         lock.acquire()
     except LockHeld as exc:
-        _err(str(exc))
-        return EXIT_CANNOT_START
+        if args.no_ui:
+            _err(str(exc))
+            return EXIT_CANNOT_START
+        return _attach(settings, args, only=False, held=str(exc))
     try:
         engine = Engine(settings, full=args.full)
         engine.not_before = not_before
@@ -165,6 +175,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- the console ------------------------------------------------------------------------------
+
+
+def _attach(settings: Any, args: argparse.Namespace, *, only: bool, held: str = "") -> int:
+    """A console attached to the engine already running on the data root (never a second one)."""
+    from pipeline_core.control import Connection, ControlError, socket_path
+    from pipeline_core.remote import RemoteEngine
+
+    try:
+        Connection(socket_path(settings), timeout=5).close()  # is anyone there?
+    except (ControlError, OSError) as exc:
+        if only:
+            _err(f"no engine is running on data root {settings.root} ({exc}); "
+                 "start one with 'qtsw' or 'qtsw --no-ui'")
+        else:
+            _err(f"{held}; and it cannot be attached to ({exc})")
+        return EXIT_CANNOT_START
+    return _console(settings, RemoteEngine(settings), args, None)
 
 
 def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: Any) -> int:
@@ -179,6 +206,7 @@ def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: A
         "run_now": bool(args.run_now),
         "stage": args.stage,
         "full": bool(args.full),
+        "control": True,
     }
     app = build_app(settings, engine, options)
     app.run()

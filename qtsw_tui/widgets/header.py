@@ -16,9 +16,10 @@ SCHEDULER_STYLE = {"running": "bold green", "paused": "bold black on yellow", "o
 IDLE_HINT = "r run now · t/a/m one stage · s results · ? help"
 
 
-def header_lines(snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT) -> tuple[Text, Text]:
+def header_lines(snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, host: str = "") -> tuple[Text, Text]:
     """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock);
-    ``hint`` names the main keys while no run is active."""
+    ``hint`` names the main keys while no run is active; ``host`` says who runs the engine
+    (``hosting``, ``attached pid N since HH:MM``)."""
     top = Text()
     top.append(now.strftime("%H:%M:%S"), style="bold")
     top.append(" CT", style="dim")
@@ -63,6 +64,8 @@ def header_lines(snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT) -> 
         for st in done:
             mark, style = state_mark(st.state)
             bottom.append(f"  {st.name[0].upper()}{mark}", style=style)
+    if host:  # first: at 80 columns a long line loses its end, never who runs the engine
+        bottom = Text.assemble((host, "bold magenta" if host.startswith("detached") else "dim"), "  ", bottom)
     return top, bottom
 
 
@@ -84,8 +87,8 @@ class StatusHeader(Static):
             )
         return self._hint_text
 
-    def show(self, snap: EngineSnapshot, now: datetime) -> None:
-        text = Text("\n").join(header_lines(snap, now, self._hint()))
+    def show(self, snap: EngineSnapshot, now: datetime, host: str = "") -> None:
+        text = Text("\n").join(header_lines(snap, now, self._hint(), host))
         if text != self._shown:
             self._shown = text
             # two lines, height fixed by the stylesheet: repaint only, no layout pass
