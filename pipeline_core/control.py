@@ -82,6 +82,8 @@ CLIENT_QUEUE = 10_000  # messages waiting for one client before it is judged too
 PANE_LINES = 200  # recent output lines per stage pane in a catch-up
 SCHEDULER_CATCHUP = 50  # recent scheduler events in a catch-up
 SCHEDULER_TAIL_BYTES = 64 * 1024  # how much of scheduler.jsonl is read for them
+WRITE_BYTES = 256 * 1024
+COALESCE_SECONDS = 0.01  # a client's writes are at least this far apart (the delay it adds at most)  # at most this much queued output in one write to a client
 SNAPSHOT_SECONDS = 0.25  # how often the snapshot is compared and a change sent to subscribers
 COMMANDS = ("run_now", "stage", "pause", "resume", "cancel")
 REQUESTS = ("hello", "snapshot", "subscribe", "ping", *COMMANDS)
@@ -411,12 +413,30 @@ class ControlServer:
                     await stream.aclose()
 
     async def _writer(self, client: _Client) -> None:
+        """Send the client's queue, as many queued lines per write as are waiting (a burst of
+        events costs the engine a few writes, not one per event and client)."""
+
+        def frame(numbered: bool, data: bytes) -> bytes:
+            if numbered:
+                client.n += 1
+                return b'{"n":%d,' % client.n + data[1:]
+            return data
+
         try:
             async for numbered, data in client.inbox:
-                if numbered:
-                    client.n += 1
-                    data = b'{"n":%d,' % client.n + data[1:]
-                await client.stream.send(data)
+                parts = [frame(numbered, data)]
+                size = len(parts[0])
+                while size < WRITE_BYTES:
+                    try:
+                        numbered, data = client.inbox.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    parts.append(frame(numbered, data))
+                    size += len(parts[-1])
+                await client.stream.send(b"".join(parts))
+                # let the next lines gather: a flood of events then costs the engine one write per
+                # client every COALESCE_SECONDS instead of one per event and client
+                await anyio.sleep(COALESCE_SECONDS)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             if client.scope is not None:
                 client.scope.cancel()
@@ -708,6 +728,7 @@ class Connection:
         self.timeout = timeout
         self.pending: deque[dict[str, Any]] = deque()
         self._buf = b""
+        self._lines: deque[bytes] = deque()  # complete lines received, not yet read
         self._ids = 0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -749,13 +770,17 @@ class Connection:
         """The next message from the engine, or None at end of stream; TimeoutError on timeout.
         A line that is not a JSON object comes back as ``{"type": "unreadable", "line": …}``."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while b"\n" not in self._buf:
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                if line.strip():
+                    return _decode(line)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{self.path}: no message within {timeout or self.timeout} s")
             self.sock.settimeout(left)
             try:
-                chunk = self.sock.recv(1 << 16)
+                chunk = self.sock.recv(1 << 18)
             except TimeoutError:
                 continue
             except ConnectionResetError:
@@ -765,11 +790,8 @@ class Connection:
                     line, self._buf = self._buf, b""
                     return _decode(line)
                 return None
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        if not line.strip():
-            return self.read_message(timeout)
-        return _decode(line)
+            *complete, self._buf = (self._buf + chunk).split(b"\n")
+            self._lines.extend(complete)
 
     def request(self, obj: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Send ``obj`` (given an ``id``) and return its reply."""
