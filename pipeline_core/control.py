@@ -78,7 +78,9 @@ from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024  # bytes in one request line; a longer one gets an error and is skipped
-CLIENT_QUEUE = 10_000  # messages waiting for one client before it is judged too slow
+CLIENT_QUEUE = 10_000  # messages waiting for a client that does not read before it is cut off
+CLIENT_QUEUE_MAX = 200_000  # … and for any client (a burst the client is reading through)
+STUCK_SECONDS = 1.0  # a write to the client blocked this long: the client is not reading
 PANE_LINES = 200  # recent output lines per stage pane in a catch-up
 SCHEDULER_CATCHUP = 50  # recent scheduler events in a catch-up
 SCHEDULER_TAIL_BYTES = 64 * 1024  # how much of scheduler.jsonl is read for them
@@ -233,7 +235,8 @@ class _Client:
         self.held: list[bytes] = []  # live messages that arrived during the catch-up
         self.n = 0
         self.lagging = False
-        send, recv = anyio.create_memory_object_stream[tuple[bool, bytes]](CLIENT_QUEUE)
+        self.blocked_since: float | None = None  # a write to it has been waiting since
+        send, recv = anyio.create_memory_object_stream[tuple[bool, bytes]](CLIENT_QUEUE_MAX)
         self.out: MemoryObjectSendStream[tuple[bool, bytes]] = send
         self.inbox = recv
         self.scope: anyio.CancelScope | None = None
@@ -260,6 +263,11 @@ class _Client:
             self.fall_behind()
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
+        else:
+            if (self.blocked_since is not None
+                    and self.out.statistics().current_buffer_used > CLIENT_QUEUE
+                    and time.monotonic() - self.blocked_since > STUCK_SECONDS):
+                self.fall_behind()  # the queue grows while the client takes nothing
 
     def fall_behind(self) -> None:
         if self.lagging:
@@ -433,7 +441,9 @@ class ControlServer:
                         break
                     parts.append(frame(numbered, data))
                     size += len(parts[-1])
+                client.blocked_since = time.monotonic()
                 await client.stream.send(b"".join(parts))
+                client.blocked_since = None
                 # let the next lines gather: a flood of events then costs the engine one write per
                 # client every COALESCE_SECONDS instead of one per event and client
                 await anyio.sleep(COALESCE_SECONDS)

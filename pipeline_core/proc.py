@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from pipeline_core import protocol
 
@@ -289,6 +290,9 @@ async def run_stage(
                 if start:
                     del buf[:start]
                 log.flush()
+                # a read from a full pipe returns without yielding: let the engine's other tasks
+                # (its socket's clients, a hosting console) run between two chunks of a flood
+                await anyio.lowlevel.checkpoint()
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
         if buf:
