@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -97,7 +98,7 @@ async def test_attached_console_drives_the_engine_and_reattaches(tmp_path: Path)
             await pilot.press("a")
             await wait_for(pilot, lambda: len(history.read_runs(settings)) == 2, "the analyzer run")
             assert history.read_runs(settings)[-1]["trigger"] == "stage"
-            write_samples(settings, days=40, instruments=["CL", "GC", "NG"], end=date(2025, 11, 26))
+            write_samples(settings, days=25, instruments=["CL", "GC", "NG"], end=date(2025, 11, 26))
             await pilot.press("r")  # new exports: a run long enough to cancel
             await wait_for(pilot, lambda: remote.busy, "the run to show as active")
             await pilot.press("c")
@@ -127,3 +128,46 @@ def test_attach_without_an_engine_exits_4(tmp_path: Path) -> None:
     got = subprocess.run([sys.executable, "-m", "qtsw_tui", "--root", str(tmp_path / "r"), "--attach"],
                          capture_output=True, text=True, env=clean_env(), timeout=60)
     assert got.returncode == 4 and "no engine is running" in got.stderr
+
+
+def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: Path) -> None:
+    """An operator's console attached over SSH at 80x24, its terminal gone mid-run: the run
+    ends ``success`` in the engine, which still runs and still holds the lock."""
+    from processes import alive
+    from test_console_tmux import QTSW, TMUX, poll, tmux
+
+    from pipeline_core.lock import lock_holder
+
+    root = tmp_path / "root"
+    settings = load_settings(root=root, env={})
+    settings.ensure_dirs()
+    write_samples(settings, days=15, instruments=["ES", "NQ", "CL"], end=date(2025, 11, 26))
+    proc = start_engine(root)
+    sock, session = f"qtsw-test-{uuid.uuid4().hex[:8]}", "console"
+    env = clean_env(TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    env.pop("TMUX", None)
+    try:
+        wait_serving(settings, proc)
+        subprocess.run([TMUX, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", session,
+                        "-x", "80", "-y", "24", f"{QTSW} --root {root}"], env=env, check=True, timeout=20)
+        first = poll(sock, session, lambda t: f"attached pid {proc.pid}" in t, "the console to attach")
+        assert max(len(line) for line in first.splitlines()) <= 80
+        tmux(sock, "send-keys", "-t", session, "r")
+        poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
+        pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
+        tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
+        deadline = time.monotonic() + 30
+        while alive(pane_pid):
+            assert time.monotonic() < deadline, "the console outlived its terminal"
+            time.sleep(0.1)
+        deadline = time.monotonic() + 90
+        while not history.read_runs(settings):
+            assert time.monotonic() < deadline, "the run never ended"
+            time.sleep(0.1)
+        [run] = history.read_runs(settings)
+        assert run["status"] == "success" and run["trigger"] == "manual"
+        assert proc.poll() is None
+        assert lock_holder(settings.lock_file)["pid"] == proc.pid
+    finally:
+        tmux(sock, "kill-server", check=False)
+        stop_engine(proc)
