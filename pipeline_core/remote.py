@@ -62,6 +62,7 @@ class RemoteEngine:
         self._stop = False
         self._scope: anyio.CancelScope | None = None
         self._cmd: Connection | None = None
+        self._queued: list[tuple[str, dict[str, Any]]] = []  # commands given before attaching
 
     # --- what the console reads -----------------------------------------------------------------
 
@@ -106,7 +107,12 @@ class RemoteEngine:
     # --- commands -------------------------------------------------------------------------------
 
     def _command(self, name: str, **params: Any) -> dict[str, Any]:
+        """Send a command and wait for its answer (an engine on this machine answers at once).
+        Before the first attachment (``qtsw --run-now`` with an engine running) it is queued."""
         if not self.connected:
+            if self.attachments == 0 and self.problem is None and not self._stop:
+                self._queued.append((name, params))
+                return {"type": "accepted", "detail": "sent once attached"}
             return {"type": "refused", "reason": f"not attached to an engine ({self.problem or 'connecting'})"}
         for attempt in (1, 2):  # the command connection may have gone with an earlier engine
             try:
@@ -212,6 +218,9 @@ class RemoteEngine:
                 for line in lines:
                     if line.strip():
                         self._on_line(line)
+                while self._queued and self.connected:
+                    name, params = self._queued.pop(0)
+                    self._accepted(self._command(name, **params))
                 if self._stop:
                     return
 

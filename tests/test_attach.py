@@ -16,6 +16,8 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import pytest
 from test_control import clean_env, start_engine, stop_engine
 
@@ -171,3 +173,25 @@ def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: 
     finally:
         tmux(sock, "kill-server", check=False)
         stop_engine(proc)
+
+
+async def test_a_hosting_console_serves_the_socket(tmp_path: Path) -> None:
+    from pipeline_core.engine import Engine
+
+    settings = load_settings(root=tmp_path / "root", env={})
+    settings.ensure_dirs()
+    app = build_app(settings, Engine(settings), {"control": True})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: socket_path(settings).exists(), "the socket")
+        await wait_for(pilot, lambda: header(app).splitlines()[1].startswith("hosting"), "the header")
+
+        def script() -> tuple[str, str]:  # a blocking client: off the console's loop, which serves it
+            with Connection(socket_path(settings)) as conn:
+                return conn.hello["hosted_by"], conn.command("run_now")["type"]
+
+        assert await anyio.to_thread.run_sync(script) == ("console", "accepted")
+        await wait_for(pilot, lambda: history.read_runs(settings), "the run")
+        await wait_for(pilot, lambda: app.flushed["events"] > 0, "the console to show its events")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the console to quit")
+    assert not socket_path(settings).exists()
