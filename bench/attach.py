@@ -93,7 +93,7 @@ def client_main(sock: str) -> None:
 
     conn = Connection(Path(sock), timeout=120)
     conn.subscribe()
-    while conn.next_message(30).get("type") != "caught_up":
+    while conn.next_message(120).get("type") != "caught_up":
         pass
     print("ready", flush=True)
     delays: list[float] = []

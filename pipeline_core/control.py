@@ -64,7 +64,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline_core import clock
-from pipeline_core.events import Event, parse_line, run_event_path, scheduler_event_path
+from pipeline_core.events import run_event_path, scheduler_event_path
 from pipeline_core.runstate import (
     STAGE_NAMES,
     EngineSnapshot,
@@ -610,27 +610,27 @@ class ControlServer:
         upto = {p: _size(p) for p in (run_file, sched_file) if p is not None}
         recent = [_with(line, catchup=True) for pane in self._recent.values() for line in pane]
         client.subscribed = True
-        client.held = [_dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)})]
+        client.held = []
         client.reply({"type": "subscribed", "id": msg_id, "run_id": run_id})
+        # the engine's state at once (n = 1); live messages wait until the catch-up is through
+        client._put(True, _dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)}))
         assert client.tg is not None
         client.tg.start_soon(self._catch_up, client, run_file, sched_file, upto, recent)
 
     async def _catch_up(self, client: _Client, run_file: Path | None, sched_file: Path,
                         upto: dict[Path, int], recent: list[bytes]) -> None:
         def read() -> list[bytes]:
-            out: list[bytes] = []
-            sched = _read_events_upto(sched_file, upto.get(sched_file, 0), tail=SCHEDULER_TAIL_BYTES)
-            for ev in sched[-SCHEDULER_CATCHUP:]:
-                out.append(_dumps({"type": "event", "catchup": True, "event": ev.to_dict()}))
+            # the file's own lines, wrapped: no event is decoded and encoded again
+            sched = _event_lines_upto(sched_file, upto.get(sched_file, 0), tail=SCHEDULER_TAIL_BYTES)
+            out = [_CATCHUP_EVENT + line + b"}\n" for line in sched[-SCHEDULER_CATCHUP:]]
             if run_file is not None:
-                for ev in _read_events_upto(run_file, upto.get(run_file, 0)):
-                    out.append(_dumps({"type": "event", "catchup": True, "event": ev.to_dict()}))
+                out += [_CATCHUP_EVENT + line + b"}\n" for line in _event_lines_upto(run_file, upto.get(run_file, 0))]
             return out
 
         lines = await anyio.to_thread.run_sync(read)
         # the snapshot taken at subscribe time, the files, the recent output, then what arrived
         # live meanwhile (held until now), in that order
-        pending = deque([client.held.pop(0), *lines, *recent, _dumps({"type": "caught_up"})])
+        pending = deque([*lines, *recent, _dumps({"type": "caught_up"})])
         sent = 0
         while pending or client.held:
             if not pending:
@@ -698,9 +698,12 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_events_upto(path: Path, upto: int, *, tail: int | None = None) -> list[Event]:
-    """The complete events in the first ``upto`` bytes of an event file (only its last
-    ``tail`` bytes with ``tail``)."""
+_CATCHUP_EVENT = b'{"type":"event","catchup":true,"event":'
+
+
+def _event_lines_upto(path: Path, upto: int, *, tail: int | None = None) -> list[bytes]:
+    """The complete, well-formed event lines in the first ``upto`` bytes of an event file (only
+    its last ``tail`` bytes with ``tail``); a damaged line is left out."""
     if upto <= 0:
         return []
     try:
@@ -715,10 +718,14 @@ def _read_events_upto(path: Path, upto: int, *, tail: int | None = None) -> list
         lines = lines[1:]  # the first one is cut
     out = []
     for raw in lines:
-        if raw.strip():
-            got = parse_line(raw.decode("utf-8", errors="replace"))
-            if isinstance(got, Event):
-                out.append(got)
+        if not raw.strip():
+            continue
+        try:
+            ok = isinstance(json.loads(raw), dict)
+        except ValueError:
+            ok = False
+        if ok:
+            out.append(raw.strip())
     return out
 
 
