@@ -88,7 +88,9 @@ def engine_main(root: str, events: int) -> None:
 
 
 def client_main(sock: str) -> None:
-    """A subscriber: prints ``ready``, then the delays of the live events of the next run."""
+    """A subscriber: prints ``ready``, then the delays of the live events of the next run. It
+    measures arrival: each line's timestamp is sliced out, not the whole line decoded (what a
+    console then does with an event is the console's own cost, measured in bench/console.py)."""
     from pipeline_core.control import Connection
 
     conn = Connection(Path(sock), timeout=120)
@@ -97,16 +99,24 @@ def client_main(sock: str) -> None:
         pass
     print("ready", flush=True)
     delays: list[float] = []
-    while True:
-        msg = conn.next_message(300)
-        if msg is None:
+    key = b'"timestamp":"'
+    buf = b"".join(line + b"\n" for line in conn._lines) + conn._buf
+    ended = False
+    while not ended:
+        chunk = conn.sock.recv(1 << 20)
+        if not chunk:
             break
-        if msg.get("type") != "event":
-            continue
-        ev = msg["event"]
-        delays.append(time.time() - datetime.fromisoformat(ev["timestamp"]).timestamp())
-        if ev["stage"] == "pipeline" and ev["event"] in ("success", "failure", "cancelled"):
-            break
+        now = time.time()
+        *lines, buf = (buf + chunk).split(b"\n")
+        for line in lines:
+            if b'"type":"event"' not in line:
+                continue
+            i = line.find(key) + len(key)
+            ts = line[i:line.find(b'"', i)].decode()
+            delays.append(now - datetime.fromisoformat(ts).timestamp())
+            if b'"stage":"pipeline"' in line and (b'"event":"success"' in line or b'"event":"failure"' in line
+                                                  or b'"event":"cancelled"' in line):
+                ended = True
     print(json.dumps({"delays": delays}), flush=True)
 
 

@@ -430,13 +430,18 @@ class ControlServer:
                 return b'{"n":%d,' % client.n + data[1:]
             return data
 
+        inbox = client.inbox
         try:
-            async for numbered, data in client.inbox:
+            while True:
+                try:
+                    numbered, data = inbox.receive_nowait()  # no extra turn of the loop when busy
+                except anyio.WouldBlock:
+                    numbered, data = await inbox.receive()
                 parts = [frame(numbered, data)]
                 size = len(parts[0])
                 while size < WRITE_BYTES:
                     try:
-                        numbered, data = client.inbox.receive_nowait()
+                        numbered, data = inbox.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                     parts.append(frame(numbered, data))
@@ -444,9 +449,12 @@ class ControlServer:
                 client.blocked_since = time.monotonic()
                 await client.stream.send(b"".join(parts))
                 client.blocked_since = None
-                # let the next lines gather: a flood of events then costs the engine one write per
-                # client every COALESCE_SECONDS instead of one per event and client
-                await anyio.sleep(COALESCE_SECONDS)
+                if size < WRITE_BYTES // 16:
+                    # a trickle: let the next lines gather, so a steady stream of events costs
+                    # the engine a write per client every COALESCE_SECONDS, not one per event
+                    await anyio.sleep(COALESCE_SECONDS)
+        except anyio.EndOfStream:
+            return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             if client.scope is not None:
                 client.scope.cancel()
