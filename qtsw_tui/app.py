@@ -14,6 +14,8 @@ import contextlib
 import gc
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -59,6 +61,8 @@ EVENT_WINDOW = 150  # rows in the live table at most (the store keeps the rest, 
 LINE_CHARS = 2000  # a longer output line is cut on screen (the .log file has all of it)
 STOP_SECONDS = 60.0  # how long quitting waits for the engine to record a cancelled run
 HANGUP_EXIT = 128 + signal.SIGHUP  # the console's exit status after losing its terminal
+EXIT_GRACE = 3.0  # after a stop signal and the engine's stop, how long the console may take to exit
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
 
 
@@ -126,6 +130,8 @@ class QtswApp(App[int]):
         self.snapshot: EngineSnapshot | None = None
         self.serve_worker: Worker[None] | None = None
         self.closing = False
+        self.stopped_busy = False  # a run was active when the console was asked to stop
+        self._watchdog: threading.Thread | None = None
         self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
         self._unsubscribe: Callable[[], None] | None = None
@@ -172,9 +178,11 @@ class QtswApp(App[int]):
                 timeout=15,
             )
         if not self.is_headless:
-            # losing the terminal or a SIGTERM: stop the engine cleanly (the run is recorded)
+            # losing the terminal, SIGTERM or SIGINT: stop the engine cleanly (the run is recorded)
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGHUP):
+            for sig in STOP_SIGNALS:
+                if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # started under nohup: a hang-up is meant to be ignored
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, self._signal_quit, sig == signal.SIGHUP)
         self.call_after_refresh(self._start_requested)
@@ -438,6 +446,7 @@ class QtswApp(App[int]):
         await self.action_request_quit()
 
     def _signal_quit(self, hangup: bool) -> None:
+        self._start_exit_watchdog()
         if hangup and not self.hung_up:
             # The terminal is gone (SSH dropped, window closed): anything drawn now would only
             # fill the output queue of a terminal that cannot take it, so drawing stops here.
@@ -445,6 +454,32 @@ class QtswApp(App[int]):
             self._no_drawing = self.batch_update()
             self._no_drawing.__enter__()
         self.run_worker(self.shutdown(), group="quit", exit_on_error=False)
+
+    def _start_exit_watchdog(self) -> None:
+        """A stop signal must end the process, whatever state the screen is in.
+
+        A thread, not a task: it works even when the event loop is blocked (a terminal that
+        takes no more output, a stuck write). Once the engine has stopped (its active run is
+        cancelled and recorded) the console has ``EXIT_GRACE`` seconds to exit by itself; then
+        the process ends here and the kernel frees the engine lock with it.
+        """
+        if self._watchdog is not None:
+            return
+
+        def watch() -> None:
+            deadline = time.monotonic() + STOP_SECONDS
+            worker = self.serve_worker
+            while (
+                worker is not None
+                and worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+            time.sleep(EXIT_GRACE)
+            os._exit(HANGUP_EXIT if self.hung_up else 3 if self.stopped_busy else 0)
+
+        self._watchdog = threading.Thread(target=watch, name="qtsw-exit-watchdog", daemon=True)
+        self._watchdog.start()
 
     async def shutdown(self) -> None:
         """Stop the engine (an active run is cancelled and recorded), wait for it, then exit.
@@ -455,7 +490,7 @@ class QtswApp(App[int]):
         if self.closing:
             return
         self.closing = True
-        busy = self.engine.busy
+        busy = self.stopped_busy = self.engine.busy
         if busy:
             self.notify("Cancelling the run and stopping the engine…", timeout=STOP_SECONDS)
         self.engine.stop()
@@ -478,7 +513,7 @@ class QtswApp(App[int]):
             self._unsubscribe = None
         if not self.is_headless:
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGHUP):
+            for sig in STOP_SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
 

@@ -118,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         run = repaircmd.verify_main if command == "verify" else repaircmd.rebuild_main
         return run(_globals(before) + after)
     args = build_parser().parse_args(argv)
+    if not args.no_ui:
+        not_terminal = _not_a_terminal()
+        if not_terminal:
+            # Drawn into a pipe or a file, the console is unreadable and cannot be steered.
+            _err(f"the console needs a terminal, and {not_terminal} is not one: "
+                 "use --no-ui for headless output (add --json for JSONL events)")
+            return EXIT_CANNOT_START
 
     from pipeline_core import clock
     from pipeline_core.settings import SettingsError, load_settings
@@ -161,6 +168,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- the console ------------------------------------------------------------------------------
+
+
+def _not_a_terminal() -> str | None:
+    """The first of standard input, output and error (the console draws on the latter) that is
+    not a terminal, or None when all three are."""
+    for name, words in (("stdin", "standard input"), ("stdout", "standard output"), ("stderr", "standard error")):
+        stream = getattr(sys, name)
+        try:
+            if stream is None or not stream.isatty():
+                return words
+        except (AttributeError, ValueError):
+            return words
+    return None
 
 
 def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: Any) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -75,6 +76,7 @@ class HeadlessPrinter:
             isatty = getattr(self.stream, "isatty", lambda: False)
             color = bool(isatty()) and not os.environ.get("NO_COLOR")
         self.color = color and not json_mode
+        self.closed = False  # the reader went away: nothing more is printed
         self._console: Any = None
         if self.color:
             from rich.console import Console
@@ -82,19 +84,15 @@ class HeadlessPrinter:
             self._console = Console(file=self.stream, highlight=False, soft_wrap=True, force_terminal=True)
 
     def __call__(self, msg: EventMessage | OutputMessage) -> None:
-        try:
-            if isinstance(msg, EventMessage):
-                self.event(msg.event)
-            elif self.verbose and not self.json_mode:
-                label = f"{msg.stage}-{msg.instrument}" if msg.instrument else msg.stage
-                self._line(f"    {label} | {msg.line}", "dim")
-        except (OSError, ValueError):
-            pass  # the reader or the terminal went away (`qtsw --no-ui | head`): keep the engine going
+        if isinstance(msg, EventMessage):
+            self.event(msg.event)
+        elif self.verbose and not self.json_mode:
+            label = f"{msg.stage}-{msg.instrument}" if msg.instrument else msg.stage
+            self._line(f"    {label} | {msg.line}", "dim")
 
     def event(self, ev: Event) -> None:
         if self.json_mode:
-            self.stream.write(ev.to_line() + "\n")
-            self.stream.flush()
+            self._write(lambda: self.stream.write(ev.to_line() + "\n"))
             return
         style = EVENT_STYLES.get(ev.event, "")
         if ev.event == "log":
@@ -125,7 +123,36 @@ class HeadlessPrinter:
         if self._console is not None:
             from rich.text import Text
 
-            self._console.print(Text(text, style=style or ""))
+            self._write(lambda: self._console.print(Text(text, style=style or "")))
         else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self._write(lambda: self.stream.write(text + "\n"))
+
+    def _write(self, write: Callable[[], object]) -> None:
+        """Write and flush; once the reader has gone (``qtsw --no-ui | head``: a broken pipe, or
+        a closed stream) stop printing for good. The engine is not disturbed either way."""
+        if self.closed:
+            return
+        try:
+            write()
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.closed = True
+            self._discard_output()
+
+    def _discard_output(self) -> None:
+        # What could not be written is still buffered, and the interpreter flushes it again at
+        # exit (an error message and exit status 120): point the descriptor at /dev/null.
+        try:
+            fd = self.stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            return
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.dup2(null, fd)
+        except OSError:
+            pass
+        finally:
+            os.close(null)
