@@ -136,6 +136,50 @@ _LIST_KEYS = {("analysis", "trade_days"), ("engine", "schedule_minutes")}
 
 RAW_POLICIES = ("archive", "delete", "keep")
 
+# The qtsw.toml that `qtsw init` writes: every setting at its default, commented out.
+STARTER_TOML = """\
+# qtsw settings for this data root. Every setting is shown at its built-in default, commented
+# out: remove the '#' and change the value to override it. QTSW_<SECTION>_<KEY> environment
+# variables (e.g. QTSW_ENGINE_WORKERS=2) override this file; command-line flags override both.
+
+# [instruments]            # a table here replaces the built-in one (ES NQ YM CL NG GC RTY and micros)
+# ES  = {tick = 0.25, target = 10}
+# MES = {base = "ES"}      # a micro uses its base symbol's tick and target
+
+# [sessions]
+# S1 = {range_start = "02:00", slots = ["07:30", "08:00", "09:00"]}
+# S2 = {range_start = "08:00", slots = ["09:30", "10:00", "10:30", "11:00"]}
+
+[analysis]
+# trade_days = ["Mon", "Tue", "Wed", "Thu", "Fri"]
+# entry_cutoff = "16:00"
+# break_even_fraction = 0.65
+# stop_cap_multiple = 3.0
+
+[input]
+# default_timezone = "UTC"       # input timestamps are UTC unless a pattern says otherwise
+# timezones = [{pattern = "GC*.csv", timezone = "America/Chicago"}]
+# stable_seconds = 10            # a file with no signal files is ready after this long unmodified
+# export_stale_seconds = 600
+# max_bad_row_fraction = 0.01
+# raw_policy = "archive"         # archive | delete | keep
+
+[timeouts]                       # seconds
+# translator = 3600
+# analyzer = 21600               # per instrument
+# merger = 1800
+# grace = 5                      # from the stop request to a forced kill
+# silence_warning = 300
+# progress_interval = 60
+
+[engine]
+# workers = 0                    # analyzer processes at once; 0 = one per CPU
+# schedule_minutes = [0, 15, 30, 45]
+
+[keys]                           # console keys by binding id (the README lists them)
+# run_now = "R"
+"""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -221,9 +265,9 @@ class Settings:
     def lock_file(self) -> Path:
         return self.logs_dir / "qtsw.lock"
 
-    def ensure_dirs(self) -> None:
-        """Create the data and log folders (SPEC §1: created on first start)."""
-        for d in (
+    def data_folders(self) -> tuple[Path, ...]:
+        """The folders of a data root's layout (SPEC §1)."""
+        return (
             self.raw_dir,
             self.raw_logs_dir,
             self.processed_dir,
@@ -232,7 +276,12 @@ class Settings:
             self.events_dir,
             self.runs_dir,
             self.reports_dir,
-        ):
+        )
+
+    def ensure_dirs(self) -> None:
+        """Create the data and log folders inside the root (the root itself must be made by
+        ``qtsw init`` or ``qtsw sample``; the command line checks it exists first)."""
+        for d in self.data_folders():
             d.mkdir(parents=True, exist_ok=True)
 
     # --- derived values ----------------------------------------------------------------

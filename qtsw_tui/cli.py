@@ -7,6 +7,7 @@
     qtsw --run-now [--no-ui]          one full run now (headless: then exit)
     qtsw --stage translator|analyzer|merger [--no-ui]   one stage
     qtsw --schedule HH:MM             the schedule loop, first run not before HH:MM
+    qtsw init [PATH]                  create a data root: its folders and a starter qtsw.toml
     qtsw sample [--days N] ...        write realistic sample exports into data/raw
     qtsw status [--json]              what is where: files per folder, last runs, lock holder
     qtsw verify [--json]              check the data files against the catalogue
@@ -27,13 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import stat
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("sample", "status", "verify", "rebuild")
+COMMANDS = ("init", "sample", "status", "verify", "rebuild")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qtsw",
         description="Operator console for the qtsw futures-data pipeline "
         "(raw exports -> bar store -> opening-range breakout analysis -> monthly results).",
-        epilog="Commands: 'qtsw sample [--days N] [--instruments ES,NQ] [--seed S] [--if-empty]' "
+        epilog="Commands: 'qtsw init [PATH]' creates a data root (the others refuse a missing one); 'qtsw sample [--days N] [--instruments ES,NQ] [--seed S] [--if-empty]' "
         "writes sample exports; 'qtsw status [--json]' shows what is where. Headless exit codes: "
         "0 success, 1 partial, 2 failure, 3 cancelled, 4 could not start.",
     )
@@ -102,10 +106,30 @@ def _err(text: str) -> None:
     print(f"qtsw: {text}", file=sys.stderr, flush=True)
 
 
+def root_problem(root: Path) -> str | None:
+    """Why ``root`` cannot be used as a data root (one line), or None when it is a folder.
+
+    Only ``qtsw init`` and ``qtsw sample`` create a data root: a mistyped ``--root`` must not
+    quietly become a new, empty one.
+    """
+    try:
+        st = os.stat(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return (f"data root {root} does not exist: create it with 'qtsw init {root}' "
+                "(or 'qtsw sample' for sample data), or give the right --root")
+    except OSError as exc:
+        return f"cannot use the data root {root}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"data root {root} is not a folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command, before, after = _split_command(argv)
+    if command == "init":
+        return _init(_globals(before) + after)
     if command == "sample":
         from pipeline_core import sample
 
@@ -131,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = load_settings(root=args.root, config=args.config)
-        settings.ensure_dirs()
     except SettingsError as exc:
         _err(str(exc))
         return EXIT_CANNOT_START
+    problem = root_problem(settings.root)
+    if problem:
+        _err(problem)
+        return EXIT_CANNOT_START
+    try:
+        settings.ensure_dirs()
     except OSError as exc:
-        _err(f"cannot use the data root: {exc}")
+        _err(f"cannot use the data root {settings.root}: {exc.filename}: {exc.strerror or exc}")
         return EXIT_CANNOT_START
     not_before = None
     if args.schedule:
@@ -275,6 +304,60 @@ async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
     return EXIT_CODES["cancelled"] if state["cancelled_a_run"] else 0
 
 
+# --- qtsw init ---------------------------------------------------------------------------------
+
+
+def _init(argv: list[str]) -> int:
+    p = _Parser(
+        prog="qtsw init",
+        description="Create a data root: its folders, and a starter qtsw.toml (every setting at "
+        "its default, commented out) unless one exists. Says what it made; changes nothing that "
+        "is already there.",
+    )
+    p.add_argument("path", nargs="?", help="the data root to create (default: --root, QTSW_ROOT, else the project folder)")
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--config", help="settings file to check instead of <root>/qtsw.toml (no starter file is written then)")
+    args = p.parse_args(argv)
+    from pipeline_core.settings import STARTER_TOML, SettingsError, load_settings
+
+    root = args.path or args.root
+    try:
+        settings = load_settings(root=root, config=args.config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_START
+    made: list[str] = []
+    try:
+        if not settings.root.exists():
+            settings.root.mkdir(parents=True)
+            made.append(f"{settings.root}/")
+        problem = root_problem(settings.root)
+        if problem:
+            _err(problem)
+            return EXIT_CANNOT_START
+        for d in settings.data_folders():
+            if not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True)
+                made.append(f"{d}/")
+        toml = settings.root / "qtsw.toml"
+        if settings.config_file is None and not toml.exists():
+            from pipeline_core.fsutil import write_bytes_atomic
+
+            write_bytes_atomic(toml, STARTER_TOML.encode())
+            made.append(f"{toml} (starter settings: every setting at its default, commented out)")
+    except OSError as exc:
+        _err(f"cannot create the data root {settings.root}: {exc.filename or settings.root}: {exc.strerror or exc}")
+        return EXIT_CANNOT_START
+    if not made:
+        print(f"{settings.root} is already a data root: nothing to create")
+    else:
+        for what in made:
+            print(f"created {what}")
+        print(f"data root {settings.root} is ready: put exports in {settings.raw_dir}, "
+              f"then run 'qtsw --root {settings.root}'")
+    return 0
+
+
 # --- qtsw status --------------------------------------------------------------------------------
 
 
@@ -292,6 +375,10 @@ def _status(argv: list[str]) -> int:
         settings = load_settings(root=args.root, config=args.config)
     except SettingsError as exc:
         _err(str(exc))
+        return EXIT_CANNOT_START
+    problem = root_problem(settings.root)
+    if problem:
+        _err(problem)
         return EXIT_CANNOT_START
     st = collect_status(settings, runs=args.runs)
     text = json.dumps(st, default=str, indent=2) if args.json else format_status(st)

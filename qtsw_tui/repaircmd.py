@@ -25,6 +25,12 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def root_problem(root: Any) -> str | None:
+    from qtsw_tui.cli import root_problem as problem
+
+    return problem(root)
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from pipeline_core.settings import SettingsError, load_settings
 
@@ -48,8 +54,9 @@ def verify_main(argv: list[str]) -> int:
     settings = _settings(args)
     if settings is None:
         return EXIT_CANNOT_START
-    if not settings.root.is_dir():
-        print(f"qtsw: data root {settings.root} does not exist", file=sys.stderr)
+    problem = root_problem(settings.root)
+    if problem:
+        print(f"qtsw: {problem}", file=sys.stderr)
         return EXIT_CANNOT_START
     from pipeline_core import repair
 
@@ -85,8 +92,9 @@ def rebuild_main(argv: list[str]) -> int:
     settings = _settings(args)
     if settings is None:
         return EXIT_CANNOT_START
-    if not settings.root.is_dir():
-        print(f"qtsw: data root {settings.root} does not exist", file=sys.stderr)
+    problem = root_problem(settings.root)
+    if problem:
+        print(f"qtsw: {problem}", file=sys.stderr)
         return EXIT_CANNOT_START
     from pipeline_core import catalog, repair
     from pipeline_core.lock import EngineLock, LockHeld
