@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import stat
 import sys
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from pipeline_core.usage import EXIT_FAILURE, UsageParser, describe_os_error, root_problem
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
@@ -42,12 +41,7 @@ STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments mean the engine could not start: exit 4, not argparse's 2 (= failure)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_CANNOT_START, f"{self.prog}: error: {message}\n")
+_Parser = UsageParser  # bad arguments exit 4 in every command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,27 +100,24 @@ def _err(text: str) -> None:
     print(f"qtsw: {text}", file=sys.stderr, flush=True)
 
 
-def root_problem(root: Path) -> str | None:
-    """Why ``root`` cannot be used as a data root (one line), or None when it is a folder.
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
 
-    Only ``qtsw init`` and ``qtsw sample`` create a data root: a mistyped ``--root`` must not
-    quietly become a new, empty one.
+    No traceback reaches the operator for what the system refuses: an ``OSError`` anywhere (a
+    file that cannot be read or written, a folder that is not one) is one line naming the path
+    and the reason, exit 2.
     """
     try:
-        st = os.stat(root)
-    except (FileNotFoundError, NotADirectoryError):
-        return (f"data root {root} does not exist: create it with 'qtsw init {root}' "
-                "(or 'qtsw sample' for sample data), or give the right --root")
+        return _main(list(sys.argv[1:] if argv is None else argv))
     except OSError as exc:
-        return f"cannot use the data root {root}: {exc.strerror or exc}"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"data root {root} is not a folder"
-    return None
+        _err(describe_os_error(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_CODES["cancelled"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv: list[str]) -> int:
     command, before, after = _split_command(argv)
     if command == "init":
         return _init(_globals(before) + after)
@@ -165,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings.ensure_dirs()
     except OSError as exc:
-        _err(f"cannot use the data root {settings.root}: {exc.filename}: {exc.strerror or exc}")
+        _err(f"cannot use the data root: {describe_os_error(exc)}")
         return EXIT_CANNOT_START
     not_before = None
     if args.schedule:
@@ -185,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         lock.acquire()
     except LockHeld as exc:
         _err(str(exc))
+        return EXIT_CANNOT_START
+    except OSError as exc:  # a root owned by someone else, a read-only file system
+        _err(f"cannot take the engine lock: {describe_os_error(exc)}")
         return EXIT_CANNOT_START
     try:
         engine = Engine(settings, full=args.full)
@@ -346,7 +340,7 @@ def _init(argv: list[str]) -> int:
             write_bytes_atomic(toml, STARTER_TOML.encode())
             made.append(f"{toml} (starter settings: every setting at its default, commented out)")
     except OSError as exc:
-        _err(f"cannot create the data root {settings.root}: {exc.filename or settings.root}: {exc.strerror or exc}")
+        _err(f"cannot create the data root: {describe_os_error(exc)}")
         return EXIT_CANNOT_START
     if not made:
         print(f"{settings.root} is already a data root: nothing to create")
@@ -368,7 +362,6 @@ def _status(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
     p.add_argument("--runs", type=int, default=5, help="how many recent runs to list (5)")
     args = p.parse_args(argv)
-    from pipeline_core.history import collect_status
     from pipeline_core.settings import SettingsError, load_settings
 
     try:
@@ -380,7 +373,17 @@ def _status(argv: list[str]) -> int:
     if problem:
         _err(problem)
         return EXIT_CANNOT_START
-    st = collect_status(settings, runs=args.runs)
+    from pipeline_core.catalog import CatalogError
+    from pipeline_core.history import collect_status
+
+    try:
+        st = collect_status(settings, runs=args.runs)
+    except OSError as exc:
+        _err(f"status: cannot read {describe_os_error(exc)}")
+        return EXIT_FAILURE
+    except CatalogError as exc:
+        _err(f"status: {exc}")
+        return EXIT_FAILURE
     text = json.dumps(st, default=str, indent=2) if args.json else format_status(st)
     try:
         print(text, flush=True)

@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from pipeline_core.usage import root_problem
+
 EXIT_CANNOT_START = 4
 
 
@@ -23,12 +25,6 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
     p.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
     return p
-
-
-def root_problem(root: Any) -> str | None:
-    from qtsw_tui.cli import root_problem as problem
-
-    return problem(root)
 
 
 def _settings(args: argparse.Namespace) -> Any:

@@ -41,8 +41,7 @@ def one_line(got: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.parametrize(
     "args",
-    [["--no-ui", "--run-now"], ["--no-ui"], ["--no-ui", "--stage", "merger"], ["status"], ["status", "--json"],
-     ["verify"]],
+    [["--no-ui", "--run-now"], ["--no-ui"], ["status", "--json"], ["verify"]],
 )
 def test_a_missing_data_root_is_an_error_not_a_new_root(tmp_path: Path, args: list[str]) -> None:
     missing = tmp_path / "typo"
@@ -108,3 +107,113 @@ def test_init_refuses_a_file_and_bad_settings(tmp_path: Path) -> None:
     (root / "qtsw.toml").write_text("[engine]\nworkers = -1\n")
     bad = qtsw("init", str(root))
     assert bad.returncode == 4 and "engine.workers" in one_line(bad)
+
+
+# --- item: no tracebacks -------------------------------------------------------------------------
+
+DROP_PRIVILEGE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+                  "--inh-caps=-dac_override,-dac_read_search"]
+
+
+def without_override(*args: str) -> subprocess.CompletedProcess[str]:
+    """``qtsw`` as a user whom file permissions bind: as root, with the capabilities that
+    override them dropped (so a file mode of 000 means what it says)."""
+    prefix = DROP_PRIVILEGE if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *QTSW, *args], capture_output=True, text=True, env=clean_env(),
+                          timeout=120, stdin=subprocess.DEVNULL)
+
+
+needs_permissions = pytest.mark.skipif(
+    os.geteuid() == 0 and not __import__("shutil").which("setpriv"),
+    reason="running as root without setpriv: file permissions cannot be made to bind",
+)
+
+
+@pytest.mark.parametrize("args", [["status"], ["sample", "--days", "1"], ["--no-ui"], ["verify"], ["init"]])
+def test_a_root_that_is_a_file(tmp_path: Path, args: list[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    got = qtsw("--root", str(afile), *args)
+    assert got.returncode == 4
+    assert f"data root {afile} is not a folder" in one_line(got)
+
+
+def test_a_lock_file_that_cannot_be_opened_exits_4(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "logs" / "qtsw.lock").mkdir(parents=True)  # a folder where the lock file should be
+    got = qtsw("--root", str(root), "--no-ui", "--run-now")
+    assert got.returncode == 4
+    line = one_line(got)
+    assert "engine lock" in line and str(root / "logs" / "qtsw.lock") in line and "Is a directory" in line
+
+
+@needs_permissions
+def test_a_root_owned_by_someone_else_is_refused_with_the_reason(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert qtsw("init", str(root)).returncode == 0
+    (root / "logs").chmod(0o555)
+    try:
+        got = without_override("--root", str(root), "--no-ui", "--run-now")
+    finally:
+        (root / "logs").chmod(0o755)
+    assert got.returncode == 4
+    line = one_line(got)
+    assert f"{root / 'logs' / 'qtsw.lock'}: Permission denied" in line
+
+
+@needs_permissions
+def test_status_on_a_state_file_it_cannot_read(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert qtsw("init", str(root)).returncode == 0
+    runs = root / "logs" / "runs.jsonl"
+    runs.write_text('{"run_id": "x"}\n')
+    runs.chmod(0)
+    try:
+        got = without_override("--root", str(root), "status")
+    finally:
+        runs.chmod(0o644)
+    assert got.returncode == 2
+    assert f"cannot read {runs}: Permission denied" in one_line(got)
+
+
+def test_status_on_a_state_file_that_is_a_folder(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert qtsw("init", str(root)).returncode == 0
+    (root / "logs" / "runs.jsonl").mkdir()
+    got = qtsw("--root", str(root), "status")
+    assert got.returncode == 2
+    assert f"{root / 'logs' / 'runs.jsonl'}: Is a directory" in one_line(got)
+
+
+@needs_permissions
+def test_sample_into_a_read_only_folder(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert qtsw("init", str(root)).returncode == 0
+    raw = root / "data" / "raw"
+    raw.chmod(0o555)
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        into_raw = without_override("--root", str(root), "sample", "--days", "1")
+        new_root = without_override("--root", str(parent / "new"), "sample", "--days", "1")
+    finally:
+        raw.chmod(0o755)
+        parent.chmod(0o755)
+    assert into_raw.returncode == 2
+    assert f"cannot write the sample exports into {raw}: Permission denied" in one_line(into_raw)
+    assert new_root.returncode == 4
+    assert f"{parent / 'new'}: Permission denied" in one_line(new_root)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["sample", "--days", "abc"], ["sample", "--days", "0"], ["sample", "--bogus"], ["status", "--runs", "x"],
+     ["init", "a", "b"], ["verify", "--bogus"], ["rebuild"], ["--bogus"]],
+)
+def test_bad_arguments_exit_4_in_every_command(tmp_path: Path, args: list[str]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    got = qtsw("--root", str(root), *args)
+    assert got.returncode == 4, got.stderr
+    assert "error:" in got.stderr and "Traceback" not in got.stderr
