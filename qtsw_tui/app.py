@@ -140,9 +140,9 @@ class QtswApp(App[int]):
         self.received = {"events": 0, "lines": 0}
         self.flushed = {"events": 0, "batches": 0}
         self._unfrozen_events = 0
-        unknown = sorted(set(settings.keys) - binding_ids())
-        self._unknown_keys = unknown
-        self.set_keymap({k: v for k, v in settings.keys.items() if k not in unknown})
+        # checked when the settings loaded (pipeline_core.keys): known ids, keys a terminal
+        # sends, no two bindings on one key where both are active
+        self.set_keymap(dict(settings.keys))
 
     # --- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -170,13 +170,6 @@ class QtswApp(App[int]):
         self.refresh_status()
         self.refresh_counters()
         self._layout_for(self.size.width, self.size.height)
-        if self._unknown_keys:
-            self.notify(
-                "keys: unknown binding id(s) " + ", ".join(self._unknown_keys)
-                + "; known: " + ", ".join(b.id or "" for b in self.BINDINGS if isinstance(b, Binding)),
-                severity="warning",
-                timeout=15,
-            )
         if not self.is_headless:
             # losing the terminal, SIGTERM or SIGINT: stop the engine cleanly (the run is recorded)
             loop = asyncio.get_running_loop()
