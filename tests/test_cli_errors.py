@@ -217,3 +217,27 @@ def test_bad_arguments_exit_4_in_every_command(tmp_path: Path, args: list[str]) 
     got = qtsw("--root", str(root), *args)
     assert got.returncode == 4, got.stderr
     assert "error:" in got.stderr and "Traceback" not in got.stderr
+
+
+# --- item: one unit for sizes ----------------------------------------------------------------------
+
+
+def test_the_console_and_status_show_the_store_size_in_the_same_unit(tmp_path: Path) -> None:
+    """Decimal megabytes in both: the console's counters and ``qtsw status`` agree."""
+    import json
+
+    from pipeline_core.settings import load_settings
+    from qtsw_tui.widgets.counters import counters_text, read_counters
+
+    root = tmp_path / "root"
+    assert qtsw("init", str(root)).returncode == 0
+    s = load_settings(root=root, env={})
+    store = s.processed_dir / "ES"
+    store.mkdir(parents=True)
+    (store / "ES_2025.parquet").write_bytes(b"\0" * 1_990_000)  # sizes only: never read
+    status = qtsw("--root", str(root), "status")
+    assert "2.0 MB" in status.stdout, status.stdout
+    as_json = json.loads(qtsw("--root", str(root), "status", "--json").stdout)
+    assert as_json["processed"]["ES"]["bytes"] == 1_990_000
+    console = str(counters_text(read_counters(s), 40))
+    assert "2.0 MB" in console, console

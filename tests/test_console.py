@@ -155,7 +155,8 @@ def test_formats_read_as_an_operator_expects():
     assert countdown(775) == "12:55"
     assert countdown(-5) == "00:00"
     assert size(0) == "0 B"
-    assert size(12_900_000) == "12.3 MB"
+    assert size(12_900_000) == "12.9 MB"  # decimal units, as `qtsw status`
+    assert size(999) == "999 B" and size(1500) == "1.5 kB" and size(2_500_000_000) == "2.5 GB"
     # event times: Chicago wall clock, whatever the offset written, with or without a fraction
     assert event_clock("2025-12-01T10:00:05.123456-06:00") == "10:00:05"
     assert event_clock("2025-07-01T10:00:05-05:00") == "10:00:05"
