@@ -435,17 +435,25 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sample"]:
         argv = argv[1:]
-    parser = UsageParser(prog="qtsw sample", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
-    parser.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
-    parser.add_argument("--days", type=int, default=10, help="trading days per instrument (10)")
-    parser.add_argument(
-        "--instruments", default=",".join(DEFAULT_INSTRUMENTS), help="comma-separated symbols"
+    parser = UsageParser(
+        prog="qtsw sample",
+        description="Write realistic sample exports to try the pipeline with: per instrument, one "
+        "file of one-minute bars in <root>/data/raw and its 'export complete' signal, as the "
+        "NinjaTrader exporter writes them. Creates the data root if it does not exist. The same "
+        "seed and last date always give the same files.",
     )
-    parser.add_argument("--seed", type=int, default=7, help="random seed (7)")
-    parser.add_argument("--end", type=date.fromisoformat, help="last trade date, YYYY-MM-DD")
+    parser.add_argument("--root", metavar="PATH", help="data root (default: $QTSW_ROOT, else the folder qtsw is installed in)")
+    parser.add_argument("--config", metavar="FILE", help="settings file (default: <root>/qtsw.toml)")
+    parser.add_argument("--days", type=int, default=10, metavar="N", help="trading days per instrument (default: 10)")
     parser.add_argument(
-        "--if-empty", action="store_true", help="do nothing if data/raw or data/processed has files"
+        "--instruments", default=",".join(DEFAULT_INSTRUMENTS), metavar="LIST",
+        help=f"comma-separated symbols (default: {','.join(DEFAULT_INSTRUMENTS)})",
+    )
+    parser.add_argument("--seed", type=int, default=7, metavar="N", help="random seed (default: 7)")
+    parser.add_argument("--end", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                        help="last trading day (default: the last completed one, Chicago time)")
+    parser.add_argument(
+        "--if-empty", action="store_true", help="write nothing if data/raw or data/processed already has files"
     )
     args = parser.parse_args(argv)
     if args.days < 1:

@@ -1,4 +1,4 @@
-"""The command line (SPEC §7): ``qtsw`` — the console, or the engine headless.
+"""The command line: ``qtsw`` — the console, or the engine headless.
 
 ::
 
@@ -44,25 +44,40 @@ _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 _Parser = UsageParser  # bad arguments exit 4 in every command
 
 
+ROOT_HELP = "data root (default: $QTSW_ROOT, else the folder qtsw is installed in)"
+CONFIG_HELP = "settings file (default: <root>/qtsw.toml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="qtsw",
-        description="Operator console for the qtsw futures-data pipeline "
-        "(raw exports -> bar store -> opening-range breakout analysis -> monthly results).",
-        epilog="Commands: 'qtsw init [PATH]' creates a data root (the others refuse a missing one); 'qtsw sample [--days N] [--instruments ES,NQ] [--seed S] [--if-empty]' "
-        "writes sample exports; 'qtsw status [--json]' shows what is where. Headless exit codes: "
-        "0 success, 1 partial, 2 failure, 3 cancelled, 4 could not start.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Operator console for the qtsw futures-data pipeline: raw exports -> bar\n"
+        "store -> opening-range breakout analysis -> monthly results, every 15 minutes.\n"
+        "Without --no-ui it opens the console, which needs a terminal.",
+        epilog="""commands (each has --help):
+  qtsw init [PATH]        create a data root: its folders and a starter qtsw.toml
+  qtsw sample             write sample exports to try the pipeline with
+  qtsw status [--json]    what is where: files, pending work, last runs, the engine
+  qtsw verify [--json]    check the data files against the catalogue
+  qtsw rebuild --instrument X | --all
+                          rebuild a bar store from the archived exports
+
+exit codes: 0 success, 1 partial (or problems found), 2 failure (or a file that
+cannot be read or written), 3 cancelled, 4 could not start (bad arguments or
+settings, a missing data root, the engine already running)""",
     )
-    p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
-    p.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--no-ui", action="store_true", help="run headless: events printed as they happen")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--run-now", action="store_true", help="one full run now (headless: then exit)")
     what.add_argument("--stage", choices=STAGES, help="one stage now (headless: then exit)")
-    p.add_argument("--schedule", metavar="HH:MM", help="first scheduled run not before HH:MM (Chicago)")
-    p.add_argument("--full", action="store_true", help="re-analyse everything (after a change of analysis settings)")
-    p.add_argument("--json", action="store_true", help="headless: print raw JSONL event lines")
-    p.add_argument("-v", "--verbose", action="store_true", help="headless: print stage output lines too")
+    p.add_argument("--schedule", metavar="HH:MM", help="first scheduled run not before HH:MM (Chicago time)")
+    p.add_argument("--full", action="store_true", help="re-analyse everything (needed after a change of analysis settings)")
+    p.add_argument("--json", action="store_true", help="headless: print each event as its JSON line")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="headless: print every event (progress, per-file figures) and the stages' output")
     return p
 
 
@@ -308,9 +323,11 @@ def _init(argv: list[str]) -> int:
         "its default, commented out) unless one exists. Says what it made; changes nothing that "
         "is already there.",
     )
-    p.add_argument("path", nargs="?", help="the data root to create (default: --root, QTSW_ROOT, else the project folder)")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="the data root to create (default: --root, else $QTSW_ROOT, else the folder qtsw is installed in)")
     p.add_argument("--root", help=argparse.SUPPRESS)
-    p.add_argument("--config", help="settings file to check instead of <root>/qtsw.toml (no starter file is written then)")
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file to check instead of <root>/qtsw.toml (no starter file is written then)")
     args = p.parse_args(argv)
     from pipeline_core.settings import STARTER_TOML, SettingsError, load_settings
 
@@ -356,11 +373,13 @@ def _init(argv: list[str]) -> int:
 
 
 def _status(argv: list[str]) -> int:
-    p = _Parser(prog="qtsw status", description="What is where: files per folder, pending work, last runs, the lock holder.")
-    p.add_argument("--root")
-    p.add_argument("--config")
+    p = _Parser(prog="qtsw status", description="What is where in a data root: raw files ready, "
+                "being exported and quarantined, the bar store, pending analysis and merges, monthly "
+                "result files, the last runs and whether an engine is running. Changes nothing.")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
-    p.add_argument("--runs", type=int, default=5, help="how many recent runs to list (5)")
+    p.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent runs to list (default: 5)")
     args = p.parse_args(argv)
     from pipeline_core.settings import SettingsError, load_settings
 
@@ -417,9 +436,11 @@ def format_status(st: dict[str, Any]) -> str:
     )
     proc = st["processed"]
     files = sum(v["files"] for v in proc.values())
-    size = sum(v["bytes"] for v in proc.values()) / 1e6
+    from qtsw_tui.widgets.format import size
+
+    total = size(sum(v["bytes"] for v in proc.values()))  # decimal units, as the console shows them
     per = ", ".join(f"{k} {v['files']}" for k, v in proc.items())
-    lines.append(f"  store:      {len(proc)} instrument(s), {files} file(s), {size:.1f} MB" + (f" ({per})" if per else ""))
+    lines.append(f"  store:      {len(proc)} instrument(s), {files} file(s), {total}" + (f" ({per})" if per else ""))
     pend = st["pending"]
     analysis = [f"{k}: {v}" for k, v in pend["analysis"].items()]
     lines.append(f"  analysis:   {len(analysis)} instrument(s) pending" + (": " + "; ".join(analysis) if analysis else ""))

@@ -5,6 +5,7 @@ traceback. Real subprocesses on temporary data roots."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -241,3 +242,32 @@ def test_the_console_and_status_show_the_store_size_in_the_same_unit(tmp_path: P
     assert as_json["processed"]["ES"]["bytes"] == 1_990_000
     console = str(counters_text(read_counters(s), 40))
     assert "2.0 MB" in console, console
+
+
+# --- item: help texts and the README speak to users -------------------------------------------------
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("command", [[], ["init"], ["sample"], ["status"], ["verify"], ["rebuild"]])
+def test_help_speaks_to_users(command: list[str]) -> None:
+    got = qtsw(*command, "--help")
+    assert got.returncode == 0 and got.stderr == ""
+    text = got.stdout
+    for jargon in ("SPEC", "§", "``", ":func:", ":mod:", "::"):
+        assert jargon not in text, f"{jargon!r} in qtsw {' '.join(command)} --help"
+    # every option says what it is for
+    options = re.findall(r"^  (-\S+.*?)(?:\s{2,}(.*))?$", text, re.MULTILINE)
+    assert options and all(help_text or "help" in opt for opt, help_text in options
+                           if not opt.startswith("-h")), text
+
+
+def test_readme_runs_qtsw_from_where_it_is_installed() -> None:
+    readme = (PROJECT / "README.md").read_text()
+    blocks = re.findall(r"```\n(.*?)```", readme, re.DOTALL)
+    commands = [ln for b in blocks for ln in b.splitlines() if re.match(r"(\S*/)?qtsw( |$)", ln)]
+    assert commands and all(ln.startswith(".venv/bin/qtsw") for ln in commands), commands
+    assert ".venv/bin/qtsw" in readme and 'make qtsw ARGS="' in readme
+    made = subprocess.run(["make", "-n", "-C", str(PROJECT), "qtsw", "ARGS=status --json"],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and ".venv/bin/qtsw status --json" in made.stdout
