@@ -131,6 +131,7 @@ class QtswApp(App[int]):
         self.serve_worker: Worker[None] | None = None
         self.closing = False
         self.stopped_busy = False  # a run was active when the console was asked to stop
+        self.farewell = ""  # printed by the command line after the console has gone
         self._watchdog: threading.Thread | None = None
         self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
@@ -369,8 +370,12 @@ class QtswApp(App[int]):
         if not self.engine.busy:
             self.notify("No run is active.")
             return
-        run = self.engine.snapshot().current
-        what = f"run {short_id(run.run_id)}" + (f" ({run.stage} running)" if run and run.stage else "") if run else "the run"
+        def question() -> str:
+            # asked again while the dialog is open: it names the stage running now
+            run = self.engine.snapshot().current
+            if run is None:
+                return "The run has ended: nothing left to cancel."
+            return f"Cancel run {short_id(run.run_id)}" + (f" ({run.stage} running)?" if run.stage else "?")
 
         def answered(yes: bool | None) -> None:
             if yes and not self.engine.cancel():
@@ -378,7 +383,7 @@ class QtswApp(App[int]):
             elif yes:
                 self.notify("Cancelling: the stages are being stopped.")
 
-        self.push_screen(ConfirmScreen(f"Cancel {what}?", yes="Cancel run", no="Keep running"), answered)
+        self.push_screen(ConfirmScreen(question, yes="Cancel run", no="Keep running"), answered)
 
     def action_history(self) -> None:
         self.push_screen(HistoryScreen(self.settings))
@@ -484,6 +489,7 @@ class QtswApp(App[int]):
             return
         self.closing = True
         busy = self.stopped_busy = self.engine.busy
+        active = self.engine.snapshot().current if busy else None
         if busy:
             self.notify("Cancelling the run and stopping the engine…", timeout=STOP_SECONDS)
         self.engine.stop()
@@ -497,7 +503,24 @@ class QtswApp(App[int]):
             if self._unsubscribe is not None:
                 self._unsubscribe()
             os._exit(HANGUP_EXIT)
+        if active is not None:
+            self.farewell = self._farewell(active.run_id)
         self.exit(3 if busy else 0)
+
+    def _farewell(self, run_id: str) -> str:
+        """What the command line prints once the console has gone: how the run it stopped ended."""
+        from pipeline_core import history
+
+        try:
+            line = next((r for r in reversed(history.read_runs(self.settings)) if r.get("run_id") == run_id), None)
+            report = history.find_report(self.settings, run_id)
+        except Exception:  # noqa: BLE001 - a note on the way out must not stop the exit
+            line, report = None, None
+        status = (line or {}).get("status") or "cancelled"
+        text = f"run {short_id(run_id)} {status} and recorded"
+        if report and report.get("path"):
+            text += f" (report {report['path']})"
+        return text + "; the engine has stopped"
 
     def on_unmount(self) -> None:
         gc.unfreeze()  # what was frozen at start-up may be collected again once the console is gone

@@ -236,7 +236,12 @@ def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: A
     }
     app = build_app(settings, engine, options)
     app.run()
-    code = getattr(app, "return_code", None)
+    if getattr(app, "farewell", ""):
+        _err(app.farewell)  # the terminal is back: say how the run that was stopped ended
+    # the console ends with exit(3) after stopping an active run, exit(0) otherwise
+    code = getattr(app, "return_value", None)
+    if not isinstance(code, int):
+        code = getattr(app, "return_code", None)
     return int(code) if isinstance(code, int) else 0
 
 
