@@ -34,6 +34,7 @@ from pipeline_core.events import Event
 from pipeline_core.runstate import STAGE_NAMES, EngineSnapshot, EventMessage, OutputMessage
 from pipeline_core.settings import Settings
 from qtsw_tui.headless import event_text
+from qtsw_tui.nocolor import make_readable
 from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
@@ -123,6 +124,8 @@ class QtswApp(App[int]):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
+        if self.no_color:
+            make_readable(self._filters)  # NO_COLOR: greys, each readable on its background
         self.settings = settings
         self.engine = engine
         self.options = dict(options or {})
