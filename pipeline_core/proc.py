@@ -383,7 +383,7 @@ async def run_stage(
             warned_at = time.monotonic()
             on_silence(warned_at - last_output)
 
-    timed_out = hung = False
+    timed_out = hung = cancelled = False
     try:
         proc = await anyio.open_process(
             list(argv),
@@ -433,13 +433,16 @@ async def run_stage(
             tg.cancel_scope.cancel()
     except BaseException as exc:
         if proc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
-            note("cancelled: terminating the process group")
+            cancelled = True
+            note("cancelled: stopping the stage's processes")
         raise
     finally:
         with anyio.CancelScope(shield=True):
             if proc is not None:
                 what = await terminate_group(proc.pid, grace)
-                if what != "gone" and not (timed_out or hung):
+                if what != "gone" and cancelled:
+                    note(f"stopped: process group {proc.pid} {what} as asked")  # the expected end of a cancel
+                elif what != "gone" and not (timed_out or hung):
                     note(f"process group {proc.pid} still running at the end: {what}")
                 escaped = await kill_escaped(token, grace)
                 if escaped:

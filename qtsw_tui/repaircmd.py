@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from pipeline_core.usage import root_problem
+
 EXIT_CANNOT_START = 4
 
 
@@ -20,8 +22,10 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     from qtsw_tui.cli import _Parser
 
     p = _Parser(prog=prog, description=description)
-    p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
-    p.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
+    from qtsw_tui.cli import CONFIG_HELP, ROOT_HELP
+
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     return p
 
 
@@ -34,8 +38,9 @@ def _settings(args: argparse.Namespace) -> Any:
     except SettingsError as exc:
         print(f"qtsw: {exc}", file=sys.stderr)
         return None
-    if not settings.root.is_dir():
-        print(f"qtsw: data root {settings.root} does not exist", file=sys.stderr)
+    problem = root_problem(settings.root)
+    if problem:
+        print(f"qtsw: {problem}", file=sys.stderr)
         return None
     return settings
 
@@ -81,7 +86,7 @@ def rebuild_main(argv: list[str]) -> int:
         "at its next run.",
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--instrument", help="the instrument to rebuild, e.g. ES")
+    which.add_argument("--instrument", metavar="SYMBOL", help="the instrument to rebuild, e.g. ES")
     which.add_argument("--all", action="store_true", help="every instrument in the catalogue")
     args = p.parse_args(argv)
     settings = _settings(args)

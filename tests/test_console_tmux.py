@@ -136,3 +136,38 @@ def test_console_losing_its_terminal_mid_run_records_the_run_and_leaves(tmp_path
         time.sleep(0.1)
     runs = [json.loads(line) for line in settings.runs_index.read_text().splitlines()]
     assert len(runs) == 1 and runs[0]["status"] == "cancelled"
+
+
+def test_cancel_and_quit_says_how_the_run_ended_and_exits_3(tmp_path):
+    """q during a run, then "cancel and quit": once the terminal is back, one line says the run
+    was cancelled and recorded (naming its report), and the exit status is 3."""
+    root = tmp_path / "root"
+    status = tmp_path / "status"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_") and k != "TMUX"}
+    env.update(TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8", QTSW_ENGINE_WORKERS="1")
+    settings = load_settings(root=root, env=env)
+    settings.ensure_dirs()
+    write_samples(settings, days=5, instruments=["ES", "NQ", "CL"], end=date(2025, 11, 26))
+    sock, session = f"qtsw-test-{uuid.uuid4().hex[:8]}", "console"
+    subprocess.run([TMUX, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", session,
+                    "-x", "80", "-y", "24", f"{QTSW} --root {root}; echo $? > {status}; sleep 60"],
+                   env=env, check=True, timeout=20)
+    try:
+        poll(sock, session, lambda t: "schedule running" in t, "the console to start")
+        tmux(sock, "send-keys", "-t", session, "r")
+        poll(sock, session, lambda t: "stage analyzer" in t, "the analyzer to run")
+        with catalog.hold_writes(settings):  # the run cannot end by itself meanwhile
+            tmux(sock, "send-keys", "-t", session, "q")
+            poll(sock, session, lambda t: "Cancel it and quit?" in t, "the question")
+            tmux(sock, "send-keys", "-t", session, "y")
+            said = poll(sock, session, lambda t: "the engine has stopped" in t, "the closing line")
+    finally:
+        deadline = time.monotonic() + 30
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tmux(sock, "kill-server", check=False)
+    runs = [json.loads(line) for line in settings.runs_index.read_text().splitlines()]
+    assert len(runs) == 1 and runs[0]["status"] == "cancelled"
+    flat = said.replace("\n", "")
+    assert f"qtsw: run {runs[0]['run_id'][:8]} cancelled and recorded (report " in flat
+    assert status.read_text().strip() == "3"
