@@ -470,6 +470,8 @@ ENV_OTHER = {
     "QTSW_FULL": "set by the engine for its stages",
     "QTSW_TRANSLATOR_PIECE_BYTES": "a test setting of the translator",
     "QTSW_CRASH_BEFORE_RENAME": "a test setting of atomic writes",
+    "QTSW_FAIL_WRITE": "a test setting: writes to matching paths fail as on a full disk",
+    "QTSW_PAUSE_AFTER_READ": "a test setting of the translator (a file changing while read)",
 }
 
 

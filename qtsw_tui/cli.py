@@ -370,7 +370,11 @@ def _stop_signals() -> list[signal.Signals]:
     return sigs
 
 
-async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any, host: _Host) -> Any:
+async def _one_run(
+    engine: Any, stages: list[str] | None, full: bool, printer: Any, host: _Host | None = None
+) -> Any:
+    """One run of the engine (no schedule), cancelled on a stop signal; ``host``: the control
+    socket and service notices beside it (none for a rebuild's re-analysis)."""
     import anyio
 
     out: dict[str, Any] = {}
@@ -381,16 +385,19 @@ async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: A
                 task_status.started()
                 async for sig in signals:
                     printer.note(f"{sig.name}: cancelling the run")
-                    host.stopping()
+                    if host is not None:
+                        host.stopping()
                     if not engine.cancel():
                         tg.cancel_scope.cancel()
 
         await tg.start(watch_signals)  # handlers in place before anything can be interrupted
-        host.start(tg, schedule=False)
+        if host is not None:
+            host.start(tg, schedule=False)
         out["rs"] = await engine.run(
             "stage" if stages else "manual", stages=stages, full=full
         )
-        host.stopping()
+        if host is not None:
+            host.stopping()
         tg.cancel_scope.cancel()
     return out.get("rs")
 
