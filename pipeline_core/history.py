@@ -110,6 +110,23 @@ def find_report(settings: Settings, run_id: str) -> dict[str, Any] | None:
     return None
 
 
+def recent_reports(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    """The audit reports of the last ``limit`` runs (by start time), oldest first; unreadable
+    ones skipped."""
+    d = settings.reports_dir
+    if not d.is_dir() or limit <= 0:
+        return []
+    out = []
+    for p in sorted(d.glob("pipeline_report_*.json"))[-limit:]:
+        try:
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
 def run_events(settings: Settings, run_id: str) -> list[Event]:
     """The events of ``run_id`` in order (corrupt lines skipped)."""
     events, _ = read_events(run_event_path(settings.events_dir, run_id))
