@@ -329,7 +329,7 @@ def rule_missed_marks(settings: Settings, now: datetime, missed: Sequence[dateti
         more = f" (+{len(missed) - 8})" if len(missed) > 8 else ""
         return RuleResult(rule, (Check(rule, "schedule", True, "warning",
                                        f"{len(missed)} scheduled run(s) missed: {names}{more} (engine asleep or stopped)",
-                                       {"missed": [m.isoformat() for m in missed]}),))
+                                       {"marks_missed": [m.isoformat() for m in missed]}),))
     if mark is not None:
         return RuleResult(rule, (Check(rule, "schedule", False),))
     return RuleResult(rule)
@@ -801,9 +801,8 @@ class Notifier:
     def close(self, timeout: float = 0.0) -> None:
         """Deliver what is queued within ``timeout`` seconds, then stop retrying."""
         self.flush(timeout)
-        self._stop.set()
-        with self._cv:
-            self._cv.notify_all()
+        stop, self._stop = self._stop, threading.Event()  # a later submit starts afresh
+        stop.set()
 
 
 # --- the monitor the engine holds ------------------------------------------------------------------
@@ -844,13 +843,14 @@ class AlertMonitor:
     # facts and evaluation ---------------------------------------------------------------------
 
     def standing_results(self, now: datetime) -> list[RuleResult]:
-        """The rules that look at the present state of the data root."""
+        """The rules that look at the present state of the data root. Stale data is judged only
+        while the schedule runs: a manual run on old data is no news about the live feed."""
         s = self.settings
         out = []
         on = s.alerts.enabled
         if on("quarantine"):
             out.append(rule_quarantine(s, now, quarantined_files(s)))
-        if on("stale_data"):
+        if on("stale_data") and self.running_since is not None:
             out.append(rule_stale_data(s, now, last_bars(s), self.holidays))
         if on("export_stalled"):
             out.append(rule_export_stalled(s, now, export_facts(s)))
@@ -983,7 +983,13 @@ class AlertMonitor:
         return ok
 
     def close(self, timeout: float = 0.0) -> None:
+        """Give queued messages up to ``timeout`` seconds, then stop retrying."""
         self.notifier.close(timeout)
+
+    def delivery_bound(self) -> float:
+        """The longest one message can take on a channel: every attempt and every wait."""
+        a = self.settings.alerts
+        return a.timeout_seconds * (a.retries + 1) + a.retry_backoff_seconds * (2 ** a.retries - 1)
 
 
 # --- status and the test message ----------------------------------------------------------------

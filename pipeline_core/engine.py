@@ -43,6 +43,7 @@ import anyio
 import anyio.lowlevel
 
 from pipeline_core import catalog, clock, history, lock, proc
+from pipeline_core.alerts import AlertMonitor
 from pipeline_core.events import (
     Event,
     EventWriter,
@@ -136,6 +137,7 @@ class _Run:
     error: str | None = None
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # stage → done/total/msg
+    report: dict[str, Any] | None = None  # the audit report, once written
     last_progress_event: dict[str, float] = field(default_factory=dict)  # key → monotonic
 
 
@@ -178,6 +180,7 @@ class Engine:
         self._loop_thread: int | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._subscriber_errors = 0
+        self.alerts = AlertMonitor(settings, now=self.now, emit=self._alert_emit)
 
     # --- watchers -----------------------------------------------------------------------------
 
@@ -261,6 +264,17 @@ class Engine:
         ev = self._sched_writer.emit("scheduler", event, msg, data)
         self._publish(EventMessage(ev))
         return ev
+
+    def _alert_emit(self, msg: str, data: dict[str, Any]) -> None:
+        """An ``alert`` event in the scheduler's log; from the notifier's thread via the loop."""
+        def emit() -> None:
+            self._sched_emit("alert", msg, data)
+
+        try:
+            self._in_loop(emit)
+        except Exception:  # the loop ended meanwhile, or the log cannot be written
+            with contextlib.suppress(Exception):
+                emit()
 
     # --- control ------------------------------------------------------------------------------
 
@@ -407,6 +421,7 @@ class Engine:
                 while not self._stop:
                     if self._schedule is not None:
                         self._look_at_clock()
+                    self._alert_tick()
                     delay = self.schedule_tick
                     if self._schedule is not None:
                         delay = min(delay, self._schedule.seconds_to_next() + 0.005)
@@ -421,20 +436,32 @@ class Engine:
             if self._schedule is not None:
                 with contextlib.suppress(Exception):
                     self._sched_emit("log", "Scheduler stopped", {"level": "info"})
+            self._schedule = None
+            self.alerts.running_since = None
+            self.alerts.close(timeout=self.alerts.delivery_bound())
             if self._sched_writer is not None:
                 self._sched_writer.close()
                 self._sched_writer = None
-            self._schedule = None
             self._serving = False
             self._wake = None
             self._stop = False
             self._unbind_loop()
+
+    def _alert_tick(self) -> None:
+        try:
+            self.alerts.tick(self.scheduler_state)
+        except Exception:  # alerts never stop the scheduler
+            traceback.print_exc(file=sys.stderr)
 
     def _look_at_clock(self) -> None:
         assert self._schedule is not None
         due = self._schedule.poll()
         if due.mark is None:
             return
+        try:
+            self.alerts.marks(due.missed, due.mark)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
         for m in due.missed:
             self._sched_emit(
                 "log",
@@ -584,6 +611,7 @@ class Engine:
         rs.ended = self.now()
         rs.stage = None
         report = self._report(rs, run.details, full=run.full, error=run.error, duration=duration)
+        run.report = report
         report_file: Path | None = None
         try:
             report_file = history.write_report(self.settings, report, rs.started)
@@ -621,6 +649,11 @@ class Engine:
         run.writer.close()
         if run.writer.error is not None:
             self._record_failed(run, run.writer.error, run.writer.path)
+        try:
+            # after the run is recorded: alerts read its report, and never change or delay it
+            self.alerts.run_ended(report)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
 
     # --- stages -------------------------------------------------------------------------------
 
