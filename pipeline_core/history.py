@@ -167,8 +167,9 @@ def count_files(folder: Path, pattern: str = "*") -> tuple[int, int]:
 
 
 def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
-    """What is where (``qtsw status``): files per folder, pending work, last runs, the lock holder."""
-    from pipeline_core import catalog
+    """What is where (``qtsw status``): files per folder, pending work, last runs, the lock holder,
+    the active alerts (channels masked)."""
+    from pipeline_core import alerts, catalog
     from pipeline_core.lock import lock_holder
     from pipeline_core.rawfiles import scan_raw
 
@@ -214,4 +215,5 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
             "stale": catalog.stale_results(settings),
         },
         "runs": read_runs(settings, limit=runs),
+        "alerts": alerts.status_view(settings),
     }

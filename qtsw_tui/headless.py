@@ -27,6 +27,7 @@ EVENT_STYLES = {
     "progress": "blue",
     "metric": "magenta",
     "log": "",
+    "alert": "bold magenta",
 }
 LEVEL_STYLES = {"warning": "yellow", "error": "red"}
 
@@ -100,6 +101,8 @@ class HeadlessPrinter:
         style = EVENT_STYLES.get(ev.event, "")
         if ev.event == "log":
             style = LEVEL_STYLES.get(str(ev.data.get("level")), "")
+        elif ev.event == "alert":
+            style = {"recovered": "green", "acknowledged": "dim"}.get(str(ev.data.get("state")), "bold magenta")
         if ev.stage == "pipeline" and ev.event == "failure" and ev.data.get("status") == "partial":
             style = "bold yellow"
         self._line(format_event(ev), style)
