@@ -671,20 +671,26 @@ class Delivery:
     ok: bool
     reason: str = ""
     attempts: int = 1
+    number: int = 0  # the channel's place in [alerts] urls, from 1 (masked URLs may look alike)
 
 
-def _attempt(url: str, title: str, body: str, ntype: str, timeout: float) -> tuple[bool, str]:
+def _plugin(url: str) -> Any:
+    """The apprise service for ``url``, or None (loading apprise's plugins takes a moment the
+    first time: done before any attempt's timeout starts)."""
     import apprise
 
+    try:
+        return apprise.Apprise.instantiate(url)
+    except Exception:
+        return None
+
+
+def _attempt(plugin: Any, title: str, body: str, ntype: str, timeout: float) -> tuple[bool, str]:
     result: dict[str, Any] = {}
 
     def send() -> None:
         ident = threading.get_ident()
         try:
-            plugin = apprise.Apprise.instantiate(url)
-            if plugin is None:
-                result["out"] = (False, "not a valid apprise URL (or its plugin is not available)")
-                return
             for attr in ("socket_connect_timeout", "socket_read_timeout"):
                 if hasattr(plugin, attr):
                     setattr(plugin, attr, timeout)
@@ -705,23 +711,27 @@ def _attempt(url: str, title: str, body: str, ntype: str, timeout: float) -> tup
 
 
 def deliver(channel: AlertChannel, title: str, body: str, ntype: str, *, timeout: float, retries: int,
-            backoff: float, stop: threading.Event | None = None) -> Delivery:
+            backoff: float, stop: threading.Event | None = None, number: int = 0) -> Delivery:
     """Send one message on one channel: up to ``1 + retries`` attempts, each bounded by
     ``timeout``, waiting ``backoff``, 2×``backoff`` … between them. Blocks: call it off the loop."""
+    plugin = _plugin(channel.url)
+    if plugin is None:
+        return Delivery(mask_url(channel.url), False, "not a valid apprise URL (or its service is not available)",
+                        0, number)
     reason = ""
     attempts = 0
     for i in range(retries + 1):
         attempts = i + 1
-        ok, reason = _attempt(channel.url, title, body, ntype, timeout)
+        ok, reason = _attempt(plugin, title, body, ntype, timeout)
         if ok:
-            return Delivery(mask_url(channel.url), True, "", attempts)
+            return Delivery(mask_url(channel.url), True, "", attempts, number)
         if i < retries:
             wait = backoff * (2 ** i)
             if stop is not None and stop.wait(wait):
                 break
             if stop is None:
                 _time.sleep(wait)
-    return Delivery(mask_url(channel.url), False, scrub(reason, [channel.url]), attempts)
+    return Delivery(mask_url(channel.url), False, scrub(reason, [channel.url]), attempts, number)
 
 
 class Notifier:
@@ -733,7 +743,7 @@ class Notifier:
     def __init__(self, settings: Settings, on_result: Callable[[Delivery, list[str]], None]) -> None:
         self.settings = settings
         self.on_result = on_result
-        self._queue: list[tuple[str, str, str, str, str, list[str]]] = []
+        self._queue: list[tuple[int, AlertChannel, str, str, str, list[str]]] = []
         self._cv = threading.Condition()
         self._busy = 0
         self._stop = threading.Event()
@@ -745,11 +755,11 @@ class Notifier:
         if not chosen or not self.settings.alerts.channels:
             return
         with self._cv:
-            for ch in self.settings.alerts.channels:
+            for number, ch in enumerate(self.settings.alerts.channels, start=1):
                 mine = [n for n in chosen if ch.wants(n.alert.severity)]
                 if mine:
                     title, body, ntype = group_message(mine)
-                    self._queue.append((ch.url, ch.min_severity, title, body, ntype, [n.alert.key for n in mine]))
+                    self._queue.append((number, ch, title, body, ntype, [n.alert.key for n in mine]))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="qtsw-alerts", daemon=True)
                 self._thread.start()
@@ -766,12 +776,12 @@ class Notifier:
                 jobs, self._queue = self._queue, []
                 self._busy += len(jobs)
             threads = []
-            for url, sev, title, body, ntype, keys in jobs:
-                def one(url: str = url, sev: str = sev, title: str = title, body: str = body,
+            for number, ch, title, body, ntype, keys in jobs:
+                def one(number: int = number, ch: AlertChannel = ch, title: str = title, body: str = body,
                         ntype: str = ntype, keys: list[str] = keys) -> None:
                     try:
-                        d = deliver(AlertChannel(url, sev), title, body, ntype, timeout=a.timeout_seconds,
-                                    retries=a.retries, backoff=a.retry_backoff_seconds, stop=self._stop)
+                        d = deliver(ch, title, body, ntype, timeout=a.timeout_seconds, retries=a.retries,
+                                    backoff=a.retry_backoff_seconds, stop=self._stop, number=number)
                         try:
                             self.on_result(d, keys)
                         except Exception:
@@ -949,8 +959,8 @@ class AlertMonitor:
     def _delivered(self, d: Delivery, keys: list[str]) -> None:
         if d.ok:
             return
-        self.emit(f"alert not delivered to {d.channel} after {d.attempts} attempt(s): {d.reason}",
-                  {"state": "delivery_failed", "channel": d.channel, "reason": d.reason,
+        self.emit(f"alert not delivered to channel {d.number} ({d.channel}) after {d.attempts} attempt(s): {d.reason}",
+                  {"state": "delivery_failed", "channel": d.channel, "channel_number": d.number, "reason": d.reason,
                    "attempts": d.attempts, "keys": keys, "level": "warning"})
 
     # the console -----------------------------------------------------------------------------
@@ -1013,5 +1023,5 @@ def send_test(settings: Settings, urls: Sequence[str] | None = None) -> list[Del
     a = settings.alerts
     title = "qtsw: test message"
     body = f"A test alert from qtsw at {_hm(clock.now())} (data root {settings.root}). No action needed."
-    return [deliver(ch, title, body, "info", timeout=a.timeout_seconds, retries=0, backoff=0)
-            for ch in channels]
+    return [deliver(ch, title, body, "info", timeout=a.timeout_seconds, retries=0, backoff=0, number=i)
+            for i, ch in enumerate(channels, start=1)]

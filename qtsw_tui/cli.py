@@ -308,9 +308,9 @@ def _alert(argv: list[str]) -> int:
     results = send_test(settings, args.url)  # channels come back masked
     for d in results:
         if d.ok:
-            print(f"sent    {d.channel}", flush=True)
+            print(f"sent    #{d.number} {d.channel}", flush=True)
         else:
-            print(f"FAILED  {d.channel}: {d.reason}", flush=True)
+            print(f"FAILED  #{d.number} {d.channel}: {d.reason}", flush=True)
     bad = sum(not d.ok for d in results)
     print(f"{len(results) - bad} of {len(results)} channel(s) sent", flush=True)
     return 1 if bad else 0
