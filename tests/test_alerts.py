@@ -526,3 +526,49 @@ def test_alert_test_command_reports_per_channel(root: Path, hook: Webhook) -> No
     assert bad.returncode == 1 and "1 of 2 channel(s) sent" in bad.stdout and "500" in bad.stdout
     none = subprocess.run(qtsw, env=env, capture_output=True, text=True, timeout=60)
     assert none.returncode == 1 and "no alert channel configured" in none.stderr
+
+
+# --- the console ------------------------------------------------------------------------------
+
+
+def test_console_shows_an_alert_arriving_and_acknowledged(root: Path, hook: Webhook) -> None:
+    from qtsw_tui.app import build_app
+    from qtsw_tui.screens.alerts import AlertsScreen
+    from qtsw_tui.widgets.header import StatusHeader
+
+    s = make_settings(root, [hook.url()], alerts__check_seconds=1)
+    app = build_app(s, Engine(s), {"schedule": True})
+
+    async def until(pilot: Any, cond: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not cond():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            await pilot.pause(0.05)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.snapshot is not None and app.snapshot.scheduler == "running")
+            assert "alert" not in str(app.query_one("#header", StatusHeader).render())
+            # a file is quarantined while the console watches; the next check finds it
+            q = s.quarantine_dir
+            q.mkdir(parents=True, exist_ok=True)
+            (q / "ES.csv").write_text("x")
+            (q / "ES.csv.error.txt").write_text("file: ES.csv\nrule: bad_header\nline: 1\nreason: no Date column\n")
+            await until(pilot, lambda: any(t == "Alert" for _, t, _ in app.notified))
+            await until(pilot, lambda: "1 alert" in str(app.query_one("#header", StatusHeader).render()))
+            await pilot.press("exclamation_mark")
+            assert isinstance(app.screen, AlertsScreen)
+            table = app.screen.query_one("#alerts-table")
+            row = [str(c) for c in table.get_row_at(0)]
+            assert row[0] == "warning" and row[2] == "active" and "ES.csv quarantined (rule bad_header, line 1)" in row[3]
+            await pilot.press("a")
+            assert [str(c) for c in table.get_row_at(0)][2] == "acknowledged"
+            assert app.engine.alerts.active()[0].acknowledged
+            await pilot.press("escape")
+            await until(pilot, lambda: "alert" not in str(app.query_one("#header", StatusHeader).render()))
+            await pilot.press("q")
+        states = [e.data["state"] for e in alert_events(s)]
+        assert states == ["firing", "acknowledged"]
+        wait_for(lambda: len(hook.messages()) == 1)
+
+    anyio.run(main, backend="asyncio")

@@ -23,11 +23,13 @@ def stale_notice(streams: tuple[str, ...] | list[str]) -> str:
 
 
 def header_lines(
-    snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, stale: tuple[str, ...] = ()
+    snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, stale: tuple[str, ...] = (),
+    alerts: int = 0,
 ) -> tuple[Text, Text]:
     """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock);
     ``hint`` names the main keys while no run is active; ``stale``: the streams whose results
-    are from other analysis settings (said instead of the hint, or after the run's stages)."""
+    are from other analysis settings (said instead of the hint, or after the run's stages);
+    ``alerts``: the active alerts not acknowledged (a badge, shown only when there are some)."""
     top = Text()
     top.append(now.strftime("%H:%M:%S"), style="bold")
     top.append(" CT", style="dim")
@@ -51,6 +53,9 @@ def header_lines(
             top.append(f" {ended:%H:%M}")
     else:
         top.append("-")
+    if alerts:
+        top.append("  ")
+        top.append(f" ! {alerts} alert{'s' if alerts != 1 else ''} ", style="bold white on red")
 
     bottom = Text()
     run = snap.current
@@ -86,6 +91,7 @@ class StatusHeader(Static):
     _shown: Text | None = None
     _hint_text: str | None = None
     stale: tuple[str, ...] = ()  # from the counters: streams whose results are of other settings
+    alerts: int = 0  # active alerts not acknowledged
 
     def _hint(self) -> str:
         if self._hint_text is None:  # the keymap is fixed once the console runs
@@ -100,7 +106,7 @@ class StatusHeader(Static):
         return self._hint_text
 
     def show(self, snap: EngineSnapshot, now: datetime) -> None:
-        text = Text("\n").join(header_lines(snap, now, self._hint(), self.stale))
+        text = Text("\n").join(header_lines(snap, now, self._hint(), self.stale, self.alerts))
         if text != self._shown:
             self._shown = text
             # two lines, height fixed by the stylesheet: repaint only, no layout pass
