@@ -514,6 +514,7 @@ class AlertBook:
         self.active: dict[str, Alert] = {}
         self.recent: list[Alert] = []
         self.sent: dict[str, str] = {}
+        self.changed = False  # an active alert's message or severity changed since the last save
         self.load()
 
     def load(self) -> None:
@@ -528,6 +529,7 @@ class AlertBook:
         self.sent = {str(k): str(v) for k, v in (obj.get("sent") or {}).items()}
 
     def save(self) -> None:
+        self.changed = False
         write_json_atomic(self.path, {
             "v": STATE_VERSION,
             "active": {k: asdict(a) for k, a in self.active.items()},
@@ -572,6 +574,8 @@ class AlertBook:
             if deliver:
                 self._sent(a, stamp)
             return Notice("firing", a, deliver)
+        if (a.severity, a.message) != (c.severity, c.message):
+            self.changed = True
         a.severity, a.message, a.last_seen, a.data = c.severity, c.message, stamp, dict(c.data)
         if a.acknowledged or self._within(c.key, now, repeat):
             return None
@@ -874,7 +878,7 @@ class AlertMonitor:
         with self._mu:
             notices = self.book.apply(results, now, self.settings.alerts.repeat_minutes,
                                       self.settings.alerts.enabled)
-            if notices or any(r.checks for r in results):
+            if notices or self.book.changed:
                 try:
                     self.book.save()
                 except OSError as exc:

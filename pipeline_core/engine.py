@@ -173,6 +173,7 @@ class Engine:
         self._serving = False
         self._schedule: MarkSchedule | None = None
         self._sched_writer: EventWriter | None = None
+        self._sched_lock = threading.RLock()
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop = False
         self._wake: anyio.Event | None = None
@@ -257,24 +258,21 @@ class Engine:
     # --- scheduler events -------------------------------------------------------------------
 
     def _sched_emit(self, event: str, msg: str, data: dict[str, Any] | None = None) -> Event:
-        if self._sched_writer is None:
-            self._sched_writer = EventWriter(
-                scheduler_event_path(self.settings.events_dir), SCHEDULER_RUN_ID
-            )
-        ev = self._sched_writer.emit("scheduler", event, msg, data)
+        with self._sched_lock:  # alert delivery threads write here too
+            if self._sched_writer is None:
+                self._sched_writer = EventWriter(
+                    scheduler_event_path(self.settings.events_dir), SCHEDULER_RUN_ID
+                )
+            ev = self._sched_writer.emit("scheduler", event, msg, data)
         self._publish(EventMessage(ev))
         return ev
 
     def _alert_emit(self, msg: str, data: dict[str, Any]) -> None:
-        """An ``alert`` event in the scheduler's log; from the notifier's thread via the loop."""
-        def emit() -> None:
+        """An ``alert`` event in the scheduler's log. Also called from the notifier's threads:
+        written there directly (the writer is thread-safe), never waiting for the loop, which
+        may be busy or already gone."""
+        with contextlib.suppress(Exception):  # an alert that cannot be recorded stops nothing
             self._sched_emit("alert", msg, data)
-
-        try:
-            self._in_loop(emit)
-        except Exception:  # the loop ended meanwhile, or the log cannot be written
-            with contextlib.suppress(Exception):
-                emit()
 
     # --- control ------------------------------------------------------------------------------
 
@@ -439,9 +437,10 @@ class Engine:
             self._schedule = None
             self.alerts.running_since = None
             self.alerts.close(timeout=self.alerts.delivery_bound())
-            if self._sched_writer is not None:
-                self._sched_writer.close()
-                self._sched_writer = None
+            with self._sched_lock:
+                if self._sched_writer is not None:
+                    self._sched_writer.close()
+                    self._sched_writer = None
             self._serving = False
             self._wake = None
             self._stop = False
