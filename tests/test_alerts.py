@@ -461,8 +461,10 @@ def test_a_channel_that_fails_or_hangs_leaves_the_run_alone(root: Path, tmp_path
     engine.alerts.close(0)
 
 
-def test_no_secret_in_events_logs_status_or_output(root: Path, tmp_path: Path, hook: Webhook) -> None:
-    urls = [hook.url("ok", secret=True), hook.url("fail", secret=True), "nosuchservice://TokenA-Secret-1/TokenB-Secret-2/TokenC-Secret-3"]
+def test_no_secret_in_events_logs_status_or_output(root: Path, hook: Webhook, capsys: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = [hook.url("ok", secret=True), hook.url("fail", secret=True),
+            "nosuchservice://TokenA-Secret-1/TokenB-Secret-2/TokenC-Secret-3"]
     secrets = [SECRET_PW, SECRET_TOKEN, "TokenA-Secret-1", "TokenB-Secret-2", "TokenC-Secret-3"]
     s = make_settings(root)
     (s.raw_dir / "junk name.csv").write_text("not,a,bar\n")  # quarantined: an alert
@@ -470,21 +472,32 @@ def test_no_secret_in_events_logs_status_or_output(root: Path, tmp_path: Path, h
     os.utime(s.raw_dir / "junk name.csv", (old, old))
     env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
     env.update(QTSW_ALERTS_URLS=" ".join(urls), QTSW_ALERTS_TIMEOUT_SECONDS="2", QTSW_ALERTS_RETRIES="0")
-    qtsw = [sys.executable, "-m", "qtsw_tui", "--root", str(root)]
-    run = subprocess.run([*qtsw, "--run-now", "--no-ui"], env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "qtsw_tui", "--root", str(root), "--run-now", "--no-ui"],
+                         env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr  # partial: a file was quarantined
     alert_lines = [ln for ln in run.stdout.splitlines() if " alert " in ln]
-    # the quarantine alert printed once, and each failed channel once
+    # the quarantine alert printed once, and each failed channel once (500, no such service)
     assert sum("junk name.csv quarantined" in ln for ln in alert_lines) == 1, run.stdout
-    assert sum("not delivered" in ln for ln in alert_lines) == 2, run.stdout  # 500, no such service
+    assert sum("not delivered" in ln for ln in alert_lines) == 2, run.stdout
     assert len(hook.messages("ok")) == 1
-    status = subprocess.run([*qtsw, "status"], env=env, capture_output=True, text=True, timeout=60)
-    status_json = subprocess.run([*qtsw, "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
-    test = subprocess.run([*qtsw, "alert", "test"], env=env, capture_output=True, text=True, timeout=60)
-    assert test.returncode == 1 and "sent    #1 json://****@127.0.0.1" in test.stdout
-    assert "FAILED  #3 nosuchservice://****" in test.stdout
-    assert "junk name.csv quarantined" in status.stdout and "json://****@127.0.0.1" in status.stdout
-    shown = [run.stdout, run.stderr, status.stdout, status.stderr, status_json.stdout, test.stdout, test.stderr]
+    # status, status --json and the test command, in this process (the same entry point)
+    for k, v in env.items():
+        if k.startswith("QTSW_"):
+            monkeypatch.setenv(k, v)
+    for k in [k for k in os.environ if k.startswith("QTSW_") and k not in env]:
+        monkeypatch.delenv(k)
+    from qtsw_tui.cli import main
+
+    capsys.readouterr()
+    assert main(["--root", str(root), "status"]) == 0
+    status = capsys.readouterr()
+    assert main(["--root", str(root), "status", "--json"]) == 0
+    status_json = capsys.readouterr()
+    assert main(["--root", str(root), "alert", "test"]) == 1
+    test = capsys.readouterr()
+    assert "sent    #1 json://****@127.0.0.1" in test.out and "FAILED  #3 nosuchservice://****" in test.out
+    assert "junk name.csv quarantined" in status.out and "json://****@127.0.0.1" in status.out
+    shown = [run.stdout, run.stderr, status.out, status.err, status_json.out, test.out, test.err]
     for path in (root / "logs").rglob("*"):
         if path.is_file():
             shown.append(path.read_text(encoding="utf-8", errors="replace"))
@@ -515,17 +528,21 @@ def test_alert_settings_and_errors_never_show_a_url(root: Path) -> None:
     assert "hunter2" not in str(exc.value)
 
 
-def test_alert_test_command_reports_per_channel(root: Path, hook: Webhook) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
-    qtsw = [sys.executable, "-m", "qtsw_tui", "--root", str(root), "alert", "test"]
-    ok = subprocess.run([*qtsw, "--url", hook.url("ok")], env=env, capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "1 of 1 channel(s) sent" in ok.stdout
+def test_alert_test_command_reports_per_channel(root: Path, hook: Webhook, capsys: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from qtsw_tui.cli import main
+
+    for k in [k for k in os.environ if k.startswith("QTSW_")]:
+        monkeypatch.delenv(k)
+    cmd = ["--root", str(root), "alert", "test"]
+    assert main([*cmd, "--url", hook.url("ok")]) == 0
+    assert "1 of 1 channel(s) sent" in capsys.readouterr().out
     assert hook.messages("ok")[0]["title"] == "qtsw: test message"
-    bad = subprocess.run([*qtsw, "--url", hook.url("ok"), "--url", hook.url("fail")], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1 and "1 of 2 channel(s) sent" in bad.stdout and "500" in bad.stdout
-    none = subprocess.run(qtsw, env=env, capture_output=True, text=True, timeout=60)
-    assert none.returncode == 1 and "no alert channel configured" in none.stderr
+    assert main([*cmd, "--url", hook.url("ok"), "--url", hook.url("fail")]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 2 channel(s) sent" in out and "FAILED  #2" in out and "500" in out
+    assert main(cmd) == 1
+    assert "no alert channel configured" in capsys.readouterr().err
 
 
 # --- the console ------------------------------------------------------------------------------
