@@ -131,6 +131,7 @@ class QtswApp(App[int]):
         self.closing = False
         self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
+        self.alerts_notified: list[tuple[str, str]] = []  # (severity, text) of alerts shown as they fired
         self._unsubscribe: Callable[[], None] | None = None
         self._events: deque[Event] = deque(maxlen=EVENT_CAPACITY)
         self._lines: dict[str, deque[str]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
@@ -290,7 +291,7 @@ class QtswApp(App[int]):
         for ev in events:
             if ev.event == "alert" and ev.data.get("state") == "firing":
                 severity = "error" if ev.data.get("severity") == "critical" else "warning"
-                self.notified.append((severity, "Alert", ev.msg))
+                self.alerts_notified.append((severity, ev.msg))
                 self.notify(ev.msg, title="Alert (! to see)", severity=severity, timeout=20, markup=False)
                 continue
             if ev.event != "failure":

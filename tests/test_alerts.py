@@ -571,7 +571,7 @@ def test_console_shows_an_alert_arriving_and_acknowledged(root: Path, hook: Webh
             q.mkdir(parents=True, exist_ok=True)
             (q / "ES.csv").write_text("x")
             (q / "ES.csv.error.txt").write_text("file: ES.csv\nrule: bad_header\nline: 1\nreason: no Date column\n")
-            await until(pilot, lambda: any(t == "Alert" for _, t, _ in app.notified))
+            await until(pilot, lambda: any("ES.csv quarantined" in t for _, t in app.alerts_notified))
             await until(pilot, lambda: "1 alert" in str(app.query_one("#header", StatusHeader).render()))
             await pilot.press("exclamation_mark")
             assert isinstance(app.screen, AlertsScreen)
