@@ -28,11 +28,16 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Any:
     from pipeline_core.settings import SettingsError, load_settings
 
+    """The settings of an existing data root; None (said on stderr) if it cannot be had."""
     try:
-        return load_settings(root=args.root, config=args.config)
+        settings = load_settings(root=args.root, config=args.config)
     except SettingsError as exc:
         print(f"qtsw: {exc}", file=sys.stderr)
         return None
+    if not settings.root.is_dir():
+        print(f"qtsw: data root {settings.root} does not exist", file=sys.stderr)
+        return None
+    return settings
 
 
 def verify_main(argv: list[str]) -> int:
@@ -47,9 +52,6 @@ def verify_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     settings = _settings(args)
     if settings is None:
-        return EXIT_CANNOT_START
-    if not settings.root.is_dir():
-        print(f"qtsw: data root {settings.root} does not exist", file=sys.stderr)
         return EXIT_CANNOT_START
     from pipeline_core import repair
 
@@ -84,9 +86,6 @@ def rebuild_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     settings = _settings(args)
     if settings is None:
-        return EXIT_CANNOT_START
-    if not settings.root.is_dir():
-        print(f"qtsw: data root {settings.root} does not exist", file=sys.stderr)
         return EXIT_CANNOT_START
     from pipeline_core import catalog, repair
     from pipeline_core.lock import EngineLock, LockHeld
