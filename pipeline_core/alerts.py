@@ -303,7 +303,8 @@ def rule_export_stalled(settings: Settings, now: datetime, exports: Sequence[Map
 
 
 def rule_no_run(settings: Settings, now: datetime, schedule_running: bool,
-                running_since: datetime | None, last_ok: datetime | None) -> RuleResult:
+                running_since: datetime | None, last_ok: datetime | None,
+                active_since: datetime | None = None) -> RuleResult:
     """No run finished its work (success or partial) for more than ``alerts.no_run_minutes``
     while the schedule runs (counted from the later of the last such run and the moment the
     schedule started or resumed). Paused or no schedule: nothing said."""
@@ -315,6 +316,8 @@ def rule_no_run(settings: Settings, now: datetime, schedule_running: bool,
     limit = settings.alerts.no_run_minutes
     if mins > limit:
         what = f"last one ended {_hm(last_ok)}" if last_ok else "none since the schedule started"
+        if active_since is not None:
+            what += f"; a run has been going since {_hm(active_since)}"
         return RuleResult(rule, (Check(rule, "schedule", True, "critical",
                                        f"no successful run for {mins:.0f} min while the schedule runs ({what})",
                                        {"minutes": round(mins, 1), "last_ok": last_ok.isoformat() if last_ok else None}),))
@@ -928,8 +931,9 @@ class AlertMonitor:
         self.last_check = now
         return self.evaluate(results, now)
 
-    def tick(self, scheduler_state: str) -> list[Notice]:
-        """The scheduler's periodic look: every ``alerts.check_seconds``."""
+    def tick(self, scheduler_state: str, active_since: datetime | None = None) -> list[Notice]:
+        """The scheduler's periodic look: every ``alerts.check_seconds``. ``active_since``: when
+        the run in progress (if any) started, said in a no-run alert."""
         now = self.now()
         if scheduler_state == "running":
             if self.running_since is None:
@@ -946,7 +950,8 @@ class AlertMonitor:
         try:
             results = self.standing_results(now)
             if s.alerts.enabled("no_run"):
-                results.append(rule_no_run(s, now, scheduler_state == "running", self.running_since, self.last_ok))
+                results.append(rule_no_run(s, now, scheduler_state == "running", self.running_since, self.last_ok,
+                                           active_since))
         except Exception as exc:
             self.emit(f"alert rules could not be evaluated: {type(exc).__name__}: {exc}",
                       {"state": "error", "level": "error"})

@@ -448,7 +448,7 @@ class Engine:
 
     def _alert_tick(self) -> None:
         try:
-            self.alerts.tick(self.scheduler_state)
+            self.alerts.tick(self.scheduler_state, self._run.state.started if self._run is not None else None)
         except Exception:  # alerts never stop the scheduler
             traceback.print_exc(file=sys.stderr)
 

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operator console for the qtsw futures-data pipeline "
         "(raw exports -> bar store -> opening-range breakout analysis -> monthly results).",
         epilog="Commands: 'qtsw sample [--days N] [--instruments ES,NQ] [--seed S] [--if-empty]' "
-        "writes sample exports; 'qtsw status [--json]' shows what is where. Headless exit codes: "
+        "writes sample exports; 'qtsw status [--json]' shows what is where; 'qtsw alert test [--url URL]' "
+        "sends a test message to each alert channel. Headless exit codes: "
         "0 success, 1 partial, 2 failure, 3 cancelled, 4 could not start.",
     )
     p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")

@@ -269,6 +269,8 @@ def test_no_successful_run_while_the_schedule_runs(settings: Settings) -> None:
     fired = at("10:50").checks
     assert [c.firing for c in fired] == [True] and "no successful run for 50 min" in fired[0].message
     assert at("11:30", running=False).checks == ()  # paused: nothing said
+    hung = rule_no_run(settings, chicago("2026-12-01 10:50"), True, since, last_ok, chicago("2026-12-01 10:02"))
+    assert "a run has been going since 2026-12-01 10:02" in hung.checks[0].message
     book = alerts.AlertBook(settings.logs_dir / "alerts.json")
     book.apply([RuleResult("no_run", fired)], chicago("2026-12-01 10:50"), 60)
     last_ok = chicago("2026-12-01 10:55")
