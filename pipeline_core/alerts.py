@@ -39,6 +39,7 @@ from pipeline_core.settings import CHICAGO, SEVERITIES, AlertChannel, Settings
 
 STATE_VERSION = 1
 RECENT_KEPT = 100  # recovered alerts kept in the state file for the console and status
+APPRISE_LOAD_SECONDS = 15.0  # allowed for loading apprise's plugins before a first delivery
 
 # --- secrets in URLs -----------------------------------------------------------------------------
 
@@ -1006,9 +1007,11 @@ class AlertMonitor:
         self.notifier.close(timeout)
 
     def delivery_bound(self) -> float:
-        """The longest one message can take on a channel: every attempt and every wait."""
+        """The longest one message can take on a channel: every attempt and every wait, and
+        loading apprise's plugins the first time (a few seconds on a busy machine)."""
         a = self.settings.alerts
-        return a.timeout_seconds * (a.retries + 1) + a.retry_backoff_seconds * (2 ** a.retries - 1)
+        return (APPRISE_LOAD_SECONDS + a.timeout_seconds * (a.retries + 1)
+                + a.retry_backoff_seconds * (2 ** a.retries - 1))
 
 
 # --- status and the test message ----------------------------------------------------------------
