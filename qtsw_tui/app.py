@@ -35,6 +35,7 @@ from pipeline_core.runstate import STAGE_NAMES, EngineSnapshot, EventMessage, Ou
 from pipeline_core.settings import Settings
 from qtsw_tui.headless import event_text
 from qtsw_tui.nocolor import make_readable
+from qtsw_tui.screens.alerts import AlertsScreen
 from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
@@ -71,7 +72,7 @@ def binding_ids() -> set[str]:
     """Every binding id that ``[keys]`` in the settings may remap: the app's, its panels' and
     its screens' (Textual's keymap applies to bindings wherever they are declared)."""
     classes = (QtswApp, EventsPanel, EventTable, StagePane, ConfirmScreen, HelpScreen,
-               HistoryScreen, ResultsScreen, RunDetailScreen)
+               HistoryScreen, ResultsScreen, RunDetailScreen, AlertsScreen)
     return {b.id for cls in classes for b in cls.BINDINGS if isinstance(b, Binding) and b.id}
 
 
@@ -94,6 +95,7 @@ class QtswApp(App[int]):
         Binding("e", "events", "events", id="events"),
         Binding("slash", "filter", "filter", id="filter"),
         Binding("s", "results", "results", show=False, id="results"),
+        Binding("exclamation_mark", "alerts", "alerts", show=False, id="alerts"),
         Binding("question_mark", "help", "help", id="help"),
         Binding("q", "request_quit", "quit", id="quit"),
         Binding("ctrl+q", "request_quit", "quit", show=False, id="quit_ctrl", priority=True),
@@ -110,6 +112,7 @@ class QtswApp(App[int]):
         "events": "show the live event table",
         "filter": "filter the events: stage, event type or words",
         "results": "monthly results per stream",
+        "alerts": "alerts: active and recent (a: acknowledge)",
         "help": "this help",
         "quit": "quit (asks first while a run is active)",
         "quit_ctrl": "quit",
@@ -138,6 +141,7 @@ class QtswApp(App[int]):
         self._watchdog: threading.Thread | None = None
         self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
+        self.alerts_notified: list[tuple[str, str]] = []  # (severity, text) of alerts shown as they fired
         self._unsubscribe: Callable[[], None] | None = None
         self._events: deque[Event] = deque(maxlen=EVENT_CAPACITY)
         self._lines: dict[str, deque[str]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
@@ -309,6 +313,11 @@ class QtswApp(App[int]):
 
     def _notify_failures(self, events: Sequence[Event]) -> None:
         for ev in events:
+            if ev.event == "alert" and ev.data.get("state") == "firing":
+                severity = "error" if ev.data.get("severity") == "critical" else "warning"
+                self.alerts_notified.append((severity, ev.msg))
+                self.notify(ev.msg, title="Alert (! to see)", severity=severity, timeout=20, markup=False)
+                continue
             if ev.event != "failure":
                 continue
             error = event_text(ev).strip() or "no error message"
@@ -333,7 +342,9 @@ class QtswApp(App[int]):
         snap = self.engine.snapshot()
         self.snapshot = snap
         now = self.clock()
-        self.query_one("#header", StatusHeader).show(snap, now, self._host_label())
+        header = self.query_one("#header", StatusHeader)
+        header.alerts = sum(1 for a in self.engine.alerts.active() if not a.acknowledged)
+        header.show(snap, now, self._host_label())
         run = snap.current
         for stage in STAGE_NAMES:
             pane = self.query_one(f"#pane-{stage}", StagePane)
@@ -440,6 +451,10 @@ class QtswApp(App[int]):
 
     def action_results(self) -> None:
         self.push_screen(ResultsScreen(self.settings))
+
+    def action_alerts(self) -> None:
+        if not isinstance(self.screen, AlertsScreen):
+            self.push_screen(AlertsScreen(self.engine.alerts))
 
     def action_events(self) -> None:
         main = self.query_one("#main")
