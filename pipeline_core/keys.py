@@ -37,6 +37,7 @@ SCOPES: dict[str, dict[str, str]] = {
         "events": "e",
         "filter": "slash",
         "results": "s",
+        "alerts": "exclamation_mark",
         "help": "question_mark",
         "quit": "q",
         "quit_ctrl": "ctrl+q",
@@ -57,6 +58,7 @@ SCOPES: dict[str, dict[str, str]] = {
         "results.next": "right_square_bracket",
     },
     "run detail": {"detail.back": "escape"},
+    "alerts screen": {"alerts.back": "escape,exclamation_mark", "alerts.acknowledge": "a"},
 }
 PANEL_SCOPES = ("event table", "stage pane")  # on the main screen: checked with the app's keys
 DEFAULT_KEYS: dict[str, str] = {bid: key for scope in SCOPES.values() for bid, key in scope.items()}
