@@ -237,7 +237,8 @@ def main() -> int:
 
     a, s = statistics.median(alone), statistics.median(served)
     print(f"events per run: {args.events + 8} (a translator reporting {args.events} metrics); "
-          f"{args.clients} clients; {args.repeat} runs each way")
+          f"{args.clients} clients; {args.repeat} runs each way; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
     print(f"(a) attach, idle engine:     median {statistics.median(idle_attach):.2f} s "
           f"(runs {', '.join(f'{x:.2f}' for x in idle_attach)})  target < 1 s")
     print(f"    attach, during a run:    median {statistics.median(busy_attach):.2f} s "
