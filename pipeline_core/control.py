@@ -417,6 +417,9 @@ class ControlServer:
                              f"(more than {CLIENT_QUEUE} messages queued); disconnected; "
                              "reconnect to catch up"}), socket.MSG_DONTWAIT)
             with anyio.CancelScope(shield=True):
+                # a turn of the loop first: the cancelled receive must let go of its future
+                # before the stream closes (anyio#1267 on asyncio Unix streams)
+                await anyio.lowlevel.checkpoint()
                 with contextlib.suppress(Exception):
                     await stream.aclose()
 
