@@ -180,6 +180,7 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
             "waiting": [p.name for p in scan.waiting],
             "exporting": [str(e.get("fileName")) for e in scan.exporting],
             "stale": [p.name for p in scan.stale],
+            "ignored": [{"path": f"{p.parent.name}/{p.name}", "reason": why} for p, why in scan.ignored],
             "quarantined": quarantined,
             "archived": archived,
         },

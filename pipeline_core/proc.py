@@ -36,6 +36,8 @@ import anyio
 import anyio.lowlevel
 
 from pipeline_core import protocol
+from pipeline_core.osfiles import fail_point
+from pipeline_core.safetext import safe
 
 PROC_DIR = Path("/proc")
 YIELD_LINES = 50  # stage lines handled between two turns of the engine's other tasks
@@ -213,6 +215,56 @@ def kill_run_processes(run_id: str) -> list[int]:
 # --- running a stage ------------------------------------------------------------------------
 
 
+class _StageLog:
+    """A stage's log file. A write that fails (a full disk) is said once, through
+    ``on_failure``, and the log stops; the stage's output still reaches the engine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.on_failure: Callable[[OSError], None] = _noop
+        self.error: OSError | None = None
+        self._fh: Any = None
+        self._failed = False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fail_point(path)
+            self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        self.error = exc
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()
+        self.on_failure(exc)
+
+    def write(self, text: str) -> None:
+        if self._fh is not None:
+            try:
+                fail_point(self.path)
+                self._fh.write(text)
+            except OSError as exc:
+                self._fail(exc)
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):
+                fh.close()
+
+
 def _noop(*_args: Any) -> None:
     return None
 
@@ -230,6 +282,7 @@ async def run_stage(
     on_message: Callable[[protocol.Message], None] = _noop,
     on_silence: Callable[[float], None] = _noop,
     on_note: Callable[[str], None] = _noop,
+    on_log_error: Callable[[OSError], None] = _noop,
 ) -> StageOutcome:
     """Run one stage process to its end and judge it.
 
@@ -241,8 +294,7 @@ async def run_stage(
     """
     full_env = stage_env(env)
     token = full_env[TOKEN_VAR]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    log = _StageLog(log_path)
     started = time.monotonic()
     last_output = started
     result: dict[str, Any] | None = None
@@ -257,6 +309,14 @@ async def run_stage(
         log.flush()
         on_note(text)
 
+    def log_failed(exc: OSError) -> None:
+        on_note(f"the log {log_path} cannot be written ({exc.strerror or exc}); output is not logged")
+        on_log_error(exc)
+
+    log.on_failure = log_failed
+    if log.error is not None:  # it could not even be opened
+        log_failed(log.error)
+
     def handle_line(raw: bytes) -> None:
         nonlocal result
         text = raw.decode("utf-8", errors="replace")
@@ -264,6 +324,7 @@ async def run_stage(
             text = text[:-1]
         msg = protocol.parse(text)
         if msg is None:
+            text = safe(text)  # no escape sequence of a stage's output reaches a terminal
             log.write(text + "\n")
             on_output(text)
             return
@@ -322,7 +383,7 @@ async def run_stage(
             warned_at = time.monotonic()
             on_silence(warned_at - last_output)
 
-    timed_out = hung = False
+    timed_out = hung = cancelled = False
     try:
         proc = await anyio.open_process(
             list(argv),
@@ -372,13 +433,16 @@ async def run_stage(
             tg.cancel_scope.cancel()
     except BaseException as exc:
         if proc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
-            note("cancelled: terminating the process group")
+            cancelled = True
+            note("cancelled: stopping the stage's processes")
         raise
     finally:
         with anyio.CancelScope(shield=True):
             if proc is not None:
                 what = await terminate_group(proc.pid, grace)
-                if what != "gone" and not (timed_out or hung):
+                if what != "gone" and cancelled:
+                    note(f"stopped: process group {proc.pid} {what} as asked")  # the expected end of a cancel
+                elif what != "gone" and not (timed_out or hung):
                     note(f"process group {proc.pid} still running at the end: {what}")
                 escaped = await kill_escaped(token, grace)
                 if escaped:

@@ -1,4 +1,4 @@
-"""The command line (SPEC §7): ``qtsw`` — the console, or the engine headless.
+"""The command line: ``qtsw`` — the console, or the engine headless.
 
 ::
 
@@ -8,6 +8,7 @@
     qtsw --stage translator|analyzer|merger [--no-ui]   one stage
     qtsw --schedule HH:MM             the schedule loop, first run not before HH:MM
     qtsw --attach                     a console attached to the running engine (exit 4 if none)
+    qtsw init [PATH]                  create a data root: its folders and a starter qtsw.toml
     qtsw sample [--days N] ...        write realistic sample exports into data/raw
     qtsw status [--json]              what is where: files per folder, last runs, lock holder
     qtsw verify [--json]              check the data files against the catalogue
@@ -32,44 +33,56 @@ import argparse
 import json
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import Any
+
+from pipeline_core.usage import EXIT_FAILURE, UsageParser, describe_os_error, root_problem
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("sample", "status", "verify", "rebuild", "ctl")
+COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments mean the engine could not start: exit 4, not argparse's 2 (= failure)."""
+_Parser = UsageParser  # bad arguments exit 4 in every command
 
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_CANNOT_START, f"{self.prog}: error: {message}\n")
+
+ROOT_HELP = "data root (default: $QTSW_ROOT, else the folder qtsw is installed in)"
+CONFIG_HELP = "settings file (default: <root>/qtsw.toml)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="qtsw",
-        description="Operator console for the qtsw futures-data pipeline "
-        "(raw exports -> bar store -> opening-range breakout analysis -> monthly results).",
-        epilog="Commands: 'qtsw sample [--days N] [--instruments ES,NQ] [--seed S] [--if-empty]' "
-        "writes sample exports; 'qtsw status [--json]' shows what is where. Headless exit codes: "
-        "0 success, 1 partial, 2 failure, 3 cancelled, 4 could not start.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Operator console for the qtsw futures-data pipeline: raw exports -> bar\n"
+        "store -> opening-range breakout analysis -> monthly results, every 15 minutes.\n"
+        "Without --no-ui it opens the console, which needs a terminal.",
+        epilog="""commands (each has --help):
+  qtsw init [PATH]        create a data root: its folders and a starter qtsw.toml
+  qtsw sample             write sample exports to try the pipeline with
+  qtsw status [--json]    what is where: files, pending work, last runs, the engine
+  qtsw verify [--json]    check the data files against the catalogue
+  qtsw rebuild --instrument X | --all
+                          rebuild a bar store from the archived exports
+
+exit codes: 0 success, 1 partial (or problems found), 2 failure (or a file that
+cannot be read or written), 3 cancelled, 4 could not start (bad arguments or
+settings, a missing data root, the engine already running)""",
     )
-    p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
-    p.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--no-ui", action="store_true", help="run headless: events printed as they happen")
     p.add_argument("--attach", action="store_true",
                    help="only attach a console to the engine running on the data root (exit 4 if none)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--run-now", action="store_true", help="one full run now (headless: then exit)")
     what.add_argument("--stage", choices=STAGES, help="one stage now (headless: then exit)")
-    p.add_argument("--schedule", metavar="HH:MM", help="first scheduled run not before HH:MM (Chicago)")
-    p.add_argument("--full", action="store_true", help="re-analyse everything (after a change of analysis settings)")
-    p.add_argument("--json", action="store_true", help="headless: print raw JSONL event lines")
-    p.add_argument("-v", "--verbose", action="store_true", help="headless: print stage output lines too")
+    p.add_argument("--schedule", metavar="HH:MM", help="first scheduled run not before HH:MM (Chicago time)")
+    p.add_argument("--full", action="store_true", help="re-analyse everything (needed after a change of analysis settings)")
+    p.add_argument("--json", action="store_true", help="headless: print each event as its JSON line")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="headless: print every event (progress, per-file figures) and the stages' output")
     return p
 
 
@@ -108,9 +121,26 @@ def _err(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the command line; returns the exit code.
+
+    No traceback reaches the operator for what the system refuses: an ``OSError`` anywhere (a
+    file that cannot be read or written, a folder that is not one) is one line naming the path
+    and the reason, exit 2.
+    """
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except OSError as exc:
+        _err(describe_os_error(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_CODES["cancelled"]
+
+
+def _main(argv: list[str]) -> int:
     command, before, after = _split_command(argv)
+    if command == "init":
+        return _init(_globals(before) + after)
     if command == "sample":
         from pipeline_core import sample
 
@@ -125,18 +155,30 @@ def main(argv: list[str] | None = None) -> int:
         run = repaircmd.verify_main if command == "verify" else repaircmd.rebuild_main
         return run(_globals(before) + after)
     args = build_parser().parse_args(argv)
+    if not args.no_ui:
+        not_terminal = _not_a_terminal()
+        if not_terminal:
+            # Drawn into a pipe or a file, the console is unreadable and cannot be steered.
+            _err(f"the console needs a terminal, and {not_terminal} is not one: "
+                 "use --no-ui for headless output (add --json for JSONL events)")
+            return EXIT_CANNOT_START
 
     from pipeline_core import clock
     from pipeline_core.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(root=args.root, config=args.config)
-        settings.ensure_dirs()
     except SettingsError as exc:
         _err(str(exc))
         return EXIT_CANNOT_START
+    problem = root_problem(settings.root)
+    if problem:
+        _err(problem)
+        return EXIT_CANNOT_START
+    try:
+        settings.ensure_dirs()
     except OSError as exc:
-        _err(f"cannot use the data root: {exc}")
+        _err(f"cannot use the data root: {describe_os_error(exc)}")
         return EXIT_CANNOT_START
     not_before = None
     if args.schedule:
@@ -164,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             _err(str(exc))
             return EXIT_CANNOT_START
         return _attach(settings, args, only=False, held=str(exc))
+    except OSError as exc:  # a root owned by someone else, a read-only file system
+        _err(f"cannot take the engine lock: {describe_os_error(exc)}")
+        return EXIT_CANNOT_START
     try:
         engine = Engine(settings, full=args.full)
         engine.not_before = not_before
@@ -194,6 +239,19 @@ def _attach(settings: Any, args: argparse.Namespace, *, only: bool, held: str = 
     return _console(settings, RemoteEngine(settings), args, None)
 
 
+def _not_a_terminal() -> str | None:
+    """The first of standard input, output and error (the console draws on the latter) that is
+    not a terminal, or None when all three are."""
+    for name, words in (("stdin", "standard input"), ("stdout", "standard output"), ("stderr", "standard error")):
+        stream = getattr(sys, name)
+        try:
+            if stream is None or not stream.isatty():
+                return words
+        except (AttributeError, ValueError):
+            return words
+    return None
+
+
 def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: Any) -> int:
     try:
         from qtsw_tui.app import build_app
@@ -210,7 +268,12 @@ def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: A
     }
     app = build_app(settings, engine, options)
     app.run()
-    code = getattr(app, "return_code", None)
+    if getattr(app, "farewell", ""):
+        _err(app.farewell)  # the terminal is back: say how the run that was stopped ended
+    # the console ends with exit(3) after stopping an active run, exit(0) otherwise
+    code = getattr(app, "return_value", None)
+    if not isinstance(code, int):
+        code = getattr(app, "return_code", None)
     return int(code) if isinstance(code, int) else 0
 
 
@@ -237,11 +300,21 @@ def _headless(engine: Any, args: argparse.Namespace, not_before: Any) -> int:
     host = _Host(engine, server, Notifier())
     if one_run:
         stages = [args.stage] if args.stage else None
-        rs = anyio.run(_one_run, engine, stages, bool(args.full), printer, host)
+        try:
+            rs = anyio.run(_one_run, engine, stages, bool(args.full), printer, host)
+        except Exception as exc:  # not even the run's event log could be written (a full disk)
+            os_error = _os_error(exc)
+            if os_error is None:
+                raise
+            _err(f"the run could not be recorded: {os_error.filename or ''}: {os_error.strerror or os_error}")
+            return EXIT_CODES["failure"]
         if rs is None:  # interrupted before the run began
             return EXIT_CODES["cancelled"]
         report = history.find_report(engine.settings, rs.run_id)
         printer.summary(rs, report.get("path") if report else None)
+        if rs.record_error:  # the run went as it says, but not all of its record is on disk
+            _err(f"run {rs.run_id[:8]} {rs.status}, but its record is incomplete: {rs.record_error}")
+            return EXIT_CODES["failure"]
         return EXIT_CODES.get(rs.status, 2)
     return anyio.run(_serve, engine, not_before, printer, host)
 
@@ -275,6 +348,18 @@ class _Host:
 
     def stopping(self) -> None:
         self.notifier.stopping("stopping")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError in ``exc`` (itself, or within an exception group), else None."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _stop_signals() -> list[signal.Signals]:
@@ -427,17 +512,74 @@ def format_ctl_status(hello: dict[str, Any], snap: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- qtsw init ---------------------------------------------------------------------------------
+
+
+def _init(argv: list[str]) -> int:
+    p = _Parser(
+        prog="qtsw init",
+        description="Create a data root: its folders, and a starter qtsw.toml (every setting at "
+        "its default, commented out) unless one exists. Says what it made; changes nothing that "
+        "is already there.",
+    )
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="the data root to create (default: --root, else $QTSW_ROOT, else the folder qtsw is installed in)")
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file to check instead of <root>/qtsw.toml (no starter file is written then)")
+    args = p.parse_args(argv)
+    from pipeline_core.settings import STARTER_TOML, SettingsError, load_settings
+
+    root = args.path or args.root
+    try:
+        settings = load_settings(root=root, config=args.config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_START
+    made: list[str] = []
+    try:
+        if not settings.root.exists():
+            settings.root.mkdir(parents=True)
+            made.append(f"{settings.root}/")
+        problem = root_problem(settings.root)
+        if problem:
+            _err(problem)
+            return EXIT_CANNOT_START
+        for d in settings.data_folders():
+            if not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True)
+                made.append(f"{d}/")
+        toml = settings.root / "qtsw.toml"
+        if settings.config_file is None and not toml.exists():
+            from pipeline_core.fsutil import write_bytes_atomic
+
+            write_bytes_atomic(toml, STARTER_TOML.encode())
+            made.append(f"{toml} (starter settings: every setting at its default, commented out)")
+    except OSError as exc:
+        _err(f"cannot create the data root: {describe_os_error(exc)}")
+        return EXIT_CANNOT_START
+    if not made:
+        print(f"{settings.root} is already a data root: nothing to create")
+    else:
+        for what in made:
+            print(f"created {what}")
+        print(f"data root {settings.root} is ready: put exports in {settings.raw_dir}, "
+              f"then run 'qtsw --root {settings.root}'")
+    return 0
+
+
 # --- qtsw status --------------------------------------------------------------------------------
 
 
 def _status(argv: list[str]) -> int:
-    p = _Parser(prog="qtsw status", description="What is where: files per folder, pending work, last runs, the lock holder.")
-    p.add_argument("--root")
-    p.add_argument("--config")
+    p = _Parser(prog="qtsw status", description="What is where in a data root: raw files ready, "
+                "being exported and quarantined, the bar store, pending analysis and merges, monthly "
+                "result files, the last runs and whether an engine is running. Changes nothing.")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
-    p.add_argument("--runs", type=int, default=5, help="how many recent runs to list (5)")
+    p.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent runs to list (default: 5)")
     args = p.parse_args(argv)
-    from pipeline_core.history import collect_status
     from pipeline_core.settings import SettingsError, load_settings
 
     try:
@@ -445,7 +587,22 @@ def _status(argv: list[str]) -> int:
     except SettingsError as exc:
         _err(str(exc))
         return EXIT_CANNOT_START
-    st = collect_status(settings, runs=args.runs)
+    problem = root_problem(settings.root)
+    if problem:
+        _err(problem)
+        return EXIT_CANNOT_START
+    from pipeline_core.catalog import CatalogError
+    from pipeline_core.history import collect_status
+    from pipeline_core.safetext import safe_data
+
+    try:
+        st = safe_data(collect_status(settings, runs=args.runs))  # file names reach the terminal escaped
+    except OSError as exc:
+        _err(f"status: cannot read {describe_os_error(exc)}")
+        return EXIT_FAILURE
+    except CatalogError as exc:
+        _err(f"status: {exc}")
+        return EXIT_FAILURE
     text = json.dumps(st, default=str, indent=2) if args.json else format_status(st)
     try:
         print(text, flush=True)
@@ -477,11 +634,15 @@ def format_status(st: dict[str, Any]) -> str:
         f"{len(raw['exporting'])} being exported{_names(raw['exporting'])}, "
         f"{len(raw['quarantined'])} quarantined, {raw['archived']} archived"
     )
+    for ign in raw.get("ignored", []):
+        lines.append(f"  ignored:    {ign['path']}: {ign['reason']}")
     proc = st["processed"]
     files = sum(v["files"] for v in proc.values())
-    size = sum(v["bytes"] for v in proc.values()) / 1e6
+    from qtsw_tui.widgets.format import size
+
+    total = size(sum(v["bytes"] for v in proc.values()))  # decimal units, as the console shows them
     per = ", ".join(f"{k} {v['files']}" for k, v in proc.items())
-    lines.append(f"  store:      {len(proc)} instrument(s), {files} file(s), {size:.1f} MB" + (f" ({per})" if per else ""))
+    lines.append(f"  store:      {len(proc)} instrument(s), {files} file(s), {total}" + (f" ({per})" if per else ""))
     pend = st["pending"]
     analysis = [f"{k}: {v}" for k, v in pend["analysis"].items()]
     lines.append(f"  analysis:   {len(analysis)} instrument(s) pending" + (": " + "; ".join(analysis) if analysis else ""))

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from processes import alive
 
 from pipeline_core import proc, protocol
+from pipeline_core.safetext import safe
 
 
 def wait_dead(pids: list[int], seconds: float = 5.0) -> list[int]:
@@ -240,6 +241,10 @@ def test_cancel_kills_the_group(tmp_path: Path) -> None:
     assert cancelled == [True]
     assert wait_dead([int(p) for p in pids_file.read_text().split()], 0.5) == []
     assert "cancelled" in (tmp_path / "s.log").read_text()
+    # after a cancel, stopping the processes is what was asked for: said plainly, not as an alarm
+    assert rec.notes[0] == "cancelled: stopping the stage's processes"
+    assert any(n.endswith("terminated as asked") for n in rec.notes), rec.notes
+    assert not any("still running" in n for n in rec.notes), rec.notes
 
 
 def test_environment_is_unbuffered_utf8_with_tokens(tmp_path: Path) -> None:
@@ -296,7 +301,8 @@ _line = st.one_of(
 @hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(_line, max_size=8), chunk=st.integers(1, 70_000))
 def test_any_output_arrives_line_for_line(tmp_path: Path, lines: list[str], chunk: int) -> None:
-    """Whatever the stage writes, in whatever pieces, comes back as exactly those lines."""
+    """Whatever the stage writes, in whatever pieces, comes back as exactly those lines (each
+    escaped for a terminal: control characters made visible)."""
     data = tmp_path / "lines.txt"
     data.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
     argv = script(
@@ -312,4 +318,4 @@ def test_any_output_arrives_line_for_line(tmp_path: Path, lines: list[str], chun
     rec = Recorder()
     out = run(argv, tmp_path, rec)
     assert out.status == "success"
-    assert rec.lines == lines
+    assert rec.lines == [safe(x) for x in lines]
