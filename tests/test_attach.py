@@ -8,7 +8,6 @@ console says so and reattaches to the next one. Waits poll with a deadline.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -128,28 +127,12 @@ async def test_attached_console_drives_the_engine_and_reattaches(tmp_path: Path)
 
 
 def test_attach_without_an_engine_exits_4(tmp_path: Path) -> None:
-    root = tmp_path / "r"
-    made = subprocess.run([sys.executable, "-m", "qtsw_tui", "init", str(root)],
-                          capture_output=True, text=True, env=clean_env(), timeout=60)
-    assert made.returncode == 0, made.stderr
-    # on a terminal, as an operator types it (without one the console refuses before anything)
-    master, slave = os.openpty()
-    try:
-        got = subprocess.run([sys.executable, "-m", "qtsw_tui", "--root", str(root), "--attach"],
-                             stdin=slave, stdout=slave, stderr=slave, env=clean_env(), timeout=60)
-        os.close(slave)
-        said = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # the terminal's other end is closed: all was read
-                break
-            if not chunk:
-                break
-            said += chunk
-    finally:
-        os.close(master)
-    assert got.returncode == 4 and b"no engine is running" in said, said
+    from processes import run_in_a_pty
+
+    load_settings(root=tmp_path / "r", env={}).ensure_dirs()  # a data root, with no engine on it
+    code, said = run_in_a_pty([sys.executable, "-m", "qtsw_tui", "--root", str(tmp_path / "r"), "--attach"],
+                              clean_env())
+    assert code == 4 and "no engine is running" in said, said
 
 
 def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: Path) -> None:
