@@ -343,7 +343,8 @@ class QtswApp(App[int]):
         self.snapshot = snap
         now = self.clock()
         header = self.query_one("#header", StatusHeader)
-        header.alerts = sum(1 for a in self.engine.alerts.active() if not a.acknowledged)
+        monitor = getattr(self.engine, "alerts", None)  # an attached console has none of its own
+        header.alerts = sum(1 for a in monitor.active() if not a.acknowledged) if monitor else 0
         header.show(snap, now, self._host_label())
         run = snap.current
         for stage in STAGE_NAMES:
@@ -453,8 +454,13 @@ class QtswApp(App[int]):
         self.push_screen(ResultsScreen(self.settings))
 
     def action_alerts(self) -> None:
+        monitor = getattr(self.engine, "alerts", None)
+        if monitor is None:
+            self.notify("Alerts are listed by the console that hosts the engine, and by "
+                        "'qtsw status'.", title="Alerts", markup=False)
+            return
         if not isinstance(self.screen, AlertsScreen):
-            self.push_screen(AlertsScreen(self.engine.alerts))
+            self.push_screen(AlertsScreen(monitor))
 
     def action_events(self) -> None:
         main = self.query_one("#main")
