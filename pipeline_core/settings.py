@@ -207,6 +207,17 @@ class Settings:
         return self.data_dir / "catalog.sqlite"
 
     @property
+    def results_cache_path(self) -> Path:
+        """What the statistics read from every monthly file, kept between starts (a cache:
+        deleting it only costs one slower first read)."""
+        return self.data_dir / "cache" / "results.arrow"
+
+    @property
+    def exports_dir(self) -> Path:
+        """CSV files the console exports (results)."""
+        return self.root / "exports"
+
+    @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
