@@ -666,7 +666,8 @@ def load_results(settings: Settings, *, disk_cache: bool = True) -> ResultSet:
         keys, order = new_keys, new_order
         with _memory_lock:
             _memory[root] = (keys, table, order)
-        if disk_cache:
+        # never creates a data root; an empty one gets no cache either
+        if disk_cache and settings.data_dir.is_dir() and (keys or settings.results_cache_path.exists()):
             _write_disk_cache(settings, keys, table, order)
     elif base is not None and _memory.get(root) is not base:
         with _memory_lock:

@@ -11,6 +11,7 @@
     qtsw status [--json]              what is where: files per folder, last runs, lock holder
     qtsw verify [--json]              check the data files against the catalogue
     qtsw rebuild --instrument X|--all rebuild a bar store from the raw archive, re-analyse it
+    qtsw results [--year Y] [--stream S] [--csv|--json]   the stream x month matrix and statistics
 
 Also ``--root PATH`` (env ``QTSW_ROOT``), ``--config FILE``, ``--full``, ``--json`` (headless:
 raw event lines), ``--verbose`` (headless: stage output too).
@@ -33,7 +34,7 @@ from typing import Any, NoReturn
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("sample", "status", "verify", "rebuild")
+COMMANDS = ("sample", "status", "verify", "rebuild", "results")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operator console for the qtsw futures-data pipeline "
         "(raw exports -> bar store -> opening-range breakout analysis -> monthly results).",
         epilog="Commands: 'qtsw sample [--days N] [--instruments ES,NQ] [--seed S] [--if-empty]' "
-        "writes sample exports; 'qtsw status [--json]' shows what is where. Headless exit codes: "
+        "writes sample exports; 'qtsw status [--json]' shows what is where; 'qtsw results [--year Y] "
+        "[--stream S] [--csv|--json]' prints the results in dollars. Headless exit codes: "
         "0 success, 1 partial, 2 failure, 3 cancelled, 4 could not start.",
     )
     p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
@@ -112,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(sample.main(_globals(before) + after) or 0)
     if command == "status":
         return _status(_globals(before) + after)
+    if command == "results":
+        from qtsw_tui import resultscmd
+
+        return resultscmd.main(_globals(before) + after)
     if command in ("verify", "rebuild"):
         from qtsw_tui import repaircmd
 
