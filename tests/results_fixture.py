@@ -72,3 +72,28 @@ def write_fixture(settings: Settings) -> None:
         row("CL", d(2025, 11, 4), "07:30", "Loss", -0.37),
     ])
     write_month(settings, "MES1", 2025, 11, [row("MES", d(2025, 11, 3), "07:30", "Win", 10.0)])
+
+
+def write_year(settings: Settings, year: int = 2025, months: range = range(1, 12)) -> None:
+    """A longer, deterministic history for the screens: ES1, ES2 and NQ1, every weekday of
+    ``months``, results cycling through a fixed pattern (no randomness: snapshots stay put)."""
+    pattern = [("Win", 1.0), ("Loss", -0.6), ("Win", 1.0), ("BE", 0.0), ("Loss", -1.0),
+               ("TIME", 0.3), ("Win", 1.0), ("NoTrade", 0.0), ("Loss", -0.8), ("Loss", -0.5)]
+    streams = {"ES1": ("ES", "07:30", 10.0, 0.25), "ES2": ("ES", "10:00", 10.0, 0.25),
+               "NQ1": ("NQ", "08:00", 50.0, 0.25)}
+    for n, (stream, (inst, slot, target, tick)) in enumerate(streams.items()):
+        k = n * 3
+        for month in months:
+            rows = []
+            for day in range(1, 32):
+                try:
+                    d = date(year, month, day)
+                except ValueError:
+                    break
+                if d.weekday() >= 5:
+                    continue
+                result, scale = pattern[k % len(pattern)]
+                k += 1
+                profit = -tick if result == "BE" else round(scale * target / tick) * tick
+                rows.append(row(inst, d, slot, result, profit))
+            write_month(settings, stream, year, month, rows)
