@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from processes import processes_naming
 from rich.console import Console
 from textual.app import App
-from textual.widgets import DataTable, Input, Select
+from textual.widgets import DataTable, Input, Select, Static
 
 from pipeline_core import catalog, history, results
 from pipeline_core.engine import Engine
@@ -399,7 +399,8 @@ async def test_run_now_fills_panes_bars_events_then_history_detail_results_and_f
         res = app.screen
         await wait_for(pilot, lambda: res.view is not None, "the results")
         assert res.month == Period(2025, 11)
-        rtable = table_rows(res.query_one("#results-matrix", DataTable))
+        rtable = [ln.replace("> ", "", 1).split()
+                  for ln in str(res.query_one("#results-matrix", Static).content).splitlines()[1:]]
         assert [r[0] for r in rtable] == ["ES1", "ES2", "NQ1", "NQ2", "CL1", "CL2", "Total"]
         sums = {s.stream: s for s in results.summarize_month(app.settings, 2025, 11)}
         for row in rtable[:-1]:  # the November cell: the month's points of Final rows × point value

@@ -62,6 +62,13 @@ def rows(table: DataTable) -> list[list[str]]:
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
+def text_rows(screen: ResultsScreen, widget_id: str) -> list[list[str]]:
+    """The lines of a text block of the screen, split into cells; the ``>`` mark of the chosen
+    stream dropped (a row of the matrix or of the statistics starts with its name or period)."""
+    text = str(screen.query_one(widget_id, Static).content)
+    return [ln.replace("> ", "", 1).split() for ln in text.splitlines()[1:]]
+
+
 async def open_results(pilot) -> ResultsScreen:
     await pilot.press("s")
     await settle(pilot, lambda: isinstance(pilot.app.screen, ResultsScreen) and pilot.app.screen.view is not None,
@@ -80,33 +87,39 @@ async def test_matrix_statistics_keys_filters_and_export(tmp_path):
     app = console(s)
     async with app.run_test(size=(160, 48)) as pilot:
         res = await open_results(pilot)
-        matrix = res.query_one("#results-matrix", DataTable)
-        got = rows(matrix)
+        got = text_rows(res, "#results-matrix")
         assert [r[0] for r in got] == ["ES1", "ES2", "CL1", "MES1", "Total"]
         assert got[0][10:] == ["+163", "+100", ".", "+263"]  # Oct, Nov, Dec, Total
         assert got[-1][10:] == ["+163", "+780", ".", "+943"]
         # the cursor starts on Total: the stream statistics are all streams'
         assert res.stream is None and res.month == Period(2025, 11)
+        assert str(res.query_one("#results-matrix", Static).content).splitlines()[-1].startswith("> Total")
 
         await pilot.press("n")  # next stream: ES1
         await shown(pilot, res, lambda: res.view.stream == "ES1", "ES1's statistics")
-        stats = rows(res.query_one("#results-stream", DataTable))
+        stats = text_rows(res, "#results-stream")
         assert [r[0] for r in stats] == ["2025-11", "2025", "all"]
         assert stats[2][1:5] == ["5", "2", "2", "1"] and stats[2][7:13] == ["40.0", "1.36", "+52.50", "-413", "+5.25", "+263"]
         assert "ES1" in str(res.query_one("#screen-title", Static).content)
 
         await pilot.press("left_square_bracket")  # the month before
         await shown(pilot, res, lambda: res.view.month == Period(2025, 10), "October")
-        assert rows(res.query_one("#results-stream", DataTable))[0][0] == "2025-10"
+        assert text_rows(res, "#results-stream")[0][0] == "2025-10"
 
         await pilot.press("v")  # provisional rows too, marked
         await shown(pilot, res, lambda: res.view.matrix.provisional == {("ES1", 11)}, "provisional rows")
-        assert rows(matrix)[0][11] == "+263*"
+        assert text_rows(res, "#results-matrix")[0][11] == "+263*"
 
         await pilot.press("f")  # session S1 only: ES2 goes
         await shown(pilot, res, lambda: res.flt.sessions == frozenset({"S1"}) and "ES2" not in res.view.matrix.streams,
                      "the S1 filter")
-        assert [r[0] for r in rows(matrix)] == ["ES1", "CL1", "MES1", "Total"]
+        assert [r[0] for r in text_rows(res, "#results-matrix")] == ["ES1", "CL1", "MES1", "Total"]
+
+        await pilot.press("2")  # the statistics tab: every stream, filled when opened
+        await shown(pilot, res, lambda: res.view.every_stream, "every stream's statistics")
+        table = rows(res.query_one("#results-stats", DataTable))
+        assert [r[0] for r in table if r[0]] == ["ES1", "CL1", "MES1", "ALL"]
+        await pilot.press("1")
 
         await pilot.press("x")
         await settle(pilot, lambda: res.exported is not None, "the export")

@@ -16,7 +16,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Horizontal, ScrollableContainer
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
@@ -53,12 +53,57 @@ def month_label(year: int, month: int) -> str:
     return f"{year}-{month:02d}"
 
 
-def money_cell(value: float | None, provisional: bool = False, *, bold: bool = False) -> Text:
-    """Dollars coloured by sign; the sign itself says it without colour."""
-    if value is None:
-        return Text(NO_ROWS, style="dim", justify="right")
-    style = "green" if value > 0 else "red" if value < 0 else ""
-    return Text(money(value) + ("*" if provisional else ""), style=style + (" bold" if bold else ""), justify="right")
+def _sign_style(value: float | None) -> str:
+    return "" if not value else "green" if value > 0 else "red"
+
+
+def matrix_text(m: Matrix, stream: str | None) -> Text:
+    """The matrix as one text: a row per stream and the totals, each figure signed and
+    coloured; the chosen stream's name (or Total's, for all streams) is marked with ``>``."""
+    cells = {s: [money(v) + ("*" if (s, k + 1) in m.provisional else "") if v is not None else NO_ROWS
+                 for k, v in enumerate(m.cells[s])] for s in m.streams}
+    width = max([7, *(len(c) for row in cells.values() for c in row),
+                 *(len(money(v)) for v in m.column_totals if v is not None)]) + 1
+    total_width = max([9, *(len(money(v)) + 1 for v in [*m.row_totals.values(), m.total] if v is not None)])
+    out = Text(no_wrap=True, overflow="ignore")
+    out.append(f"  {'Stream':<6}" + "".join(f"{x:>{width}}" for x in MONTHS) + f"{'Total':>{total_width}}\n",
+               style="bold")
+    rows = [(s, cells[s], m.cells[s], m.row_totals[s]) for s in m.streams]
+    rows.append((ALL, [money(v) if v is not None else NO_ROWS for v in m.column_totals], m.column_totals, m.total))
+    for name, texts, values, total in rows:
+        chosen = name == (stream or ALL)
+        label = "Total" if name == ALL else name
+        out.append(("> " if chosen else "  ") + f"{label:<6}", style="bold reverse" if chosen else "bold")
+        for text, value in zip(texts, values, strict=True):
+            out.append(f"{text:>{width}}", style=_sign_style(value) if value is not None else "dim")
+        out.append(f"{money(total) if total is not None else NO_ROWS:>{total_width}}", style="bold " + _sign_style(total))
+        out.append("\n")
+    out.rstrip()
+    return out
+
+
+def stream_stats_text(name: str, stats: list[tuple[Period, Stats]]) -> Text:
+    """One stream's statistics per period, as aligned text with signed, coloured money."""
+    heads = ["Period", *STAT_HEADINGS]
+    rows = [[p.label, *stat_cells(st)] for p, st in stats]
+    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+    money_cols = {STAT_HEADINGS.index(h) + 1 for h in ("Avg trade", "Dollars")}
+    dd_col = STAT_HEADINGS.index("Max DD") + 1
+    out = Text(no_wrap=True, overflow="ignore")
+    out.append(f"{name:<7} " + " ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w) in enumerate(zip(heads, widths, strict=True))) + "\n",
+               style="bold")
+    for (_, st), row in zip(stats, rows, strict=True):
+        out.append(" " * 8)
+        for i, (c, w) in enumerate(zip(row, widths, strict=True)):
+            style = ""
+            if i in money_cols:
+                style = _sign_style(st.profit_dollars if i == STAT_HEADINGS.index("Dollars") + 1 else st.average_trade)
+            elif i == dd_col and st.max_drawdown:
+                style = "red"
+            out.append((" " if i else "") + (f"{c:>{w}}" if i else f"{c:<{w}}"), style=style)
+        out.append("\n")
+    out.rstrip()
+    return out
 
 
 @dataclass
@@ -73,9 +118,13 @@ class View:
     all_stats: list[tuple[str, Period, Stats]]
     curve: Curve
     curve_stats: Stats
+    every_stream: bool = True
 
 
-def compute_view(rs: ResultSet, flt: ResultFilter, year: int, month: Period, stream: str | None) -> View:
+def compute_view(rs: ResultSet, flt: ResultFilter, year: int, month: Period, stream: str | None,
+                 every_stream: bool = True) -> View:
+    """The figures of the view; ``every_stream`` False leaves the statistics tab's rows out
+    (computed when that tab is opened)."""
     periods = [month, Period(year), ALL_TIME]
     return View(
         year=year,
@@ -83,7 +132,9 @@ def compute_view(rs: ResultSet, flt: ResultFilter, year: int, month: Period, str
         stream=stream,
         matrix=rs.matrix(flt, year),
         stream_stats=[(p, rs.stats(flt, p, stream)) for p in periods],
-        all_stats=[(s or ALL, p, rs.stats(flt, p, s)) for s in [*rs.shown_streams(flt), None] for p in periods],
+        every_stream=every_stream,
+        all_stats=[(s or ALL, p, rs.stats(flt, p, s)) for s in [*rs.shown_streams(flt), None] for p in periods]
+        if every_stream else [],
         curve=rs.equity(flt, ALL_TIME, stream),
         curve_stats=rs.stats(flt, ALL_TIME, stream),
     )
@@ -129,7 +180,6 @@ class ResultsScreen(Screen[None]):
         self.stream: str | None = None  # None: all streams
         self.view: View | None = None
         self.stale: dict[str, str] = {}
-        self._filling = False
         self.exported: Path | None = None  # the last CSV written by ``x``
 
     def compose(self) -> ComposeResult:
@@ -137,8 +187,11 @@ class ResultsScreen(Screen[None]):
             yield Static("Results", id="screen-title")
         with TabbedContent(id="results-tabs", initial="tab-matrix"):
             with TabPane("Matrix", id="tab-matrix"):
-                yield DataTable(id="results-matrix", cursor_type="row", fixed_columns=1, zebra_stripes=False)
-                yield DataTable(id="results-stream", cursor_type="none")
+                # plain text, not tables: one renderable paints far faster than a table's cells
+                with ScrollableContainer(id="results-matrix-box"):
+                    yield Static("", id="results-matrix")
+                with ScrollableContainer(id="results-stream-box"):
+                    yield Static("", id="results-stream")
             with TabPane("Statistics", id="tab-stats"):
                 yield DataTable(id="results-stats", cursor_type="row", fixed_columns=2)
             with TabPane("Equity", id="tab-equity"):
@@ -148,10 +201,6 @@ class ResultsScreen(Screen[None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        stream_table = self.query_one("#results-stream", DataTable)
-        stream_table.add_column("Period", key="period", width=7)
-        for h in STAT_HEADINGS:
-            stream_table.add_column(h, key=h)
         stats = self.query_one("#results-stats", DataTable)
         stats.add_column("Stream", key="stream", width=6)
         stats.add_column("Period", key="period", width=7)
@@ -181,12 +230,19 @@ class ResultsScreen(Screen[None]):
     def _recompute(self) -> None:
         if self.rs is None or self.year is None or self.month is None:
             return
-        self._compute(self.rs, self.flt, self.year, self.month, self.stream)
+        every = self.query_one("#results-tabs", TabbedContent).active == "tab-stats"
+        self._compute(self.rs, self.flt, self.year, self.month, self.stream, every)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="results-view")
-    def _compute(self, rs: ResultSet, flt: ResultFilter, year: int, month: Period, stream: str | None) -> None:
-        view = compute_view(rs, flt, year, month, stream)
+    def _compute(self, rs: ResultSet, flt: ResultFilter, year: int, month: Period, stream: str | None,
+                 every_stream: bool) -> None:
+        view = compute_view(rs, flt, year, month, stream, every_stream)
         self.app.call_from_thread(self._show, flt, view)
+
+    @on(TabbedContent.TabActivated, "#results-tabs")
+    def _tab_shown(self, message: TabbedContent.TabActivated) -> None:
+        if message.pane.id == "tab-stats" and self.view is not None and not self.view.every_stream:
+            self._recompute()
 
     # --- showing ----------------------------------------------------------------------------
     def _show(self, flt: ResultFilter, view: View) -> None:
@@ -196,7 +252,8 @@ class ResultsScreen(Screen[None]):
         with self.app.batch_update():
             self._fill_matrix(view)
             self._fill_stream(view)
-            self._fill_stats(view)
+            if view.every_stream:
+                self._fill_stats(view)
             self._draw_curve(view)
             self._title(view)
             self._status()
@@ -208,32 +265,7 @@ class ResultsScreen(Screen[None]):
         )
 
     def _fill_matrix(self, view: View) -> None:
-        m = view.matrix
-        table = self.query_one("#results-matrix", DataTable)
-        self._filling = True
-        table.clear(columns=True)
-        table.add_column("Stream", key="stream", width=6)
-        for k, name in enumerate(MONTHS):
-            table.add_column(name, key=f"m{k + 1}", width=7)
-        table.add_column("Total", key="total", width=9)
-        for s in m.streams:
-            table.add_row(
-                Text(s, style="bold"),
-                *(money_cell(v, (s, k + 1) in m.provisional) for k, v in enumerate(m.cells[s])),
-                money_cell(m.row_totals[s], bold=True),
-                key=s,
-            )
-        table.add_row(
-            Text("Total", style="bold"),
-            *(money_cell(v, bold=True) for v in m.column_totals),
-            money_cell(m.total, bold=True),
-            key=ALL,
-        )
-        keys = [*m.streams, ALL]
-        want = view.stream or ALL
-        if want in keys:
-            table.move_cursor(row=keys.index(want), animate=False)
-        self._filling = False
+        self.query_one("#results-matrix", Static).update(matrix_text(view.matrix, view.stream))
 
     def _stat_row(self, st: Stats) -> list[Text]:
         cells = stat_cells(st)
@@ -247,10 +279,7 @@ class ResultsScreen(Screen[None]):
         return out
 
     def _fill_stream(self, view: View) -> None:
-        table = self.query_one("#results-stream", DataTable)
-        table.clear()
-        for p, st in view.stream_stats:
-            table.add_row(Text(p.label), *self._stat_row(st), key=p.label)
+        self.query_one("#results-stream", Static).update(stream_stats_text(view.stream or ALL, view.stream_stats))
 
     def _fill_stats(self, view: View) -> None:
         table = self.query_one("#results-stats", DataTable)
@@ -355,13 +384,6 @@ class ResultsScreen(Screen[None]):
         if stream != self.stream:
             self.stream = stream
             self._recompute()
-
-    @on(DataTable.RowHighlighted, "#results-matrix")
-    def _row_highlighted(self, message: DataTable.RowHighlighted) -> None:
-        if self._filling or message.row_key is None or message.row_key.value is None:
-            return
-        key = str(message.row_key.value)
-        self.choose_stream(None if key == ALL else key)
 
     def _cycle(self, current: frozenset[str] | None, names: list[str]) -> frozenset[str] | None:
         choices: list[frozenset[str] | None] = [None, *(frozenset({n}) for n in names)]
