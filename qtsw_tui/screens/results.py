@@ -17,6 +17,8 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
+from textual.css.query import NoMatches
+from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
@@ -193,19 +195,14 @@ class ResultsScreen(Screen[None]):
                 with ScrollableContainer(id="results-stream-box"):
                     yield Static("", id="results-stream")
             with TabPane("Statistics", id="tab-stats"):
-                yield DataTable(id="results-stats", cursor_type="row", fixed_columns=2)
+                yield Lazy(DataTable(id="results-stats", cursor_type="row", fixed_columns=2))
             with TabPane("Equity", id="tab-equity"):
-                yield PlotextPlot(id="results-equity")
+                yield Lazy(PlotextPlot(id="results-equity"))
                 yield Static("", id="results-equity-note")
         yield Static("reading the monthly results …", id="results-status")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        stats = self.query_one("#results-stats", DataTable)
-        stats.add_column("Stream", key="stream", width=6)
-        stats.add_column("Period", key="period", width=7)
-        for h in STAT_HEADINGS:
-            stats.add_column(h, key=h)
         self._load()
 
     # --- reading (worker threads) ---------------------------------------------------------
@@ -241,8 +238,15 @@ class ResultsScreen(Screen[None]):
 
     @on(TabbedContent.TabActivated, "#results-tabs")
     def _tab_shown(self, message: TabbedContent.TabActivated) -> None:
-        if message.pane.id == "tab-stats" and self.view is not None and not self.view.every_stream:
-            self._recompute()
+        if self.view is None:
+            return
+        if message.pane.id == "tab-stats":
+            if self.view.every_stream:
+                self._fill_stats(self.view)
+            else:
+                self._recompute()
+        elif message.pane.id == "tab-equity":
+            self._draw_curve(self.view)
 
     # --- showing ----------------------------------------------------------------------------
     def _show(self, flt: ResultFilter, view: View) -> None:
@@ -282,14 +286,25 @@ class ResultsScreen(Screen[None]):
         self.query_one("#results-stream", Static).update(stream_stats_text(view.stream or ALL, view.stream_stats))
 
     def _fill_stats(self, view: View) -> None:
-        table = self.query_one("#results-stats", DataTable)
+        try:
+            table = self.query_one("#results-stats", DataTable)
+        except NoMatches:  # not mounted yet (lazy): filled when its tab is opened
+            return
+        if not table.columns:
+            table.add_column("Stream", key="stream", width=6)
+            table.add_column("Period", key="period", width=7)
+            for h in STAT_HEADINGS:
+                table.add_column(h, key=h)
         table.clear()
         for s, p, st in view.all_stats:
             table.add_row(Text(s if p == view.month else "", style="bold"), Text(p.label),
                           *self._stat_row(st), key=f"{s} {p.label}")
 
     def _draw_curve(self, view: View) -> None:
-        plot = self.query_one("#results-equity", PlotextPlot)
+        try:
+            plot = self.query_one("#results-equity", PlotextPlot)
+        except NoMatches:  # not mounted yet (lazy): drawn when its tab is opened
+            return
         plt = plot.plt
         plt.clear_figure()
         days, equity, drawdown = thin_curve(view.curve)
