@@ -104,7 +104,7 @@ class QtswApp(App[int]):
         "history": "run history (Enter: a run's stages, events and logs)",
         "events": "show the live event table",
         "filter": "filter the events: stage, event type or words",
-        "results": "monthly results per stream",
+        "results": "results: matrix in dollars, statistics, equity curve",
         "help": "this help",
         "quit": "quit (asks first while a run is active)",
         "quit_ctrl": "quit",
