@@ -540,6 +540,7 @@ def _point_value(settings: Settings, stream: str) -> float:
 _FileKey = tuple[int, int, int]  # (mtime_ns, size, inode): a rewritten file has a new one
 _memory: dict[str, tuple[dict[str, _FileKey], pa.Table, list[str]]] = {}
 _built: dict[str, tuple[pa.Table, tuple[Any, ...], ResultSet]] = {}
+_failed: dict[str, dict[str, tuple[_FileKey, str]]] = {}  # unreadable files, by key
 _memory_lock = threading.Lock()
 
 
@@ -627,9 +628,12 @@ def load_results(settings: Settings, *, disk_cache: bool = True) -> ResultSet:
         base = _read_disk_cache(settings)
     keys, table, order = base if base is not None else ({}, None, [])
     fresh = {rel: key for rel, (key, _) in scanned.items() if keys.get(rel) == key}
-    to_read = sorted(rel for rel in scanned if rel not in fresh)
+    with _memory_lock:
+        failed = {rel: v for rel, v in _failed.get(root, {}).items() if rel in scanned and scanned[rel][0] == v[0]}
+    # a file that could not be read is tried again only once it changed
+    problems = [f"{scanned[rel][1]}: {msg}" for rel, (_, msg) in sorted(failed.items())]
+    to_read = sorted(rel for rel in scanned if rel not in fresh and rel not in failed)
     changed = base is None or bool(to_read) or len(fresh) != len(keys)
-    problems: list[str] = []
     got: list[tuple[str, pa.Table | Exception]] = []
     if to_read:
         def read(rel: str) -> tuple[str, pa.Table | Exception]:
@@ -648,6 +652,7 @@ def load_results(settings: Settings, *, disk_cache: bool = True) -> ResultSet:
         for rel, part in got:
             if isinstance(part, Exception):
                 problems.append(f"{scanned[rel][1]}: {part}")
+                failed[rel] = (scanned[rel][0], str(part))
             else:
                 new_keys[rel] = scanned[rel][0]
         new_order = sorted(new_keys)
@@ -672,12 +677,14 @@ def load_results(settings: Settings, *, disk_cache: bool = True) -> ResultSet:
     elif base is not None and _memory.get(root) is not base:
         with _memory_lock:
             _memory[root] = (keys, table, order)
+    with _memory_lock:
+        _failed[root] = failed
     assert table is not None
     # The arrays of an unchanged table are kept too, while the point values are the same.
     values = tuple((sym, i.point_value) for sym, i in settings.instruments.items())
     with _memory_lock:
         known = _built.get(root)
-        if known is not None and known[0] is table and known[1] == values and not problems:
+        if known is not None and known[0] is table and known[1] == values and known[2].problems == problems:
             return known[2]
     rs = ResultSet(settings, table, problems)
     with _memory_lock:
@@ -697,3 +704,4 @@ def forget_cache() -> None:
     with _memory_lock:
         _memory.clear()
         _built.clear()
+        _failed.clear()

@@ -173,6 +173,20 @@ def test_cache_follows_changed_added_removed_and_unreadable_files(filled: Settin
         assert rs.stats(FINAL, ALL_TIME, "CL1").profit_dollars == pytest.approx(-70)
 
 
+def test_an_unreadable_file_is_not_read_again_until_it_changes(filled: Settings) -> None:
+    bad = results.monthly_path(filled, "CL1", 2025, 10)
+    bad.write_bytes(b"not parquet")
+    first = results.load_results(filled)
+    assert len(first.problems) == 1
+    cache_written = filled.results_cache_path.stat().st_mtime_ns
+    again = results.load_results(filled)
+    assert again is first and again.problems == first.problems  # nothing read, nothing written
+    assert filled.results_cache_path.stat().st_mtime_ns == cache_written
+    write_month(filled, "CL1", 2025, 10, [row("CL", date(2025, 10, 1), "07:30", "Win", 0.5)])
+    fixed = results.load_results(filled)
+    assert fixed.problems == [] and fixed.stats(FINAL, Period(2025, 10), "CL1").profit_dollars == pytest.approx(500)
+
+
 def test_a_damaged_cache_is_read_around(filled: Settings) -> None:
     expected = results.load_results(filled).stats(FINAL)
     results.forget_cache()
