@@ -178,6 +178,14 @@ class Engine:
         self._loop_thread: int | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._subscriber_errors = 0
+        self._since = clock.iso_now()
+
+    attached = False  # this process hosts the engine (a RemoteEngine is attached to one)
+
+    def host_info(self) -> dict[str, Any]:
+        """Who runs the engine: this process (``hosting``), its pid and since when."""
+        return {"mode": "hosting", "pid": os.getpid(), "since": self._since, "connected": True,
+                "problem": None}
 
     # --- watchers -----------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ functions.
 
 Exit codes: 0 shown (also when there are no results: it says so), 1 some monthly file could
 not be read (named on stderr; the rest is shown), 4 could not start (bad settings, bad
-arguments).
+arguments, a data root that does not exist).
 """
 
 from __future__ import annotations
@@ -162,16 +162,17 @@ def _set(text: str | None) -> frozenset[str] | None:
 def main(argv: list[str]) -> int:
     """``qtsw results [--year Y] [--month M] [--stream S] [--session S1] [--slot HH:MM]
     [--provisional] [--csv|--json]``."""
-    from qtsw_tui.cli import _Parser
+    from pipeline_core.usage import UsageParser, root_problem
 
-    p = _Parser(
+    p = UsageParser(
         prog="qtsw results",
         description="The stream x month matrix of a year (dollars per contract, row and column totals) "
         "and per stream the statistics of a month, the year and all time. Final rows only unless "
-        "--provisional. Exit 0 (also without results), 1 when a monthly file could not be read.",
+        "--provisional. Exit 0 (also without results), 1 when a monthly file could not be read, "
+        "4 bad arguments or settings, or a data root that does not exist.",
     )
-    p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
-    p.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
+    p.add_argument("--root", metavar="PATH", help="data root (default: $QTSW_ROOT, else the folder qtsw is installed in)")
+    p.add_argument("--config", metavar="FILE", help="settings file (default: <root>/qtsw.toml)")
     p.add_argument("--year", type=int, help="the matrix's year (default: the newest with results)")
     p.add_argument("--month", type=int, choices=range(1, 13), metavar="1-12",
                    help="the month of the statistics (default: the newest of the year)")
@@ -191,6 +192,10 @@ def main(argv: list[str]) -> int:
         settings = load_settings(root=args.root, config=args.config)
     except SettingsError as exc:
         print(f"qtsw: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    problem = root_problem(settings.root)
+    if problem:  # a mistyped --root is said, not shown as a root without results
+        print(f"qtsw: {problem}", file=sys.stderr)
         return EXIT_CANNOT_START
     rs = results.load_results(settings)
     flt = ResultFilter(_set(args.stream), _set(args.session), _set(args.slot), args.provisional)

@@ -83,14 +83,20 @@ def test_json_holds_matrix_statistics_and_units(settings: Settings) -> None:
     assert data["problems"] == []
 
 
-def test_a_root_without_results_says_so_and_creates_nothing(tmp_path: Path) -> None:
+def test_a_root_without_results_says_so_and_a_missing_root_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "empty"
+    root.mkdir()
     out = qtsw(root)
     assert out.returncode == 0
     assert out.stdout.strip() == f"no monthly results under {root / 'data' / 'analyzer_runs'}"
-    assert not root.exists()
+    assert list(root.iterdir()) == []  # nothing written, not even the cache
     out = qtsw(root, "--json")
     assert json.loads(out.stdout)["empty"].startswith("no monthly results")
+    missing = tmp_path / "mistyped"
+    out = qtsw(missing)
+    assert out.returncode == 4
+    assert f"data root {missing} does not exist" in out.stderr
+    assert not missing.exists()
 
 
 def test_an_unreadable_monthly_file_is_named_and_the_rest_shown(settings: Settings) -> None:

@@ -23,11 +23,12 @@ def stale_notice(streams: tuple[str, ...] | list[str]) -> str:
 
 
 def header_lines(
-    snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, stale: tuple[str, ...] = ()
+    snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, host: str = "", stale: tuple[str, ...] = ()
 ) -> tuple[Text, Text]:
     """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock);
-    ``hint`` names the main keys while no run is active; ``stale``: the streams whose results
-    are from other analysis settings (said instead of the hint, or after the run's stages)."""
+    ``hint`` names the main keys while no run is active; ``host`` says who runs the engine
+    (``hosting``, ``attached pid N since HH:MM``); ``stale``: the streams whose results are
+    from other analysis settings (said instead of the hint, or after the run's stages)."""
     top = Text()
     top.append(now.strftime("%H:%M:%S"), style="bold")
     top.append(" CT", style="dim")
@@ -77,6 +78,8 @@ def header_lines(
             bottom.append(f"  {st.name[0].upper()}{mark}", style=style)
         if stale:
             bottom.append("  ⚠ results from other settings", style="bold yellow")
+    if host:  # first: at 80 columns a long line loses its end, never who runs the engine
+        bottom = Text.assemble((host, "bold magenta" if host.startswith("detached") else "dim"), "  ", bottom)
     return top, bottom
 
 
@@ -86,6 +89,7 @@ class StatusHeader(Static):
     _shown: Text | None = None
     _hint_text: str | None = None
     stale: tuple[str, ...] = ()  # from the counters: streams whose results are of other settings
+    _host = ""  # who runs the engine, as last shown
 
     def _hint(self) -> str:
         if self._hint_text is None:  # the keymap is fixed once the console runs
@@ -99,8 +103,10 @@ class StatusHeader(Static):
             )
         return self._hint_text
 
-    def show(self, snap: EngineSnapshot, now: datetime) -> None:
-        text = Text("\n").join(header_lines(snap, now, self._hint(), self.stale))
+    def show(self, snap: EngineSnapshot, now: datetime, host: str | None = None) -> None:
+        host = self._host if host is None else host
+        self._host = host
+        text = Text("\n").join(header_lines(snap, now, self._hint(), host, self.stale))
         if text != self._shown:
             self._shown = text
             # two lines, height fixed by the stylesheet: repaint only, no layout pass
