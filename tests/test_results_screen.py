@@ -16,6 +16,7 @@ from datetime import datetime
 import pytest
 from results_fixture import write_fixture, write_year
 from textual.widgets import DataTable, Static
+from textual_plotext import PlotextPlot
 
 from pipeline_core import results
 from pipeline_core.engine import Engine
@@ -164,6 +165,11 @@ def opened(*keys: str) -> Callable:
             before = res.view
             await pilot.press(key)
             await settle(pilot, lambda b=before, k=key: res.view is not b or k in "123", f"the view after {key}")
+        if "3" in keys:  # the curve is drawn when its tab opens: wait for its note and the plot
+            note = res.query_one("#results-equity-note", Static)
+            await settle(pilot, lambda: "max drawdown" in str(note.content), "the equity curve")
+            plot = res.query_one("#results-equity", PlotextPlot)
+            await settle(pilot, lambda: plot.size.width > 0, "the plot's size")
         await pilot.pause(0.2)
         await pilot.pause()
 

@@ -17,8 +17,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
-from textual.css.query import NoMatches
-from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
@@ -195,9 +193,9 @@ class ResultsScreen(Screen[None]):
                 with ScrollableContainer(id="results-stream-box"):
                     yield Static("", id="results-stream")
             with TabPane("Statistics", id="tab-stats"):
-                yield Lazy(DataTable(id="results-stats", cursor_type="row", fixed_columns=2))
+                yield DataTable(id="results-stats", cursor_type="row", fixed_columns=2)
             with TabPane("Equity", id="tab-equity"):
-                yield Lazy(PlotextPlot(id="results-equity"))
+                yield PlotextPlot(id="results-equity")
                 yield Static("", id="results-equity-note")
         yield Static("reading the monthly results …", id="results-status")
         yield Footer(compact=True)
@@ -286,10 +284,7 @@ class ResultsScreen(Screen[None]):
         self.query_one("#results-stream", Static).update(stream_stats_text(view.stream or ALL, view.stream_stats))
 
     def _fill_stats(self, view: View) -> None:
-        try:
-            table = self.query_one("#results-stats", DataTable)
-        except NoMatches:  # not mounted yet (lazy): filled when its tab is opened
-            return
+        table = self.query_one("#results-stats", DataTable)
         if not table.columns:
             table.add_column("Stream", key="stream", width=6)
             table.add_column("Period", key="period", width=7)
@@ -301,10 +296,7 @@ class ResultsScreen(Screen[None]):
                           *self._stat_row(st), key=f"{s} {p.label}")
 
     def _draw_curve(self, view: View) -> None:
-        try:
-            plot = self.query_one("#results-equity", PlotextPlot)
-        except NoMatches:  # not mounted yet (lazy): drawn when its tab is opened
-            return
+        plot = self.query_one("#results-equity", PlotextPlot)
         plt = plot.plt
         plt.clear_figure()
         days, equity, drawdown = thin_curve(view.curve)
@@ -324,7 +316,7 @@ class ResultsScreen(Screen[None]):
         if short:
             span = days.astype("datetime64[M]")
         first = [i for i in range(len(days)) if i == 0 or span[i] != span[i - 1]]
-        ticks = first[:: max(1, len(first) // max(2, plot.size.width // 12))]
+        ticks = first[:: -(-len(first) // 6)]  # at most 6 labels: they fit 80 columns
         plt.xticks(ticks, [str(days[i])[:7] if short else str(days[i])[:4] for i in ticks])
         plt.title(f"{who}: cumulative $ per contract over trade dates, all time")
         plot.refresh()
