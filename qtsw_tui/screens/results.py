@@ -161,9 +161,9 @@ class ResultsScreen(Screen[None]):
         Binding("right_curly_bracket", "step_year(1)", "Year+", show=False, id="results.next_year"),
         Binding("n", "step_stream(1)", "Stream", id="results.stream"),
         Binding("N", "step_stream(-1)", "Stream-", show=False, id="results.prev_stream"),
-        Binding("f", "step_session", "Session", id="results.session"),
-        Binding("o", "step_slot", "Slot", id="results.slot"),
-        Binding("v", "toggle_provisional", "Provisional", id="results.provisional"),
+        Binding("f", "step_session", "Session", show=False, id="results.session"),
+        Binding("o", "step_slot", "Slot", show=False, id="results.slot"),
+        Binding("v", "toggle_provisional", "Provisional", show=False, id="results.provisional"),
         Binding("x", "export", "Export", id="results.export"),
         Binding("1", "tab('tab-matrix')", "Matrix", show=False, id="results.tab_matrix"),
         Binding("2", "tab('tab-stats')", "Statistics", show=False, id="results.tab_stats"),
@@ -342,8 +342,10 @@ class ResultsScreen(Screen[None]):
             app = self.app
             parts.append(
                 f"{key_label(app, 'results.prev_year', '{')} {key_label(app, 'results.next_year', '}')} year · "
+                f"{key_label(app, 'results.session', 'f')} session · {key_label(app, 'results.slot', 'o')} slot · "
+                f"{key_label(app, 'results.provisional', 'v')} provisional (*) · "
                 f"{key_label(app, 'results.tab_matrix', '1')} {key_label(app, 'results.tab_stats', '2')} "
-                f"{key_label(app, 'results.tab_equity', '3')} matrix, statistics, equity · * = provisional"
+                f"{key_label(app, 'results.tab_equity', '3')} matrix, statistics, equity"
             )
         self.query_one("#results-status", Static).update(Text(" · ".join(parts)))
 
