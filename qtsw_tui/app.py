@@ -111,7 +111,7 @@ class QtswApp(App[int]):
         "history": "run history (Enter: a run's stages, events and logs)",
         "events": "show the live event table",
         "filter": "filter the events: stage, event type or words",
-        "results": "monthly results per stream",
+        "results": "results: matrix in dollars, statistics, equity curve",
         "alerts": "alerts: active and recent (a: acknowledge)",
         "help": "this help",
         "quit": "quit (asks first while a run is active)",
