@@ -54,9 +54,8 @@ def header_lines(
             top.append(f" {ended:%H:%M}")
     else:
         top.append("-")
-    if alerts:
-        top.append("  ")
-        top.append(f" ! {alerts} alert{'s' if alerts != 1 else ''} ", style="bold white on red")
+    if alerts:  # first, and short: at 80 columns the line's end may be cut, never the alerts
+        top = Text.assemble((f"!{alerts}", "bold white on red"), " ", top)
 
     bottom = Text()
     run = snap.current
