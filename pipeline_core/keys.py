@@ -57,6 +57,7 @@ SCOPES: dict[str, dict[str, str]] = {
         "results.next": "right_square_bracket",
     },
     "run detail": {"detail.back": "escape"},
+    "event detail": {"event.back": "escape"},
 }
 PANEL_SCOPES = ("event table", "stage pane")  # on the main screen: checked with the app's keys
 DEFAULT_KEYS: dict[str, str] = {bid: key for scope in SCOPES.values() for bid, key in scope.items()}

@@ -651,3 +651,71 @@ async def test_start_options_run_a_stage_at_start_without_the_schedule(tmp_path)
     run = history.read_runs(s)[0]
     assert run["trigger"] == "stage"
     assert run["stages"] == {"translator": "success", "analyzer": "skipped", "merger": "skipped"}
+
+
+def footer_keys(app: QtswApp) -> dict[str, str]:
+    """The keys the footer offers now: {key as shown: what it does}."""
+    return {app.get_key_display(b.binding): b.binding.description
+            for b in app.active_bindings.values() if b.binding.show}
+
+
+async def test_navigation_escape_palette_and_footer(tmp_path):
+    """Esc closes the events view (after clearing a filter first); ctrl+p lists every action
+    with its key and runs it; the footer offers s, and f and v where they work."""
+    s = make_settings(tmp_path / "root")
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.engine.scheduler_state == "running", "the schedule")
+        main = app.query_one("#main")
+        assert "s" in footer_keys(app) and "f" not in footer_keys(app)
+        await pilot.press("e")
+        assert main.has_class("-events")
+        keys = footer_keys(app)
+        assert keys.get("f") == "stage" and keys.get("v") == "verbose"
+        await pilot.press("slash", "x", "enter")  # a filter kept
+        panel = app.query_one("#events", EventsPanel)
+        assert panel.query_text == "x"
+        await pilot.press("escape")  # first the filter goes ...
+        assert panel.query_text == "" and main.has_class("-events")
+        await pilot.press("escape")  # ... then the view
+        assert not main.has_class("-events")
+        assert "f" not in footer_keys(app)
+
+        commands = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        assert commands["Run the whole pipeline now"] == "key: r"
+        assert commands["Pause / resume the schedule (a running run continues)"] == "key: p"
+        assert commands["Monthly results per stream"] == "key: s"
+        assert len([t for t in commands if t[0].isupper()]) >= 12
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CommandPalette", "the command palette")
+        await pilot.press(*"pause")
+        await pilot.pause(0.5)
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: app.engine.paused, "the palette's command to run", timeout=10)
+        await pilot.press("q")
+
+
+async def test_enter_opens_an_event_with_all_its_fields(tmp_path):
+    from qtsw_tui.screens.event_detail import EventDetailScreen
+
+    s = make_settings(tmp_path / "root")
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        panel = app.query_one("#events", EventsPanel)
+        await wait_for(pilot, lambda: panel.store.total >= 1, "the scheduler's start event")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: panel.table.row_count >= 1, "the event in the table")
+        await pilot.press("enter")
+        assert isinstance(app.screen, EventDetailScreen)
+        await wait_for(pilot, lambda: app.screen.event is not None, "the event read from its file")
+        shown = shown_text(app.screen.query_one("#event-fields"))
+        ev = app.screen.event
+        assert ev.stage == "scheduler" and ev.event == "start"
+        for field in ("time", "run", "stage", "event", "seq", "message", "file", "data"):
+            assert field in shown
+        for key in ev.data:  # every data field, with its value
+            assert f"{key}: " in shown
+        assert "Scheduler started" in shown and str(s.events_dir / "scheduler.jsonl") in shown
+        await pilot.press("escape")
+        assert not isinstance(app.screen, EventDetailScreen)
+        await pilot.press("q")

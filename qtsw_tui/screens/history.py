@@ -61,7 +61,7 @@ class HistoryScreen(Screen[None]):
         table.add_column("Stages", key="stages", width=9)
         yield table
         yield Static("", id="history-status")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.action_reload()

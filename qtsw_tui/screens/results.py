@@ -58,7 +58,7 @@ class ResultsScreen(Screen[None]):
         table.add_column("Prov", key="prov", width=4)
         yield table
         yield Static("", id="results-status")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self._load_months()
