@@ -41,11 +41,12 @@ from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.event_detail import EventDetailScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
+from qtsw_tui.screens.quarantine import QuarantineScreen
 from qtsw_tui.screens.results import ResultsScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
-from qtsw_tui.widgets.format import clock_time, short_id
+from qtsw_tui.widgets.format import clock_time, key_label, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
 from qtsw_tui.widgets.stage_pane import StagePane
@@ -74,7 +75,7 @@ def binding_ids() -> set[str]:
     """Every binding id that ``[keys]`` in the settings may remap: the app's, its panels' and
     its screens' (Textual's keymap applies to bindings wherever they are declared)."""
     classes = (QtswApp, EventsPanel, EventTable, StagePane, ConfirmScreen, HelpScreen,
-               HistoryScreen, ResultsScreen, RunDetailScreen, EventDetailScreen)
+               HistoryScreen, ResultsScreen, RunDetailScreen, EventDetailScreen, QuarantineScreen)
     return {b.id for cls in classes for b in cls.BINDINGS if isinstance(b, Binding) and b.id}
 
 
@@ -97,6 +98,7 @@ class QtswApp(App[int]):
         Binding("e", "events", "events", id="events"),
         Binding("slash", "filter", "filter", show=False, id="filter"),  # shown in the events view
         Binding("s", "results", "results", id="results"),
+        Binding("u", "quarantine", "quarantine", show=False, id="quarantine"),
         Binding("question_mark", "help", "help", id="help"),
         Binding("q", "request_quit", "quit", id="quit"),
         Binding("ctrl+q", "request_quit", "quit", show=False, id="quit_ctrl", priority=True),
@@ -113,6 +115,7 @@ class QtswApp(App[int]):
         "events": "show the live event table",
         "filter": "filter the events: stage, event type or words",
         "results": "monthly results per stream",
+        "quarantine": "quarantined files: why, and re-queue once fixed",
         "help": "this help",
         "quit": "quit (asks first while a run is active)",
         "quit_ctrl": "quit",
@@ -311,6 +314,8 @@ class QtswApp(App[int]):
                 if not text.lower().startswith(ev.stage):
                     text = f"{ev.stage} {'partial' if partial else 'failed'}: {text}"
                 title = f"{ev.stage.title()} {'partial' if partial else 'failed'}"
+                if ev.stage == "translator" and "quarantined" in text:
+                    text += f" ({key_label(self, 'quarantine', 'u')}: the quarantine, why and re-queue)"
             self.notified.append((severity, title, text))
             self.notify(text, title=title, severity=severity, timeout=20, markup=False)
 
@@ -398,6 +403,9 @@ class QtswApp(App[int]):
 
     def action_results(self) -> None:
         self.push_screen(ResultsScreen(self.settings))
+
+    def action_quarantine(self) -> None:
+        self.push_screen(QuarantineScreen(self.settings))
 
     def action_events(self) -> None:
         main = self.query_one("#main")

@@ -719,3 +719,47 @@ async def test_enter_opens_an_event_with_all_its_fields(tmp_path):
         await pilot.press("escape")
         assert not isinstance(app.screen, EventDetailScreen)
         await pilot.press("q")
+
+
+async def test_quarantine_is_counted_shown_and_a_fixed_file_requeued(tmp_path):
+    """A rejected export: the counters count it, the toast points to the quarantine, the screen
+    says when, which rule at which line and why; after the file is fixed, r puts it back and the
+    next run translates it."""
+    from qtsw_tui.screens.quarantine import QuarantineScreen
+    from qtsw_tui.widgets.counters import CountersPanel
+
+    s = sample_root(tmp_path / "root", days=1, instruments=["ES"])
+    [raw] = s.raw_dir.glob("*.csv")
+    good = raw.read_text()
+    lines = good.splitlines()
+    bad = [ln.replace(",", ",abc,", 1) if i % 5 == 0 and i else ln for i, ln in enumerate(lines)]
+    raw.write_text("\n".join(bad) + "\n")  # one row in five broken: far over the bad-row limit
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        run = await run_and_wait(pilot, "t", 0, "the translator run")
+        assert run["stages"]["translator"] == "partial"
+        assert (s.quarantine_dir / raw.name).exists()
+        [toast] = [text for _, title, text in app.notified if title.startswith("Translator")]
+        assert "u: the quarantine" in toast
+        app.refresh_counters()
+        await wait_for(pilot, lambda: "1 quarantined" in str(app.query_one("#counters", CountersPanel).render()),
+                       "the counters to count it")
+        await pilot.press("u")
+        assert isinstance(app.screen, QuarantineScreen)
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.files) == 1, "the quarantined file")
+        [q] = screen.files
+        assert q.name == raw.name and q.rule and q.line not in ("", "-") and q.rejected_at is not None
+        detail = shown_text(screen.query_one("#quarantine-detail"), width=1000)
+        assert raw.name in detail and f"line {q.line}" in detail and "r re-queues it" in detail
+
+        (s.quarantine_dir / raw.name).write_text(good)  # the operator fixes the file
+        await pilot.press("r")
+        await wait_for(pilot, lambda: screen.files == [], "the quarantine to empty")
+        assert (s.raw_dir / raw.name).read_text() == good
+        assert not (s.quarantine_dir / f"{raw.name}.error.txt").exists()
+        await pilot.press("escape")
+        again = await run_and_wait(pilot, "t", 1, "the translator again")
+        assert again["stages"]["translator"] == "success"
+        assert not (s.raw_dir / raw.name).exists()  # translated and archived
+        await pilot.press("q")

@@ -20,7 +20,6 @@ PANEL_KEYS: list[tuple[str, tuple[str, ...], str, str]] = [
     ("Events", ("events.clear",), "Esc", "clear the filter, else close the events view"),
     ("Events", (), "Enter", "the event with all its fields"),
     ("Stage pane", ("pane.follow",), "End", "follow new output again"),
-    ("History", (), "Enter", "open the run's detail"),
     ("Results", ("results.prev", "results.next"), "[ / ]", "previous / next month"),
     ("Any screen", (), "Esc", "back"),
 ]

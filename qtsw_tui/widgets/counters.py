@@ -12,7 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from pipeline_core import catalog, history, rawfiles, results
+from pipeline_core import catalog, history, quarantine, rawfiles, results
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.format import clock_time, size
 
@@ -31,6 +31,7 @@ class Counters:
     pending_merges: int = 0
     monthly: dict[str, int] = field(default_factory=dict)  # stream -> monthly files
     problems: tuple[str, ...] = ()
+    quarantined: int = 0
 
 
 def read_counters(settings: Settings) -> Counters:
@@ -45,6 +46,11 @@ def read_counters(settings: Settings) -> Counters:
     except Exception as exc:  # a half-written signal file must not blank the panel
         problems.append(f"raw: {exc}")
     _, store_bytes = history.count_files(settings.processed_dir, "*.parquet")
+    try:
+        quarantined = len(quarantine.quarantined(settings))
+    except OSError as exc:
+        problems.append(f"quarantine: {exc}")
+        quarantined = 0
     try:
         store_insts = len(catalog.store_instruments(settings))
         pending_an = len(catalog.pending_analysis(settings))
@@ -63,6 +69,7 @@ def read_counters(settings: Settings) -> Counters:
         pending_merges=pending_mg,
         monthly=results.monthly_counts(settings),
         problems=tuple(problems),
+        quarantined=quarantined,
     )
 
 
@@ -92,6 +99,8 @@ def counters_text(c: Counters, width: int = 32) -> Text:
         t.append(f" · {c.raw_waiting} waiting")
     if c.raw_stale:
         t.append(f" · {c.raw_stale} stale", style="bold yellow")
+    if c.quarantined:
+        t.append(f" · {c.quarantined} quarantined", style="bold yellow")
     row("Store")
     t.append(f"{size(c.store_bytes)} · {c.store_instruments} instr.")
     row("Pending")
