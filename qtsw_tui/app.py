@@ -325,6 +325,9 @@ class QtswApp(App[int]):
         self.snapshot = snap
         now = self.clock()
         self.query_one("#header", StatusHeader).show(snap, now)
+        for screen in self.screen_stack[1:]:  # history and results keep the header
+            for header in screen.query(".screen-header").results(StatusHeader):
+                header.show(snap, now)
         run = snap.current
         for stage in STAGE_NAMES:
             pane = self.query_one(f"#pane-{stage}", StagePane)

@@ -763,3 +763,27 @@ async def test_quarantine_is_counted_shown_and_a_fixed_file_requeued(tmp_path):
         assert again["stages"]["translator"] == "success"
         assert not (s.raw_dir / raw.name).exists()  # translated and archived
         await pilot.press("q")
+
+
+async def test_history_and_results_keep_the_header(tmp_path):
+    """An active run stays in sight on the history and results screens."""
+    s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: (cur := app.engine.snapshot().current) is not None
+                       and cur.stage == "analyzer", "the analyzer to run")
+        hold = held_in_analyzer(s)
+        for key, screen_type in (("h", HistoryScreen), ("s", ResultsScreen)):
+            await pilot.press(key)
+            assert isinstance(app.screen, screen_type)
+            header = app.screen.query_one(".screen-header", StatusHeader)
+            await wait_for(pilot, lambda h=header: "stage analyzer" in str(h.render()), "the header on the screen")
+            assert "▶ run" in str(header.render())
+            await pilot.press("escape")
+        hold.close()
+        await wait_for(pilot, lambda: not app.engine.busy, "the run to end")
+        await pilot.press("h")
+        header = app.screen.query_one(".screen-header", StatusHeader)
+        await wait_for(pilot, lambda: "last ✓ success" in str(header.render()), "the run's end in the header")
+        await pilot.press("escape", "q")

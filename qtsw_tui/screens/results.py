@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Select, Static
 from pipeline_core import results
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.format import key_label
+from qtsw_tui.widgets.header import StatusHeader
 
 RESULT_COLUMNS = ("Win", "BE", "Loss", "TIME", "NoTrade")
 
@@ -45,6 +46,7 @@ class ResultsScreen(Screen[None]):
         self.summaries: list[Any] = []
 
     def compose(self) -> ComposeResult:
+        yield StatusHeader(classes="screen-header")  # an active run stays in sight
         with Horizontal(id="results-top"):
             yield Static("Results", id="screen-title")
             yield Select([], prompt="month", id="results-month", allow_blank=True)

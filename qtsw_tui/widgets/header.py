@@ -84,6 +84,12 @@ class StatusHeader(Static):
             )
         return self._hint_text
 
+    def on_mount(self) -> None:
+        # a header on a pushed screen shows the state at once, then follows the app's refreshes
+        snap, clock = getattr(self.app, "snapshot", None), getattr(self.app, "clock", None)
+        if snap is not None and clock is not None:
+            self.show(snap, clock())
+
     def show(self, snap: EngineSnapshot, now: datetime) -> None:
         text = Text("\n").join(header_lines(snap, now, self._hint()))
         if text != self._shown:
