@@ -43,6 +43,7 @@ from typing import Any
 
 from pipeline_core import clock
 from pipeline_core.fsutil import atomic_path, fsync_dir, read_json
+from pipeline_core.osfiles import fail_point
 from pipeline_core.settings import CHICAGO, Settings, describe_analysis_change
 
 SCHEMA_VERSION = 1
@@ -244,6 +245,7 @@ class Catalog:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
+                    fail_point(self.path)
                     yield self.conn
                 except BaseException:
                     self.conn.execute("ROLLBACK")

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -177,6 +178,14 @@ class Engine:
         self._loop_thread: int | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._subscriber_errors = 0
+        self._since = clock.iso_now()
+
+    attached = False  # this process hosts the engine (a RemoteEngine is attached to one)
+
+    def host_info(self) -> dict[str, Any]:
+        """Who runs the engine: this process (``hosting``), its pid and since when."""
+        return {"mode": "hosting", "pid": os.getpid(), "since": self._since, "connected": True,
+                "problem": None}
 
     # --- watchers -----------------------------------------------------------------------------
 
@@ -491,13 +500,23 @@ class Engine:
             await self._execute(run)
         except anyio.get_cancelled_exc_class():
             raise
+        except OSError as exc:  # the run could not be recorded at all (a full disk): one line
+            print(f"qtsw: run not recorded: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr, flush=True)
         except Exception:  # already recorded as the run's error; keep the scheduler alive
             traceback.print_exc(file=sys.stderr)
 
     def _emit(self, run: _Run, stage: str, event: str, msg: str, data: dict[str, Any] | None = None) -> None:
         assert run.writer is not None
         ev = run.writer.emit(stage, event, msg, data)
+        if run.writer.error is not None:
+            self._record_failed(run, run.writer.error, run.writer.path)
         self._publish(EventMessage(ev))
+
+    def _record_failed(self, run: _Run, exc: OSError, path: Path | str | None = None) -> None:
+        """A record of the run could not be written (the first such failure is kept)."""
+        if run.state.record_error is None:
+            where = exc.filename or path or "?"
+            run.state.record_error = f"{where}: {exc.strerror or exc}"
 
     async def _execute(self, run: _Run) -> None:
         """Do the run's stages and record it, whatever happens (cancellation included)."""
@@ -544,9 +563,12 @@ class Engine:
 
     def _engine_trace(self, run: _Run, text: str) -> None:
         path = self.settings.runs_dir / run.state.run_id / "engine.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            self._record_failed(run, exc, path)
 
     def _finish(self, run: _Run, duration: float) -> None:
         rs = run.state
@@ -570,10 +592,16 @@ class Engine:
         rs.ended = self.now()
         rs.stage = None
         report = self._report(rs, run.details, full=run.full, error=run.error, duration=duration)
-        report_file = history.write_report(self.settings, report, rs.started)
+        report_file: Path | None = None
+        try:
+            report_file = history.write_report(self.settings, report, rs.started)
+        except OSError as exc:
+            self._record_failed(run, exc)
         stages = {n: st.state for n, st in rs.stages.items()}
         data = {"status": status, "stages": stages, "duration_seconds": round(duration, 3),
-                "report": str(report_file)}
+                "report": str(report_file) if report_file else None}
+        if rs.record_error:
+            data["record_error"] = rs.record_error
         if run.error:
             data["error"] = run.error
         if status == SUCCESS:
@@ -587,13 +615,20 @@ class Engine:
         # closes a run without a terminal event, and adds the line of a run that has one.
         assert run.writer is not None
         ev = run.writer.emit("pipeline", event, msg, data)
+        if run.writer.error is not None:
+            self._record_failed(run, run.writer.error, run.writer.path)
         line = _run_line(rs)
-        history.append_run(self.settings, line)
+        try:
+            history.append_run(self.settings, line)
+        except OSError as exc:
+            self._record_failed(run, exc)
         self._last_run = line
         if self._run is run:
             self._run = None
         self._publish(EventMessage(ev))  # watchers told last: the line is there when they look
         run.writer.close()
+        if run.writer.error is not None:
+            self._record_failed(run, run.writer.error, run.writer.path)
 
     # --- stages -------------------------------------------------------------------------------
 
@@ -661,12 +696,15 @@ class Engine:
             ready = list(dict.fromkeys([*scan.ready, *stale]))
             waiting = list(getattr(scan, "waiting", []) or [])
             exporting = list(getattr(scan, "exporting", []) or [])
+            ignored = list(getattr(scan, "ignored", []) or [])
             if not ready:
                 extra = []
                 if waiting:
                     extra.append(f"{len(waiting)} not yet stable")
                 if exporting:
                     extra.append(f"{len(exporting)} being exported")
+                for p, why in ignored[:3]:
+                    extra.append(f"{p.parent.name}/{p.name} ignored: {why}")
                 return False, "no raw files ready" + (f" ({', '.join(extra)})" if extra else ""), {}
             names = [p.name for p in ready]
             return True, f"{len(ready)} raw file(s) ready", {
@@ -727,6 +765,11 @@ class Engine:
         def on_message(msg: Message) -> None:
             self._on_message(run, stage, instrument, msg)
 
+        def on_log_error(exc: OSError) -> None:
+            self._record_failed(run, exc, log_path)
+            self._emit(run, stage, "log", f"{who}: its log {log_path} cannot be written: {exc.strerror or exc}",
+                       {"level": "error", "file": str(log_path), "instrument": instrument})
+
         env = {
             proc.RUN_ID_VAR: rs.run_id,
             "QTSW_STAGE": stage,
@@ -744,6 +787,7 @@ class Engine:
             on_message=on_message,
             on_silence=on_silence,
             on_note=on_note,
+            on_log_error=on_log_error,
         )
 
     def _on_message(self, run: _Run, stage: str, instrument: str | None, msg: Message) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_core import clock
+from pipeline_core.osfiles import fail_point
+from pipeline_core.safetext import safe, safe_data
 
 SCHEMA_VERSION = 1
 STAGES = ("pipeline", "translator", "analyzer", "merger", "scheduler")
@@ -104,39 +106,70 @@ class EventWriter:
         self.run_id = run_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.error: OSError | None = None  # the first write that failed
+        self._cut = False
         self._seq = _last_seq(self.path)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        fail_point(self.path)
+        self._fh = open(self.path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 - closed in close()
+        if self._fh.tell() and not _ends_with_newline(self.path):
+            # a crash cut the last line short: end it, so the next event is a line of its own
+            self._fh.write("\n")
+            self._fh.flush()
 
     def emit(self, stage: str, event: str, msg: str = "", data: dict[str, Any] | None = None) -> Event:
         """Append one event and return it (with its seq and Chicago timestamp)."""
         validate(stage, event)
         with self._lock:
-            self._seq += 1
             ev = Event(
                 run_id=self.run_id,
                 stage=stage,
                 event=event,
-                msg=msg,
-                data=dict(data or {}),
+                msg=safe(msg),  # names and text from files: no control characters, no bad bytes
+                data=safe_data(dict(data or {})),
                 timestamp=clock.iso_now(),
-                seq=self._seq,
+                seq=self._seq + 1,
             )
-            self._fh.write(ev.to_line() + "\n")
-            self._fh.flush()
+            self._seq += 1
+            try:
+                fail_point(self.path)
+                self._fh.write(("\n" if self._cut else "") + ev.to_line() + "\n")
+                self._fh.flush()
+                self._cut = False
+            except OSError as exc:
+                # a full disk: the event still reaches the subscribers; the first error is kept
+                # for the run's record, and a line the failed write may have cut is ended first
+                # by the next write that succeeds
+                if self.error is None:
+                    self.error = exc
+                self._cut = True
         return ev
 
     def close(self) -> None:
         with self._lock:
             if not self._fh.closed:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-                self._fh.close()
+                try:
+                    self._fh.flush()
+                    os.fsync(self._fh.fileno())
+                except OSError as exc:
+                    if self.error is None:
+                        self.error = exc
+                finally:
+                    try:
+                        self._fh.close()
+                    except OSError:
+                        pass
 
     def __enter__(self) -> EventWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
 
 
 def _last_seq(path: Path) -> int:

@@ -18,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline_core.osfiles import FILE_MODE, fail_point
+
 # Fault injection for the crash tests: with QTSW_CRASH_BEFORE_RENAME=N a process kills itself
 # (SIGKILL) at its Nth atomic Parquet write, when the temporary file is complete and the
 # destination not yet replaced: the moment a crash tests the "old or new, never partial" rule.
@@ -51,8 +53,13 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    fail_point(dest)
+    # the temporary name stays within NAME_MAX however long the destination's name is
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{os.fsdecode(os.fsencode(dest.name)[:200])}.", suffix=".tmp", dir=dest.parent)
+    try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; a data file gets the umask's mode
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -94,8 +101,10 @@ def append_jsonl(path: Path, record: Any) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    data = (json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":")) + "\n").encode(
+        "utf-8", "backslashreplace")
+    fail_point(path)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":

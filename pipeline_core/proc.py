@@ -33,10 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from pipeline_core import protocol
+from pipeline_core.osfiles import fail_point
+from pipeline_core.safetext import safe
 
 PROC_DIR = Path("/proc")
+YIELD_LINES = 50  # stage lines handled between two turns of the engine's other tasks
 TOKEN_VAR = "QTSW_PROC_TOKEN"  # unique per stage process; inherited by everything it spawns
 RUN_ID_VAR = "QTSW_RUN_ID"
 DRAIN_SECONDS = 2.0  # after exit, how long to wait for the rest of the output
@@ -211,6 +215,56 @@ def kill_run_processes(run_id: str) -> list[int]:
 # --- running a stage ------------------------------------------------------------------------
 
 
+class _StageLog:
+    """A stage's log file. A write that fails (a full disk) is said once, through
+    ``on_failure``, and the log stops; the stage's output still reaches the engine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.on_failure: Callable[[OSError], None] = _noop
+        self.error: OSError | None = None
+        self._fh: Any = None
+        self._failed = False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fail_point(path)
+            self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        self.error = exc
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()
+        self.on_failure(exc)
+
+    def write(self, text: str) -> None:
+        if self._fh is not None:
+            try:
+                fail_point(self.path)
+                self._fh.write(text)
+            except OSError as exc:
+                self._fail(exc)
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):
+                fh.close()
+
+
 def _noop(*_args: Any) -> None:
     return None
 
@@ -228,6 +282,7 @@ async def run_stage(
     on_message: Callable[[protocol.Message], None] = _noop,
     on_silence: Callable[[float], None] = _noop,
     on_note: Callable[[str], None] = _noop,
+    on_log_error: Callable[[OSError], None] = _noop,
 ) -> StageOutcome:
     """Run one stage process to its end and judge it.
 
@@ -239,8 +294,7 @@ async def run_stage(
     """
     full_env = stage_env(env)
     token = full_env[TOKEN_VAR]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+    log = _StageLog(log_path)
     started = time.monotonic()
     last_output = started
     result: dict[str, Any] | None = None
@@ -255,6 +309,14 @@ async def run_stage(
         log.flush()
         on_note(text)
 
+    def log_failed(exc: OSError) -> None:
+        on_note(f"the log {log_path} cannot be written ({exc.strerror or exc}); output is not logged")
+        on_log_error(exc)
+
+    log.on_failure = log_failed
+    if log.error is not None:  # it could not even be opened
+        log_failed(log.error)
+
     def handle_line(raw: bytes) -> None:
         nonlocal result
         text = raw.decode("utf-8", errors="replace")
@@ -262,6 +324,7 @@ async def run_stage(
             text = text[:-1]
         msg = protocol.parse(text)
         if msg is None:
+            text = safe(text)  # no escape sequence of a stage's output reaches a terminal
             log.write(text + "\n")
             on_output(text)
             return
@@ -280,15 +343,22 @@ async def run_stage(
                 scan_from = len(buf)
                 buf += chunk
                 start = 0
+                handled = 0
                 while True:
                     i = buf.find(b"\n", scan_from)
                     if i < 0:
                         break
                     handle_line(bytes(buf[start:i]))
                     start = scan_from = i + 1
+                    handled += 1
+                    if handled % YIELD_LINES == 0:
+                        await anyio.lowlevel.checkpoint()
                 if start:
                     del buf[:start]
                 log.flush()
+                # a read from a full pipe returns without yielding: let the engine's other tasks
+                # (its socket's clients, a hosting console) run during a flood of output
+                await anyio.lowlevel.checkpoint()
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
         if buf:

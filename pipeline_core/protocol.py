@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from pipeline_core.safetext import safe, safe_data
 from pipeline_core.settings import Settings, SettingsError, load_settings
 
 MARKER = "\x02qtsw:"
@@ -55,7 +56,7 @@ def encode(type_: str, **body: Any) -> str:
     """One protocol line (without the newline)."""
     if type_ not in MESSAGE_TYPES:
         raise ValueError(f"unknown message type {type_!r}")
-    return MARKER + json.dumps({"type": type_, **body}, default=str, separators=(",", ":"))
+    return MARKER + json.dumps({"type": type_, **safe_data(body)}, default=str, separators=(",", ":"))
 
 
 def parse(line: str) -> Message | None:
@@ -86,8 +87,10 @@ class Reporter:
         self.out.flush()
 
     def say(self, text: str) -> None:
-        """Free text for the operator."""
-        self._send(text)
+        """Free text for the operator: one output line per line of ``text``, each escaped
+        (:func:`~pipeline_core.safetext.safe`), so text from a file cannot forge a line."""
+        for line in text.rstrip("\n").split("\n"):
+            self._send(safe(line))
 
     def progress(self, done: int, total: int, msg: str = "", **extra: Any) -> None:
         self._send(encode("progress", done=done, total=total, msg=msg, **extra))
@@ -105,6 +108,13 @@ class Reporter:
             raise ValueError(f"unknown result status {status!r}")
         self.result_sent = True
         self._send(encode("result", status=status, msg=msg, counts=counts or {}, error=error))
+
+
+def os_error_text(exc: OSError) -> str:
+    """``<file>: <the OS's reason>`` (both files for a rename), for a message."""
+    where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
 
 
 StageFn = Callable[[argparse.Namespace, Settings, Reporter], str]
@@ -137,6 +147,10 @@ def stage_main(
         status = run(args, settings, rep)
     except KeyboardInterrupt:
         rep.result("failure", f"{name} interrupted", error="interrupted")
+        return EXIT_FAILURE
+    except OSError as exc:  # a full disk, a permission: the file and the OS's reason, no traceback
+        text = os_error_text(exc)
+        rep.result("failure", f"{name} failed: {text}", error=text)
         return EXIT_FAILURE
     except Exception as exc:  # the stage's last word: name the error, keep the traceback in the log
         rep.say(traceback.format_exc())

@@ -10,6 +10,11 @@ left alone, unless that progress file is older than ``export_stale_seconds``: th
 is taken as abandoned, the file is treated as ready and the scan lists it as ``stale`` so the
 translator can warn. Only the top level of ``data/raw`` counts: subfolders (archive,
 quarantine, logs), hidden files and temporary files are ignored.
+
+Symbolic links are never followed: a link at the top of ``data/raw`` is ready at once, for the
+translator to quarantine it (the link itself, never its target); a link in ``raw/logs`` is no
+signal, and the scan lists it in ``ignored`` with the reason, for the translator's warning,
+``qtsw status`` and the console.
 """
 
 from __future__ import annotations
@@ -93,7 +98,15 @@ def progress_signal(settings: Settings, name: str) -> Path:
 
 def signal_files(settings: Settings, name: str) -> list[Path]:
     """The export signal files that exist for raw file ``name`` (complete, progress)."""
-    return [p for p in (complete_signal(settings, name), progress_signal(settings, name)) if p.exists()]
+    return [p for p in (complete_signal(settings, name), progress_signal(settings, name)) if _plain_file(p)]
+
+
+def _plain_file(p: Path) -> bool:
+    """A regular file, not a link (a name too long for a signal of its own has none)."""
+    try:
+        return p.is_file() and not p.is_symlink()
+    except OSError:
+        return False
 
 
 def is_candidate_name(name: str) -> bool:
@@ -116,8 +129,9 @@ class RawScan:
     * ``stale``: ready files whose export never completed (progress file older than
       ``export_stale_seconds``): translate, and warn;
     * ``unrecognised``: ``(path, reason)`` for files whose name no parser accepts or whose
-      symbol is not configured — they are in ``ready`` (or ``waiting``) too, because the
-      translator quarantines them once they are stable.
+      symbol is not configured, and symbolic links — they are in ``ready`` (or ``waiting``)
+      too, because the translator quarantines them once they are stable;
+    * ``ignored``: ``(path, reason)`` for entries never read: symbolic links in ``raw/logs``.
     """
 
     ready: list[Path] = field(default_factory=list)
@@ -125,12 +139,18 @@ class RawScan:
     exporting: list[dict[str, Any]] = field(default_factory=list)
     stale: list[Path] = field(default_factory=list)
     unrecognised: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: list[tuple[Path, str]] = field(default_factory=list)
+
+
+SYMLINK_REASON = "a symbolic link; links are never followed"
 
 
 def _read_signal(path: Path) -> dict[str, Any]:
     """A signal file's JSON; a file half-written by the exporter yields a minimal record."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8-sig"))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # a link put there since the scan: refused
+        with os.fdopen(fd, "rb") as fh:
+            obj = json.loads(fh.read(1 << 20).decode("utf-8-sig"))
         if isinstance(obj, dict):
             return obj
     except (OSError, ValueError):
@@ -147,10 +167,15 @@ def scan_raw(settings: Settings, now: float | None = None) -> RawScan:
     now = time.time() if now is None else now
     scan = RawScan()
     raw_dir, logs_dir = settings.raw_dir, settings.raw_logs_dir
+    signals: dict[str, os.DirEntry[str]] = {}
     try:
-        signals = {e.name: e for e in os.scandir(logs_dir) if e.is_file()}
+        for e in os.scandir(logs_dir):
+            if e.is_symlink():
+                scan.ignored.append((Path(e.path), f"{SYMLINK_REASON}: not taken as an export signal"))
+            elif e.is_file(follow_symlinks=False):
+                signals[e.name] = e
     except FileNotFoundError:
-        signals = {}
+        pass
     try:
         entries = [e for e in os.scandir(raw_dir) if is_candidate_name(e.name)]
     except FileNotFoundError:
@@ -160,6 +185,10 @@ def scan_raw(settings: Settings, now: float | None = None) -> RawScan:
     raw_names: set[str] = set()
     for entry in entries:
         try:
+            if entry.is_symlink():  # the translator quarantines the link itself
+                ready.append((entry.stat(follow_symlinks=False).st_mtime, entry.name, Path(entry.path)))
+                scan.unrecognised.append((Path(entry.path), SYMLINK_REASON))
+                continue
             if not entry.is_file(follow_symlinks=False):
                 continue
             st = entry.stat(follow_symlinks=False)
@@ -194,6 +223,7 @@ def scan_raw(settings: Settings, now: float | None = None) -> RawScan:
         elif found[1] not in settings.instruments:
             scan.unrecognised.append((path, f"instrument {found[1]!r} is not configured"))
     ready.sort()
+    scan.ignored.sort()
     scan.ready = [p for _, _, p in ready]
     scan.waiting.sort()
     scan.stale.sort()

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pipeline_core import catalog, clock, store
 from pipeline_core.catalog import MONTHLY, STORE, Catalog, FileRecord, sha256_file
 from pipeline_core.fsutil import fsync_dir
+from pipeline_core.safetext import safe
 from pipeline_core.settings import Settings
 
 
@@ -40,20 +41,6 @@ class Problem:
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-def _safe(text: str) -> str:
-    """A file name fit for a terminal line: control characters and undecodable bytes escaped."""
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
 
 
 def _check_parquet(path: Path) -> tuple[int | None, str | None]:
@@ -105,7 +92,7 @@ def verify(settings: Settings) -> list[Problem]:
             continue
         archived.add(raw["archived_path"])
         path = settings.root / raw["archived_path"]
-        name = _safe(raw["archived_path"])
+        name = safe(raw["archived_path"])
         fix = "restore the file from a backup (it is the source a rebuild replays)"
         if not path.is_file():
             problems.append(Problem("missing", name, "archived raw file recorded, not on disk", fix))
@@ -116,13 +103,13 @@ def verify(settings: Settings) -> list[Problem]:
             rel = str(path.relative_to(settings.root))
             if rel not in known:
                 problems.append(Problem(
-                    "unknown", _safe(rel), "not in the catalogue",
+                    "unknown", safe(rel), "not in the catalogue",
                     "move it away if qtsw did not write it; `qtsw rebuild` rewrites the store",
                 ))
     for path in sorted(_files(settings.archive_dir)):
         rel = str(path.relative_to(settings.root))
         if rel not in archived and path.parent.name != "logs":
-            problems.append(Problem("unknown", _safe(rel), "archived file not in the catalogue", "-"))
+            problems.append(Problem("unknown", safe(rel), "archived file not in the catalogue", "-"))
     return problems
 
 
@@ -195,14 +182,14 @@ def rebuild_store(
     for raw in raws:
         if not raw.get("archived_path"):
             raise RebuildError(
-                f"{_safe(raw['name'])} (ingested {raw['ingested_at']}) is not in the raw archive "
+                f"{safe(raw['name'])} (ingested {raw['ingested_at']}) is not in the raw archive "
                 f"(raw_policy {settings.raw_policy}); the store of {instrument} cannot be rebuilt from it"
             )
         path = cat.abs(raw["archived_path"])
         if not path.is_file():
-            raise RebuildError(f"{_safe(raw['archived_path'])}: archived raw file missing; restore it first")
+            raise RebuildError(f"{safe(raw['archived_path'])}: archived raw file missing; restore it first")
         if sha256_file(path) != raw["sha256"]:
-            raise RebuildError(f"{_safe(raw['archived_path'])}: archived raw file damaged (sha256 differs); restore it first")
+            raise RebuildError(f"{safe(raw['archived_path'])}: archived raw file damaged (sha256 differs); restore it first")
     final = store.store_dir(settings, instrument)
     with catalog.instrument_lock(settings, instrument):
         work = settings.processed_dir / f".rebuild-{instrument}-{os.getpid()}"
@@ -211,7 +198,7 @@ def rebuild_store(
         try:
             for n, raw in enumerate(raws, start=1):
                 path = cat.abs(raw["archived_path"])
-                say(f"{instrument}: replaying {n}/{len(raws)} {_safe(raw['archived_path'])}")
+                say(f"{instrument}: replaying {n}/{len(raws)} {safe(raw['archived_path'])}")
                 layout, pieces = translator.parse_file(path, settings)
                 result = translator.FileResult(path.name, instrument, path.stat().st_size, raw["sha256"])
                 years = translator.assemble(

@@ -95,6 +95,9 @@ class RunState:
     stage: str | None = None  # the stage running now
     stages: dict[str, StageState] = field(default_factory=dict)
     instruments: dict[str, InstrumentProgress] = field(default_factory=dict)
+    # set when a record of the run (an event, the report, the runs.jsonl line) could not be
+    # written: which file, and the OS's reason
+    record_error: str | None = None
 
 
 @dataclass(frozen=True)

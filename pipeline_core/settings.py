@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -100,6 +100,8 @@ DEFAULTS: dict[str, Any] = {
         "export_stale_seconds": 600.0,
         "max_bad_row_fraction": 0.01,
         "raw_policy": "archive",
+        # bars before this Chicago date (or after now + 1 day) are bad rows (rule out_of_range)
+        "min_date": "2000-01-01",
     },
     "timeouts": {
         "translator": 3600.0,
@@ -126,6 +128,7 @@ _SCALAR_KEYS = {
     ("input", "export_stale_seconds"),
     ("input", "max_bad_row_fraction"),
     ("input", "raw_policy"),
+    ("input", "min_date"),
     ("timeouts", "translator"),
     ("timeouts", "analyzer"),
     ("timeouts", "merger"),
@@ -200,6 +203,7 @@ class Settings:
     export_stale_seconds: float
     max_bad_row_fraction: float
     raw_policy: str
+    min_date: date
     timeouts: dict[str, float]
     workers: int
     schedule_minutes: tuple[int, ...]
@@ -541,6 +545,17 @@ def _number(key: str, value: Any, lo: float, hi: float, *, integer: bool = False
     return num
 
 
+def _date(key: str, value: Any) -> date:
+    if isinstance(value, datetime):
+        value = value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise SettingsError(key, value, "a date YYYY-MM-DD") from None
+
+
 def _zone(key: str, value: Any) -> str:
     try:
         ZoneInfo(str(value))
@@ -629,6 +644,7 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
         export_stale_seconds=_number("input.export_stale_seconds", inp["export_stale_seconds"], 0.0, 1e7),
         max_bad_row_fraction=_number("input.max_bad_row_fraction", inp["max_bad_row_fraction"], 0.0, 1.0),
         raw_policy=inp["raw_policy"],
+        min_date=_date("input.min_date", inp["min_date"]),
         timeouts=timeouts,
         workers=int(_number("engine.workers", eng["workers"], 0, 256, integer=True)),
         schedule_minutes=minutes,

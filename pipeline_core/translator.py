@@ -39,12 +39,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import stat
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,15 @@ from pipeline_core.fsutil import (
     remove_stale_temp_files,
     write_bytes_atomic,
 )
-from pipeline_core.protocol import Reporter, stage_main
-from pipeline_core.rawfiles import RawFileError, parse_instrument, scan_raw, signal_files
+from pipeline_core.protocol import Reporter, os_error_text, stage_main
+from pipeline_core.rawfiles import (
+    SYMLINK_REASON,
+    RawFileError,
+    parse_instrument,
+    scan_raw,
+    signal_files,
+)
+from pipeline_core.safetext import name_problem, safe, safe_filename
 from pipeline_core.settings import CHICAGO, Settings
 from pipeline_core.store import to_arrow
 
@@ -72,6 +80,7 @@ STAGE = "translator"
 RULES: dict[str, str] = {
     "malformed": "wrong number of fields",
     "time": "unparseable time",
+    "out_of_range": "bar time before input.min_date or after now + 1 day",
     "non_numeric": "non-numeric price or volume",
     "nan": "NaN or infinite price or volume",
     "high_low": "high < low",
@@ -91,6 +100,52 @@ _MIN_MS = 60_000
 _PRICES = ("open", "high", "low", "close", "volume")
 _BOM = b"\xef\xbb\xbf"
 _BARS_SCHEMA = pa.schema([f for f in store.SCHEMA if f.name != "instrument"])
+
+
+class FileChanged(Exception):
+    """The file changed while it was read (size, mtime or inode): nothing of it is stored or
+    archived; it is taken again by the next run."""
+
+    def __init__(self, name: str, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{safe(name)}: changed while it was read ({what}); not stored, taken again next run "
+            "(an exporter should write elsewhere or as .part and rename when done)"
+        )
+
+
+# For the test of a file that changes while it is read: with QTSW_PAUSE_AFTER_READ=DIR the
+# translator, once it has read a file, creates DIR/read and waits (at most a minute) for DIR/go.
+PAUSE_AFTER_READ_ENV = "QTSW_PAUSE_AFTER_READ"
+
+
+def _pause_point(path: Path) -> None:
+    folder = os.environ.get(PAUSE_AFTER_READ_ENV)
+    if not folder:
+        return
+    Path(folder, "read").write_text(path.name)
+    deadline = time.monotonic() + 60
+    while not Path(folder, "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+def _changed(path: Path, before: os.stat_result) -> str | None:
+    """What changed about ``path`` since ``before`` (None: nothing)."""
+    try:
+        now = path.lstat()
+    except FileNotFoundError:
+        return "it was removed"
+    if _identity(now) == _identity(before):
+        return None
+    if (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev):
+        return "it was replaced by another file"
+    if now.st_size != before.st_size:
+        return f"size {before.st_size:,} → {now.st_size:,} bytes"
+    return "modified time changed"
 
 
 class FileRejected(Exception):
@@ -115,6 +170,9 @@ class Layout:
     start: int  # byte offset of the first line (after a byte-order mark)
     zone: str  # the zone of naive wall-clock times; "UTC" means none to convert
     shift_ms: int  # added to parsed times: -60 s for bar-close stamps
+    # bars (UTC ms) outside [min_ms, max_ms] are bad rows, rule out_of_range
+    min_ms: int = -(1 << 62)
+    max_ms: int = 1 << 62
 
     @property
     def fields(self) -> int:
@@ -396,7 +454,8 @@ def _judge(
     # One pass for the common all-good batch: a NaN fails every comparison, and finite
     # high, low and volume bound open and close.
     good = h >= lo
-    for ok in (o >= lo, o <= h, c_ >= lo, c_ <= h, v >= 0, h < np.inf, lo > -np.inf, v < np.inf):
+    in_range = (ts >= layout.min_ms) & (ts <= layout.max_ms)
+    for ok in (o >= lo, o <= h, c_ >= lo, c_ <= h, v >= 0, h < np.inf, lo > -np.inf, v < np.inf, in_range):
         good &= ok
     if bad_time is not None:
         good &= ~bad_time
@@ -409,6 +468,7 @@ def _judge(
             finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c_) & np.isfinite(v)
             checks = (
                 ("time", bad_time),
+                ("out_of_range", ~in_range & ~bad_time),
                 ("non_numeric", non_numeric),
                 ("nan", ~finite),
                 ("high_low", h < lo),
@@ -619,6 +679,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def time_bounds(settings: Settings, now_ms: int | None = None) -> dict[str, int]:
+    """The bar times (UTC ms) a file may hold: from ``input.min_date`` (Chicago midnight) to now
+    plus one day. Outside: bad rows (rule ``out_of_range``)."""
+    start = datetime.combine(settings.min_date, datetime.min.time(), CHICAGO)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return {"min_ms": int(start.timestamp() * 1000), "max_ms": now_ms + _DAY_MS}
+
+
 def parse_file(
     path: Path,
     settings: Settings,
@@ -633,7 +701,7 @@ def parse_file(
     size = path.stat().st_size
     if size == 0:
         raise FileRejected(f"{name}: zero-byte file (an export that wrote nothing)", "empty")
-    layout = sniff(path, name, settings)
+    layout = replace(sniff(path, name, settings), **time_bounds(settings))
     piece_bytes = piece_bytes or int(os.environ.get(PIECE_BYTES_ENV) or PIECE_BYTES)
     points = split_points(path, layout.start, size, piece_bytes)
     ranges = list(zip(points[:-1], points[1:], strict=True))
@@ -818,19 +886,26 @@ def _move(src: Path, dest: Path) -> None:
 
 
 def quarantine(settings: Settings, path: Path, exc: FileRejected, run_id: str | None) -> Path:
-    """Move a rejected file unchanged to ``data/raw/quarantine`` with ``<name>.error.txt``."""
+    """Move a rejected file unchanged to ``data/raw/quarantine`` with ``<name>.error.txt``.
+
+    A name that is not fit to show or too long for the note's suffix is stored under a safe
+    name (escaped, cut and hashed if need be); the note records the original name, escaped and
+    as its bytes in hex. A symbolic link is moved as the link, never followed."""
     qdir = settings.quarantine_dir
     qdir.mkdir(parents=True, exist_ok=True)
-    dest = _free_name(qdir, path.name)
-    text = (
-        f"file: {path.name}\n"
-        f"rejected_at: {clock.iso_now()}\n"
-        f"run_id: {run_id or '-'}\n"
-        f"rule: {exc.rule}\n"
-        f"line: {exc.line if exc.line is not None else '-'}\n"
-        f"reason: {exc.reason}\n"
-    )
-    write_bytes_atomic(qdir / f"{dest.name}.error.txt", text.encode("utf-8"))
+    name = path.name
+    dest = _free_name(qdir, safe_filename(name, ".error.txt-99"))
+    lines = [
+        f"file: {safe(name)}",
+        f"rejected_at: {clock.iso_now()}",
+        f"run_id: {run_id or '-'}",
+        f"rule: {exc.rule}",
+        f"line: {exc.line if exc.line is not None else '-'}",
+        f"reason: {safe(exc.reason)}",
+    ]
+    if dest.name != name:
+        lines += [f"stored_as: {dest.name}", f"name_bytes_hex: {os.fsencode(name).hex()}"]
+    write_bytes_atomic(qdir / f"{dest.name}.error.txt", ("\n".join(lines) + "\n").encode("utf-8"))
     _move_with_signals(settings, path, dest)
     return dest
 
@@ -895,8 +970,17 @@ def translate_file(
         sizes = cat.ingested_sizes()
     name = path.name
     t0 = time.perf_counter()
-    st = path.stat()
+    st = path.lstat()
     try:
+        if stat.S_ISLNK(st.st_mode):
+            raise FileRejected(
+                f"{safe(name)}: {SYMLINK_REASON} (it points to {safe(os.readlink(path))}); "
+                "put the file itself in data/raw", "symlink")
+        problem = name_problem(name)
+        if problem is not None:
+            raise FileRejected(
+                f"{safe(name)}: {problem}; rename it (letters, digits, '_', '-', '.') and drop it again",
+                "file_name")
         if st.st_size == 0:
             raise FileRejected(f"{name}: zero-byte file (an export that wrote nothing)", "empty")
         try:
@@ -917,6 +1001,9 @@ def translate_file(
             hasher.shutdown(wait=True)
         earlier = cat.ingested(digest)
         if earlier is not None:
+            what = _changed(path, st)
+            if what is not None:
+                raise FileChanged(name, what)
             if settings.raw_policy == "keep":
                 cat.add_raw(
                     {
@@ -938,6 +1025,10 @@ def translate_file(
             return "already_ingested", None, earlier
         result = FileResult(name, instrument, st.st_size, digest)
         layout, pieces = layout_pieces or _parse(path, settings, rep, name)
+        _pause_point(path)
+        what = _changed(path, st)
+        if what is not None:  # what was parsed and hashed may not be one version of the file
+            raise FileChanged(name, what)
         years = assemble(path, settings, instrument, layout, pieces, result, int(time.time() * 1000))
     except FileRejected as exc:
         quarantine(settings, path, exc, run_id)
@@ -974,6 +1065,17 @@ def translate_file(
         "run_id": run_id,
         "archived_path": cat.rel(dest) if dest is not None else None,
     }
+    what = _changed(path, st)
+    if what is not None:
+        # Changed after its bars were read and stored: the bars stored are those of the version
+        # read (hash above); that version is gone, so it is recorded as such and not archived,
+        # and the file as it is now is taken by the next run.
+        entry.update(status="changed_after_store", archived_path=None)
+        cat.add_raw(entry)
+        rep.warning(
+            f"{safe(name)}: changed while it was stored ({what}); the bars read are stored, the "
+            "file stays in data/raw and is taken again next run", file=name)
+        return "translated", result, None
     # Recorded before the move: a crash in between leaves the file in data/raw, where the next
     # run finds its sha256 in the catalogue and archives it as already ingested.
     cat.add_raw(entry)
@@ -1011,6 +1113,7 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         "translated": 0,
         "already_ingested": 0,
         "quarantined": 0,
+        "changed": 0,
         "errors": 0,
         "waiting": len(scan.waiting),
         "stale": len(scan.stale),
@@ -1025,6 +1128,8 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     }
     for p in scan.waiting:
         rep.say(f"waiting: {p.name} is still being written")
+    for p, why in scan.ignored:
+        rep.warning(f"{p.parent.name}/{p.name}: ignored: {why}", file=p.name, reason="ignored")
     for p in scan.stale:
         rep.warning(
             f"{p.name}: its export never completed (progress file older than "
@@ -1044,18 +1149,30 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     for i, path in enumerate(files):
         rep.progress(i, len(files), f"translating {path.name}", file=path.name)
         try:
-            size = path.stat().st_size
+            size = path.lstat().st_size
         except FileNotFoundError:
             rep.say(f"{path.name}: gone before it was translated; skipped")
             continue
         try:
             outcome, res, extra = translate_file(path, settings, rep, cat, args.run_id, sizes)
+        except FileChanged as exc:  # taken again next run; the run is not the worse for it
+            counts["changed"] += 1
+            rep.warning(str(exc), file=path.name, reason="changed_while_read")
+            rep.metric(f"{path.name}: changed while read", file=path.name, status="changed", what=exc.what)
+            continue
         except (DamageError, CatalogError) as exc:  # named, with its repair; blocks this file only
             counts["errors"] += 1
             damaged += isinstance(exc, DamageError)
             errors.append(str(exc))
             rep.warning(f"{path.name}: not translated: {exc}; the file stays in data/raw", file=path.name)
             rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
+            continue
+        except OSError as exc:  # a full disk, a permission: named, no traceback; the others go on
+            counts["errors"] += 1
+            text = os_error_text(exc)
+            errors.append(f"{safe(path.name)}: {text}")
+            rep.warning(f"{path.name}: not translated: {text}; the file stays in data/raw", file=path.name)
+            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=text)
             continue
         except Exception as exc:  # one file's unexpected failure must not stop the others
             counts["errors"] += 1
@@ -1126,6 +1243,7 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         + (f", {counts['rows_dropped']} bad rows dropped" if counts["rows_dropped"] else "")
         + (f", {counts['already_ingested']} already ingested" if counts["already_ingested"] else "")
         + (f", {counts['quarantined']} quarantined" if counts["quarantined"] else "")
+        + (f", {counts['changed']} changed while read (next run)" if counts["changed"] else "")
         + (f", {counts['errors']} failed" if counts["errors"] else "")
     )
     rep.say(summary)

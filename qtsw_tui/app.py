@@ -150,6 +150,8 @@ class QtswApp(App[int]):
         self.received = {"events": 0, "lines": 0}
         self.flushed = {"events": 0, "batches": 0}
         self._unfrozen_events = 0
+        self._was_connected = False
+        self._attached_once = False
         # checked when the settings loaded (pipeline_core.keys): known ids, keys a terminal
         # sends, no two bindings on one key where both are active
         self.set_keymap(dict(settings.keys))
@@ -222,10 +224,27 @@ class QtswApp(App[int]):
     # --- the engine -----------------------------------------------------------------------------
     @work(exclusive=True, group="engine", exit_on_error=False, name="engine")
     async def _serve(self) -> None:
-        await self.engine.serve(
-            schedule=bool(self.options.get("schedule", True)),
-            not_before=self.options.get("not_before"),
-        )
+        import anyio
+
+        server = None
+        if self.options.get("control") and not getattr(self.engine, "attached", False):
+            # the engine this console hosts serves its socket too, so others can attach
+            from pipeline_core.control import ControlError, ControlServer
+
+            server = ControlServer(self.engine, self.settings, hosted_by="console")
+            try:
+                server.open()
+            except ControlError as exc:
+                self.notify(f"{exc}; other consoles cannot attach", severity="warning", timeout=15)
+                server = None
+        async with anyio.create_task_group() as tg:
+            if server is not None:
+                tg.start_soon(server.serve)
+            await self.engine.serve(
+                schedule=bool(self.options.get("schedule", True)),
+                not_before=self.options.get("not_before"),
+            )
+            tg.cancel_scope.cancel()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is not self.serve_worker:
@@ -324,10 +343,11 @@ class QtswApp(App[int]):
         snap = self.engine.snapshot()
         self.snapshot = snap
         now = self.clock()
-        self.query_one("#header", StatusHeader).show(snap, now)
+        host = self._host_label()
+        self.query_one("#header", StatusHeader).show(snap, now, host)
         for screen in self.screen_stack[1:]:  # history and results keep the header
             for header in screen.query(".screen-header").results(StatusHeader):
-                header.show(snap, now)
+                header.show(snap, now, host)
         run = snap.current
         for stage in STAGE_NAMES:
             pane = self.query_one(f"#pane-{stage}", StagePane)
@@ -339,6 +359,25 @@ class QtswApp(App[int]):
         if run is not None:
             self.query_one("#progress", InstrumentProgressList).show(run.run_id, run.instruments, now)
 
+    def _host_label(self) -> str:
+        """Who runs the engine, for the header; says so when an attached engine comes or goes."""
+        info = self.engine.host_info()
+        connected = bool(info.get("connected"))
+        if info.get("mode") != "attached":
+            return "hosting"
+        if connected != self._was_connected:
+            self._was_connected = connected
+            if connected:
+                self.notify(f"Attached to the engine, pid {info.get('pid')}.", title="Engine")
+            elif self._attached_once:
+                self.notify(f"The engine went away ({info.get('problem') or 'connection lost'}); "
+                            "reattaching when it is back.", title="Engine", severity="warning", timeout=20)
+            self._attached_once = self._attached_once or connected
+        if not connected:
+            return "detached: waiting for an engine"
+        since = clock_time(info.get("since"), "%H:%M")
+        return f"attached pid {info.get('pid')} since {since}"
+
     @work(thread=True, exclusive=True, group="counters", exit_on_error=False, name="counters")
     def refresh_counters(self) -> None:
         counters = read_counters(self.settings)  # file stats, off the event loop
@@ -346,6 +385,12 @@ class QtswApp(App[int]):
 
     def _show_counters(self, counters: Counters) -> None:
         self.query_one("#counters", CountersPanel).show(counters)
+        header = self.query_one("#header", StatusHeader)
+        stale = tuple(sorted(counters.stale_results))
+        if stale != header.stale:
+            header.stale = stale
+            if self.snapshot is not None:
+                header.show(self.snapshot, self.clock())
 
     # --- actions --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -363,14 +408,17 @@ class QtswApp(App[int]):
             return False
         return True
 
+    def _refusal(self) -> str:
+        return getattr(self.engine, "last_refusal", "") or "a run is already active"
+
     def action_run_now(self) -> None:
         if self._serving() and not self.engine.request_run("manual"):
-            self.notify("A run is already active: not started.", severity="warning")
+            self.notify(f"Not started: {self._refusal()}.", severity="warning")
         self.refresh_status()
 
     def action_run_stage(self, stage: str) -> None:
         if self._serving() and not self.engine.request_run("stage", stages=[stage]):
-            self.notify(f"A run is already active: {stage} not started.", severity="warning")
+            self.notify(f"{stage.title()} not started: {self._refusal()}.", severity="warning")
         self.refresh_status()
 
     def action_toggle_pause(self) -> None:
@@ -475,7 +523,7 @@ class QtswApp(App[int]):
     async def action_request_quit(self) -> None:
         if self.closing:
             return
-        if self.engine.busy:
+        if self.engine.busy and not self.engine.attached:  # an attached console leaves the run alone
             run = self.engine.snapshot().current
 
             def answered(yes: bool | None) -> None:
@@ -537,11 +585,11 @@ class QtswApp(App[int]):
         if self.closing:
             return
         self.closing = True
-        busy = self.stopped_busy = self.engine.busy
+        busy = self.stopped_busy = self.engine.busy and not self.engine.attached
         active = self.engine.snapshot().current if busy else None
         if busy:
             self.notify("Cancelling the run and stopping the engine…", timeout=STOP_SECONDS)
-        self.engine.stop()
+        self.engine.stop()  # attached: only detaches
         worker = self.serve_worker
         if worker is not None and worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
             try:

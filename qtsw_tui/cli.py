@@ -7,11 +7,14 @@
     qtsw --run-now [--no-ui]          one full run now (headless: then exit)
     qtsw --stage translator|analyzer|merger [--no-ui]   one stage
     qtsw --schedule HH:MM             the schedule loop, first run not before HH:MM
+    qtsw --attach                     a console attached to the running engine (exit 4 if none)
     qtsw init [PATH]                  create a data root: its folders and a starter qtsw.toml
     qtsw sample [--days N] ...        write realistic sample exports into data/raw
     qtsw status [--json]              what is where: files per folder, last runs, lock holder
     qtsw verify [--json]              check the data files against the catalogue
     qtsw rebuild --instrument X|--all rebuild a bar store from the raw archive, re-analyse it
+    qtsw ctl run-now [--full]|stage NAME|pause|resume|cancel|status [--json]
+                                      commands to the running engine, through its control socket
 
 Also ``--root PATH`` (env ``QTSW_ROOT``), ``--config FILE``, ``--full``, ``--json`` (headless:
 raw event lines), ``--verbose`` (headless: stage output too).
@@ -36,7 +39,7 @@ from pipeline_core.usage import EXIT_FAILURE, UsageParser, describe_os_error, ro
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("init", "sample", "status", "verify", "rebuild")
+COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
   qtsw verify [--json]    check the data files against the catalogue
   qtsw rebuild --instrument X | --all
                           rebuild a bar store from the archived exports
+  qtsw ctl COMMAND        steer the engine running on the data root (run-now, pause …)
 
 exit codes: 0 success, 1 partial (or problems found), 2 failure (or a file that
 cannot be read or written), 3 cancelled, 4 could not start (bad arguments or
@@ -70,6 +74,8 @@ settings, a missing data root, the engine already running)""",
     p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
     p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--no-ui", action="store_true", help="run headless: events printed as they happen")
+    p.add_argument("--attach", action="store_true",
+                   help="only attach a console to the engine running on the data root (exit 4 if none)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--run-now", action="store_true", help="one full run now (headless: then exit)")
     what.add_argument("--stage", choices=STAGES, help="one stage now (headless: then exit)")
@@ -142,6 +148,8 @@ def _main(argv: list[str]) -> int:
         return int(sample.main(_globals(before) + after) or 0)
     if command == "status":
         return _status(_globals(before) + after)
+    if command == "ctl":
+        return _ctl(_globals(before) + after)
     if command in ("verify", "rebuild"):
         from qtsw_tui import repaircmd
 
@@ -186,12 +194,19 @@ def _main(argv: list[str]) -> int:
     from pipeline_core.engine import Engine
     from pipeline_core.lock import EngineLock, LockHeld
 
+    if args.attach:
+        if args.no_ui:
+            _err("--attach is for the console; use 'qtsw ctl' to steer an engine from a script")
+            return EXIT_CANNOT_START
+        return _attach(settings, args, only=True)
     lock = EngineLock.for_settings(settings)
     try:
         lock.acquire()
     except LockHeld as exc:
-        _err(str(exc))
-        return EXIT_CANNOT_START
+        if args.no_ui:
+            _err(str(exc))
+            return EXIT_CANNOT_START
+        return _attach(settings, args, only=False, held=str(exc))
     except OSError as exc:  # a root owned by someone else, a read-only file system
         _err(f"cannot take the engine lock: {describe_os_error(exc)}")
         return EXIT_CANNOT_START
@@ -206,6 +221,23 @@ def _main(argv: list[str]) -> int:
 
 
 # --- the console ------------------------------------------------------------------------------
+
+
+def _attach(settings: Any, args: argparse.Namespace, *, only: bool, held: str = "") -> int:
+    """A console attached to the engine already running on the data root (never a second one)."""
+    from pipeline_core.control import Connection, ControlError, socket_path
+    from pipeline_core.remote import RemoteEngine
+
+    try:
+        Connection(socket_path(settings), timeout=5).close()  # is anyone there?
+    except (ControlError, OSError) as exc:
+        if only:
+            _err(f"no engine is running on data root {settings.root} ({exc}); "
+                 "start one with 'qtsw' or 'qtsw --no-ui'")
+        else:
+            _err(f"{held}; and it cannot be attached to ({exc})")
+        return EXIT_CANNOT_START
+    return _console(settings, RemoteEngine(settings), args, None)
 
 
 def _not_a_terminal() -> str | None:
@@ -233,6 +265,7 @@ def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: A
         "run_now": bool(args.run_now),
         "stage": args.stage,
         "full": bool(args.full),
+        "control": True,
     }
     app = build_app(settings, engine, options)
     app.run()
@@ -252,19 +285,82 @@ def _headless(engine: Any, args: argparse.Namespace, not_before: Any) -> int:
     import anyio
 
     from pipeline_core import history
+    from pipeline_core.control import ControlError, ControlServer
+    from pipeline_core.sdnotify import Notifier
     from qtsw_tui.headless import HeadlessPrinter
 
     printer = HeadlessPrinter(sys.stdout, json_mode=args.json, verbose=args.verbose)
     engine.subscribe(printer)
-    if args.run_now or args.stage:
+    one_run = bool(args.run_now or args.stage)
+    server: Any = ControlServer(engine, engine.settings, hosted_by="headless", takes_runs=not one_run)
+    try:
+        server.open()
+    except ControlError as exc:  # the pipeline still runs; only attaching is impossible
+        _err(f"{exc}; consoles cannot attach to this engine")
+        server = None
+    host = _Host(engine, server, Notifier())
+    if one_run:
         stages = [args.stage] if args.stage else None
-        rs = anyio.run(_one_run, engine, stages, bool(args.full), printer)
+        try:
+            rs = anyio.run(_one_run, engine, stages, bool(args.full), printer, host)
+        except Exception as exc:  # not even the run's event log could be written (a full disk)
+            os_error = _os_error(exc)
+            if os_error is None:
+                raise
+            _err(f"the run could not be recorded: {os_error.filename or ''}: {os_error.strerror or os_error}")
+            return EXIT_CODES["failure"]
         if rs is None:  # interrupted before the run began
             return EXIT_CODES["cancelled"]
         report = history.find_report(engine.settings, rs.run_id)
         printer.summary(rs, report.get("path") if report else None)
+        if rs.record_error:  # the run went as it says, but not all of its record is on disk
+            _err(f"run {rs.run_id[:8]} {rs.status}, but its record is incomplete: {rs.record_error}")
+            return EXIT_CODES["failure"]
         return EXIT_CODES.get(rs.status, 2)
-    return anyio.run(_serve, engine, not_before, printer)
+    return anyio.run(_serve, engine, not_before, printer, host)
+
+
+class _Host:
+    """What runs beside a headless engine: its control socket and the service-manager notices."""
+
+    def __init__(self, engine: Any, server: Any, notifier: Any) -> None:
+        self.engine = engine
+        self.server = server
+        self.notifier = notifier
+
+    def start(self, tg: Any, *, schedule: bool = True) -> None:
+        """Serve the socket; tell the service manager the engine is ready once the lock and the
+        socket are up and (``schedule``) the engine has recovered and its schedule runs."""
+        if self.server is not None:
+            tg.start_soon(self.server.serve)
+        tg.start_soon(self._notify, schedule)
+
+    async def _notify(self, schedule: bool) -> None:
+        import anyio
+
+        from pipeline_core.sdnotify import engine_status
+
+        if not self.notifier.enabled:
+            return
+        while schedule and self.engine.scheduler_state == "off":
+            await anyio.sleep(0.01)
+        self.notifier.ready(engine_status(self.engine))
+        await self.notifier.run(lambda: engine_status(self.engine))
+
+    def stopping(self) -> None:
+        self.notifier.stopping("stopping")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError in ``exc`` (itself, or within an exception group), else None."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _stop_signals() -> list[signal.Signals]:
@@ -275,7 +371,7 @@ def _stop_signals() -> list[signal.Signals]:
     return sigs
 
 
-async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any) -> Any:
+async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any, host: _Host) -> Any:
     import anyio
 
     out: dict[str, Any] = {}
@@ -286,18 +382,21 @@ async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: A
                 task_status.started()
                 async for sig in signals:
                     printer.note(f"{sig.name}: cancelling the run")
+                    host.stopping()
                     if not engine.cancel():
                         tg.cancel_scope.cancel()
 
         await tg.start(watch_signals)  # handlers in place before anything can be interrupted
+        host.start(tg, schedule=False)
         out["rs"] = await engine.run(
             "stage" if stages else "manual", stages=stages, full=full
         )
+        host.stopping()
         tg.cancel_scope.cancel()
     return out.get("rs")
 
 
-async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
+async def _serve(engine: Any, not_before: Any, printer: Any, host: _Host) -> int:
     import anyio
 
     state = {"cancelled_a_run": False}
@@ -310,12 +409,108 @@ async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
                     busy = engine.busy
                     state["cancelled_a_run"] = state["cancelled_a_run"] or busy
                     printer.note(f"{sig.name}: stopping" + (" (cancelling the active run)" if busy else ""))
+                    host.stopping()
                     engine.stop()
 
         await tg.start(watch_signals)
+        host.start(tg)
         await engine.serve(schedule=True, not_before=not_before)
+        host.stopping()
         tg.cancel_scope.cancel()
     return EXIT_CODES["cancelled"] if state["cancelled_a_run"] else 0
+
+
+# --- qtsw ctl -----------------------------------------------------------------------------------
+
+CTL_COMMANDS = {"run-now": "run_now", "stage": "stage", "pause": "pause", "resume": "resume",
+                "cancel": "cancel"}
+
+
+def _ctl(argv: list[str]) -> int:
+    """``qtsw ctl …``: 0 accepted, 4 no engine or refused (the reason on stderr), 2 broken reply."""
+    p = _Parser(prog="qtsw ctl", description="Send a command to the engine running on the data "
+                "root, through its control socket. Exit codes: 0 accepted, 4 no engine running or "
+                "the command refused (the reason on stderr), 2 the engine answered something unexpected.")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_now = sub.add_parser("run-now", help="start a full run now")
+    run_now.add_argument("--full", action="store_true", help="re-analyse everything")
+    stage = sub.add_parser("stage", help="run one stage now")
+    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("--full", action="store_true", help="re-analyse everything (analyzer)")
+    sub.add_parser("pause", help="pause the schedule (a running run continues)")
+    sub.add_parser("resume", help="resume the schedule")
+    sub.add_parser("cancel", help="cancel the active run")
+    status = sub.add_parser("status", help="the engine's state: schedule, next run, active run")
+    status.add_argument("--json", action="store_true", help="print it as one JSON object")
+    for sp in sub.choices.values():  # so that --root may also follow the command
+        sp.add_argument("--root", dest="root_after", help=argparse.SUPPRESS)
+        sp.add_argument("--config", dest="config_after", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from pipeline_core.control import ControlError, NoEngine, connect
+    from pipeline_core.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(root=args.root_after or args.root, config=args.config_after or args.config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_START
+    try:
+        with connect(settings) as conn:
+            if args.command == "status":
+                snap = conn.snapshot()
+                if args.json:
+                    print(json.dumps({"engine": conn.hello, "snapshot": snap}, indent=2), flush=True)
+                else:
+                    print(format_ctl_status(conn.hello, snap), flush=True)
+                return 0
+            params: dict[str, Any] = {}
+            if args.command in ("run-now", "stage") and args.full:
+                params["full"] = True
+            if args.command == "stage":
+                params["stage"] = args.name
+            reply = conn.command(CTL_COMMANDS[args.command], **params)
+    except NoEngine as exc:
+        _err(f"no engine is running on data root {settings.root} ({exc})")
+        return EXIT_CANNOT_START
+    except (ControlError, OSError) as exc:
+        _err(f"the engine's control socket: {exc}")
+        return EXIT_CODES["failure"]
+    if reply.get("type") == "accepted":
+        detail = reply.get("detail") or (f"run {str(reply['run_id'])[:8]}" if reply.get("run_id") else "")
+        print(f"accepted: {args.command}" + (f" ({detail})" if detail else ""), flush=True)
+        return 0
+    if reply.get("type") == "refused":
+        _err(f"refused: {args.command}: {reply.get('reason')}")
+        return EXIT_CANNOT_START
+    _err(f"unexpected answer from the engine: {reply.get('error') or reply}")
+    return EXIT_CODES["failure"]
+
+
+def format_ctl_status(hello: dict[str, Any], snap: dict[str, Any]) -> str:
+    """``qtsw ctl status`` as plain text."""
+    def hhmm(text: Any) -> str:
+        return str(text)[11:16] if text else "-"
+
+    lines = [
+        f"engine:    pid {hello.get('pid')} ({hello.get('hosted_by')}) since {hello.get('started')}, "
+        f"version {hello.get('engine_version')}, settings {hello.get('settings_hash')}",
+        f"data root: {hello.get('root')}",
+        f"schedule:  {snap.get('scheduler')}; next run {hhmm(snap.get('next_mark'))}",
+    ]
+    run = snap.get("current")
+    if run:
+        stage = f", {run['stage']} running" if run.get("stage") else ""
+        lines.append(f"run:       {str(run['run_id'])[:8]} ({run.get('trigger')}) since {hhmm(run.get('started'))}{stage}")
+    else:
+        lines.append("run:       idle")
+    last = snap.get("last_run")
+    if last:
+        lines.append(f"last run:  {str(last.get('run_id'))[:8]} {last.get('status')} at {hhmm(last.get('ended'))}")
+    else:
+        lines.append("last run:  none")
+    return "\n".join(lines)
 
 
 # --- qtsw init ---------------------------------------------------------------------------------
@@ -399,9 +594,10 @@ def _status(argv: list[str]) -> int:
         return EXIT_CANNOT_START
     from pipeline_core.catalog import CatalogError
     from pipeline_core.history import collect_status
+    from pipeline_core.safetext import safe_data
 
     try:
-        st = collect_status(settings, runs=args.runs)
+        st = safe_data(collect_status(settings, runs=args.runs))  # file names reach the terminal escaped
     except OSError as exc:
         _err(f"status: cannot read {describe_os_error(exc)}")
         return EXIT_FAILURE
@@ -439,6 +635,8 @@ def format_status(st: dict[str, Any]) -> str:
         f"{len(raw['exporting'])} being exported{_names(raw['exporting'])}, "
         f"{len(raw['quarantined'])} quarantined, {raw['archived']} archived"
     )
+    for ign in raw.get("ignored", []):
+        lines.append(f"  ignored:    {ign['path']}: {ign['reason']}")
     proc = st["processed"]
     files = sum(v["files"] for v in proc.values())
     from qtsw_tui.widgets.format import size

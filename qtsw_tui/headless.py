@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from pipeline_core.events import Event
 from pipeline_core.runstate import EventMessage, OutputMessage, RunState
+from pipeline_core.safetext import safe
 from pipeline_core.settings import CHICAGO
 
 EVENT_STYLES = {
@@ -172,6 +173,7 @@ class HeadlessPrinter:
         self._line(text, style)
 
     def _line(self, text: str, style: str = "") -> None:
+        text = safe(text)  # one event, one line: no name or output can forge or colour another
         if self._console is not None:
             from rich.text import Text
 

@@ -32,11 +32,17 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Any:
     from pipeline_core.settings import SettingsError, load_settings
 
+    """The settings of an existing data root; None (said on stderr) if it cannot be had."""
     try:
-        return load_settings(root=args.root, config=args.config)
+        settings = load_settings(root=args.root, config=args.config)
     except SettingsError as exc:
         print(f"qtsw: {exc}", file=sys.stderr)
         return None
+    problem = root_problem(settings.root)
+    if problem:
+        print(f"qtsw: {problem}", file=sys.stderr)
+        return None
+    return settings
 
 
 def verify_main(argv: list[str]) -> int:
@@ -51,10 +57,6 @@ def verify_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     settings = _settings(args)
     if settings is None:
-        return EXIT_CANNOT_START
-    problem = root_problem(settings.root)
-    if problem:
-        print(f"qtsw: {problem}", file=sys.stderr)
         return EXIT_CANNOT_START
     from pipeline_core import repair
 
@@ -89,10 +91,6 @@ def rebuild_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     settings = _settings(args)
     if settings is None:
-        return EXIT_CANNOT_START
-    problem = root_problem(settings.root)
-    if problem:
-        print(f"qtsw: {problem}", file=sys.stderr)
         return EXIT_CANNOT_START
     from pipeline_core import catalog, repair
     from pipeline_core.lock import EngineLock, LockHeld

@@ -43,9 +43,11 @@ from qtsw_tui.widgets.event_table import (
     KEY,
     RUN,
     STAGE,
+    TEXT,
     EventFilter,
     EventsPanel,
     EventStore,
+    event_row,
     newest_matching,
     record,
 )
@@ -567,6 +569,57 @@ async def test_stage_failures_notify_naming_the_stage_and_the_error(tmp_path):
     assert severity == "error" and title == "Analyzer failed"
     assert "ES" in text and "rebuild --instrument ES" in text
     assert any(n[0] == "error" and n[1] == f"Run {second['run_id'][:8]} failure" for n in app.notified)
+
+
+async def test_file_names_reach_the_console_as_plain_escaped_text(tmp_path):
+    s = make_settings(tmp_path / "root")
+    write_samples(s, days=2, instruments=["ES"], end=SAMPLE_END)
+    names = ["ES_[bold red]x[reverse].csv", "ES_\x1b[31mred.csv"]
+    for name in names:
+        (s.raw_dir / name).write_text("Date,Time,Open,High,Low,Close,Volume,Instrument\n")
+        os.utime(s.raw_dir / name, (time.time() - 3600, time.time() - 3600))
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        run = await run_and_wait(pilot, "r", 0, "the run with hostile names")
+        records = [r for r in app.query_one("#events", EventsPanel).store.records() if r[RUN] == run["run_id"]]
+        pane_lines = list(app.query_one("#pane-translator", StagePane).lines)
+        await pilot.press("q")
+    texts = [r[TEXT] for r in records]
+    # markup is shown as the characters it is, never applied
+    [markup] = [r for r in records if "quarantined ES_[bold red]x[reverse].csv" in r[TEXT]]
+    assert event_row(markup)[4].plain == markup[TEXT] and not event_row(markup)[4].spans
+    # an escape sequence arrives as visible text, in the events and in the stage pane
+    assert any("ES_\\x1b[31mred.csv" in t for t in texts)
+    assert not any("\x1b" in t for t in texts + pane_lines)
+    severity, _, text = next(n for n in app.notified if n[1].startswith("Translator"))
+    assert "\x1b" not in text
+
+
+async def test_results_from_other_settings_are_said_until_the_next_run_merged(tmp_path):
+    s = make_settings(tmp_path / "root")
+    write_samples(s, days=2, instruments=["ES"], end=SAMPLE_END)
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await run_and_wait(pilot, "r", 0, "the first run")
+        await pilot.press("q")
+    # the operator moves the S1 range start: every ES result was computed with other settings
+    (s.root / "qtsw.toml").write_text(
+        '[sessions]\nS1 = {range_start = "03:00", slots = ["07:30", "08:00", "09:00"]}\n'
+        'S2 = {range_start = "08:00", slots = ["09:30", "10:00", "10:30", "11:00"]}\n')
+    s = make_settings(s.root)
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "results from other settings" in header_text(app), "the header's notice")
+        assert "(ES1, ES2): the next run re-analyses" in header_text(app)
+        await pilot.press("s")
+        res = app.screen
+        assert isinstance(res, ResultsScreen)
+        status = res.query_one("#results-status")
+        await wait_for(pilot, lambda: "results from other settings" in shown_text(status), "the results notice")
+        await pilot.press("escape")
+        await run_and_wait(pilot, "r", 1, "the run that re-analyses")
+        await wait_for(pilot, lambda: "results from other settings" not in header_text(app), "the notice to go")
+        await pilot.press("q")
 
 
 async def test_stage_pane_stops_following_when_scrolled_up(tmp_path):

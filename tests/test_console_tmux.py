@@ -17,14 +17,14 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from processes import alive, processes_naming
 
 from pipeline_core import catalog
 from pipeline_core.sample import write_samples
-from pipeline_core.settings import load_settings
+from pipeline_core.settings import CHICAGO, load_settings
 
 TMUX = shutil.which("tmux") or "tmux"
 QTSW = str(Path(sys.executable).with_name("qtsw"))
@@ -68,7 +68,9 @@ def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):
     settings.ensure_dirs()
     write_samples(settings, days=3, instruments=["ES", "NQ", "CL"], end=date(2025, 11, 26))
     sock, session = f"qtsw-test-{uuid.uuid4().hex[:8]}", "console"
-    cmd = f"{QTSW} --root {root}"
+    # the schedule runs, but its first mark is hours away: the only run is the one asked for
+    later = (datetime.now(CHICAGO) + timedelta(hours=3)).strftime("%H:%M")
+    cmd = f"{QTSW} --root {root} --schedule {later}"
     subprocess.run([TMUX, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", session,
                     "-x", "80", "-y", "24", cmd], env=env, check=True, timeout=20)
     try:
@@ -79,12 +81,13 @@ def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):
         assert "3 ready" in first  # the sample exports, counted from data/raw
 
         tmux(sock, "send-keys", "-t", session, "r")
-        seen_running = poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
-        assert "stage " in seen_running
-        done = poll(sock, session, lambda t: "last ✓ success" in t and "idle" in t, "the run to finish")
-        assert "Translator ✓ success" in done and "Merger ✓ success" in done
-        assert "translated" in done  # the translator's own output in its pane
-        assert "CL" in done and "100%" in done  # the analyzer's instrument bars
+        poll(sock, session, lambda t: "▶ run" in t and "stage " in t, "the run and its stage to show")
+        # the header, the panes' titles, the translator's own output in its pane and the
+        # analyzer's instrument bars: each is drawn on its own refresh, so wait for them all
+        done = poll(sock, session, lambda t: "last ✓ success" in t and "idle" in t
+                    and "Translator ✓ success" in t and "Merger ✓ success" in t
+                    and "translated" in t and "CL" in t and "100%" in t, "the run to finish")
+        assert "Analyzer ✓ success" in done
 
         tmux(sock, "send-keys", "-t", session, "q")
         deadline = time.monotonic() + 30

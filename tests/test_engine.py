@@ -61,7 +61,7 @@ FAKE_STAGE = textwrap.dedent(
         while not (root / "release").exists():
             time.sleep(0.01)
     if mode == "silent":
-        time.sleep(1.5)
+        time.sleep(3.0)
     if mode == "sleep":
         time.sleep(0.3)
     if mode == "bytes":
@@ -298,7 +298,9 @@ def test_progress_in_bytes_is_shown_by_its_text(root: Path, tmp_path: Path) -> N
     assert reported[0].msg == "ES.csv: 200 of 390 MB parsed"
     assert reported[0].data["unit"] == "bytes" and reported[0].data["done"] == 200_000_000
     assert progress[-1].msg == "3/3 step"  # counted items keep their counts
-    beats = [e for e in progress if e.data.get("heartbeat") and e.data["total"]]  # after the bytes
+    # the heartbeats between the bytes and the first counted step repeat the bytes' text
+    first, steps = progress.index(reported[0]), progress.index(reported[1])
+    beats = [e for e in progress[first:steps] if e.data.get("heartbeat")]
     assert beats and all("200 of 390 MB parsed" in e.msg and "200000000" not in e.msg for e in beats)
 
 
@@ -387,9 +389,9 @@ def test_silence_warning_and_progress_heartbeat(root: Path, tmp_path: Path) -> N
     assert len(beats) >= 3 and all(e.stage == "analyzer" for e in beats)
     times = [datetime.fromisoformat(e.timestamp) for e in events if e.stage == "analyzer" and e.event == "progress"]
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
-    # the stage is silent for 1.5 s; with a 0.25 s interval no gap comes near that (slack for a
+    # the stage is silent for 3 s; with a 0.25 s interval no gap comes near that (slack for a
     # loaded machine)
-    assert max(gaps) < 1.0
+    assert max(gaps) < 1.5
 
 
 def test_stage_that_cannot_start(root: Path) -> None:
@@ -512,11 +514,11 @@ def test_a_crash_while_recording_a_run_leaves_it_closed_exactly_once(
     s = make_settings(root)
     add_store(s, "ES")
 
-    def crash(*_: object) -> None:
-        raise OSError("disk gone while writing runs.jsonl")
+    def crash(*_: object) -> None:  # the engine dies between the terminal event and the line
+        raise SystemExit("the engine died while writing runs.jsonl")
 
     monkeypatch.setattr(history, "append_run", crash)
-    with pytest.raises(BaseException, match="disk gone"):
+    with pytest.raises(BaseException, match="engine died"):
         run_engine(Engine(s, stage_command=fake_command(root, tmp_path)))
     monkeypatch.undo()
     [path] = s.events_dir.glob("pipeline_*.jsonl")

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from processes import alive
 
 from pipeline_core import proc, protocol
+from pipeline_core.safetext import safe
 
 
 def wait_dead(pids: list[int], seconds: float = 5.0) -> list[int]:
@@ -300,7 +301,8 @@ _line = st.one_of(
 @hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(_line, max_size=8), chunk=st.integers(1, 70_000))
 def test_any_output_arrives_line_for_line(tmp_path: Path, lines: list[str], chunk: int) -> None:
-    """Whatever the stage writes, in whatever pieces, comes back as exactly those lines."""
+    """Whatever the stage writes, in whatever pieces, comes back as exactly those lines (each
+    escaped for a terminal: control characters made visible)."""
     data = tmp_path / "lines.txt"
     data.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
     argv = script(
@@ -316,4 +318,4 @@ def test_any_output_arrives_line_for_line(tmp_path: Path, lines: list[str], chun
     rec = Recorder()
     out = run(argv, tmp_path, rec)
     assert out.status == "success"
-    assert rec.lines == lines
+    assert rec.lines == [safe(x) for x in lines]

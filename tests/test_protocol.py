@@ -77,11 +77,20 @@ def test_stage_without_result_fails(tmp_path: Path) -> None:
 
 
 def test_stage_exception_becomes_a_named_failure(tmp_path: Path) -> None:
-    done = _stage(tmp_path, "    raise OSError('disk full')")
+    done = _stage(tmp_path, "    raise KeyError('instrument')")
     assert done.returncode == 1
     last = parse(done.stdout.splitlines()[-1])
-    assert last.body["status"] == "failure" and "OSError: disk full" in last.body["error"]
-    assert "Traceback" in done.stdout
+    assert last.body["status"] == "failure" and "KeyError: 'instrument'" in last.body["error"]
+    assert "Traceback" in done.stdout  # a bug: its traceback goes to the stage's log
+
+
+def test_stage_os_error_names_the_file_and_the_reason_without_a_traceback(tmp_path: Path) -> None:
+    done = _stage(tmp_path, "    raise OSError(28, 'No space left on device', '/data/processed/ES/ES_2025.parquet')")
+    assert done.returncode == 1
+    last = parse(done.stdout.splitlines()[-1])
+    assert last.body["status"] == "failure"
+    assert last.body["error"] == "/data/processed/ES/ES_2025.parquet: No space left on device"
+    assert "Traceback" not in done.stdout
 
 
 def test_stage_with_bad_settings_exits_2(tmp_path: Path) -> None:

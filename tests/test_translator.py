@@ -268,11 +268,12 @@ def plausibility(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, di
     s = load_settings(root=root, env=ENV)
     s.ensure_dirs()
     sat = datetime(2025, 11, 22, 10, 0, tzinfo=CHICAGO)
-    future = datetime.now(CHICAGO).replace(second=0, microsecond=0) + timedelta(days=2)
+    # within a day ahead (further is a bad row, rule out_of_range): a wrong time zone setting
+    future = datetime.now(CHICAGO).replace(second=0, microsecond=0) + timedelta(hours=3)
     files = {
         # 40 bars on a Saturday among ~2,800: more than 1 %
         "ES.csv": pa.concat_tables([make_bars("ES", end=date(2025, 11, 21)), _bars_at([sat + timedelta(minutes=i) for i in range(40)])]),
-        # one bar two days ahead
+        # one bar three hours ahead
         "DataExport_NQ_20251127_023046_UTC.csv": pa.concat_tables([make_bars("NQ"), _bars_at([future])]),
         # one bar in the break is no reason to doubt the file
         "YM.csv": pa.concat_tables([make_bars("YM", tick=1.0), _bars_at([datetime(2025, 11, 25, 16, 30, tzinfo=CHICAGO)])]),
@@ -315,6 +316,7 @@ BAD_ROWS = {
     "open_close": "2025-11-25,14:00:00,6002,6001,6000,6000.5,10,ES",
     "volume": "2025-11-25,14:00:00,6000.25,6001,6000,6000.5,-3,ES",
     "malformed": "2025-11-25,14:00:00,6000.25,6001",
+    "out_of_range": "1900-01-02,14:00:00,6000.25,6001,6000,6000.5,10,ES",
 }
 RULE_TEXT = {
     "time": "unparseable time",
@@ -324,9 +326,10 @@ RULE_TEXT = {
     "open_close": "open or close outside [low, high]",
     "volume": "negative volume",
     "malformed": "wrong number of fields",
+    "out_of_range": "bar time before input.min_date or after now + 1 day",
 }
 # one instrument per rule so a single run covers them all
-RULE_INST = dict(zip(BAD_ROWS, ["ES", "NQ", "YM", "CL", "GC", "RTY", "MES"], strict=True))
+RULE_INST = dict(zip(BAD_ROWS, ["ES", "NQ", "YM", "CL", "GC", "RTY", "MES", "MNQ"], strict=True))
 
 
 def _exporter_text(bars: pa.Table, inst: str, tmp: Path) -> str:

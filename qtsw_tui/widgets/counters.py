@@ -31,6 +31,9 @@ class Counters:
     pending_merges: int = 0
     monthly: dict[str, int] = field(default_factory=dict)  # stream -> monthly files
     problems: tuple[str, ...] = ()
+    # streams whose monthly results were computed with other analysis settings (or belong to
+    # an instrument the settings no longer name), each with why; until the next run has merged
+    stale_results: dict[str, str] = field(default_factory=dict)
     quarantined: int = 0
 
 
@@ -55,9 +58,11 @@ def read_counters(settings: Settings) -> Counters:
         store_insts = len(catalog.store_instruments(settings))
         pending_an = len(catalog.pending_analysis(settings))
         pending_mg = len(catalog.pending_merges(settings))
+        stale_res = catalog.stale_results(settings)
     except Exception as exc:
         problems.append(f"state: {exc}")
         store_insts = pending_an = pending_mg = 0
+        stale_res = {}
     return Counters(
         raw_ready=ready,
         raw_waiting=waiting,
@@ -69,6 +74,7 @@ def read_counters(settings: Settings) -> Counters:
         pending_merges=pending_mg,
         monthly=results.monthly_counts(settings),
         problems=tuple(problems),
+        stale_results=stale_res,
         quarantined=quarantined,
     )
 
