@@ -38,6 +38,7 @@ SCOPES: dict[str, dict[str, str]] = {
         "filter": "slash",
         "results": "s",
         "quarantine": "u",
+        "alerts": "exclamation_mark",
         "help": "question_mark",
         "quit": "q",
         "quit_ctrl": "ctrl+q",
@@ -60,6 +61,7 @@ SCOPES: dict[str, dict[str, str]] = {
     "run detail": {"detail.back": "escape"},
     "event detail": {"event.back": "escape"},
     "quarantine screen": {"quarantine.back": "escape,u", "quarantine.requeue": "r", "quarantine.reload": "f5"},
+    "alerts screen": {"alerts.back": "escape,exclamation_mark", "alerts.acknowledge": "a"},
 }
 PANEL_SCOPES = ("event table", "stage pane")  # on the main screen: checked with the app's keys
 DEFAULT_KEYS: dict[str, str] = {bid: key for scope in SCOPES.values() for bid, key in scope.items()}

@@ -116,6 +116,32 @@ DEFAULTS: dict[str, Any] = {
         "schedule_minutes": [0, 15, 30, 45],
     },
     "keys": {},  # binding id -> key, e.g. {run_now = "R"}
+    "alerts": {
+        # apprise URLs: "mailto://…", or {url = "ntfy://…", min_severity = "critical"}
+        "urls": [],
+        "stale_minutes": 30.0,
+        "no_run_minutes": 45.0,
+        "repeat_minutes": 60.0,
+        "min_free_mb": 1024.0,
+        "slow_factor": 3.0,
+        "slow_min_seconds": 60.0,
+        "slow_history": 20,
+        "export_stale_seconds": 600.0,
+        "check_seconds": 60.0,
+        "timeout_seconds": 10.0,
+        "retries": 2,
+        "retry_backoff_seconds": 2.0,
+        "rules": {
+            "run_failed": True,
+            "quarantine": True,
+            "stale_data": True,
+            "export_stalled": True,
+            "no_run": True,
+            "missed_marks": True,
+            "slow_stage": True,
+            "low_disk": True,
+        },
+    },
 }
 
 # Environment variables: QTSW_<SECTION>_<KEY> for scalar settings, e.g. QTSW_ENGINE_WORKERS=2.
@@ -136,10 +162,59 @@ _SCALAR_KEYS = {
     ("timeouts", "silence_warning"),
     ("timeouts", "progress_interval"),
     ("engine", "workers"),
+    ("alerts", "stale_minutes"),
+    ("alerts", "no_run_minutes"),
+    ("alerts", "repeat_minutes"),
+    ("alerts", "min_free_mb"),
+    ("alerts", "slow_factor"),
+    ("alerts", "slow_min_seconds"),
+    ("alerts", "slow_history"),
+    ("alerts", "export_stale_seconds"),
+    ("alerts", "check_seconds"),
+    ("alerts", "timeout_seconds"),
+    ("alerts", "retries"),
+    ("alerts", "retry_backoff_seconds"),
 }
 _LIST_KEYS = {("analysis", "trade_days"), ("engine", "schedule_minutes")}
 
 RAW_POLICIES = ("archive", "delete", "keep")
+SEVERITIES = ("info", "warning", "critical")  # lowest first
+ALERT_RULES = tuple(DEFAULTS["alerts"]["rules"])
+
+
+@dataclass(frozen=True)
+class AlertChannel:
+    """One place alerts go: an apprise URL (holding secrets: show it only through
+    ``pipeline_core.alerts.mask_url``) and the lowest severity it receives."""
+
+    url: str = field(repr=False)
+    min_severity: str = "info"
+
+    def wants(self, severity: str) -> bool:
+        return SEVERITIES.index(severity) >= SEVERITIES.index(self.min_severity)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """``[alerts]``: channels, the rules' thresholds and which rules are on."""
+
+    channels: tuple[AlertChannel, ...] = ()
+    stale_minutes: float = 30.0
+    no_run_minutes: float = 45.0
+    repeat_minutes: float = 60.0
+    min_free_mb: float = 1024.0
+    slow_factor: float = 3.0
+    slow_min_seconds: float = 60.0
+    slow_history: int = 20
+    export_stale_seconds: float = 600.0
+    check_seconds: float = 60.0
+    timeout_seconds: float = 10.0
+    retries: int = 2
+    retry_backoff_seconds: float = 2.0
+    rules: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(ALERT_RULES, True))
+
+    def enabled(self, rule: str) -> bool:
+        return bool(self.rules.get(rule, False))
 
 # The qtsw.toml that `qtsw init` writes: every setting at its default, commented out.
 STARTER_TOML = """\
@@ -209,6 +284,7 @@ class Settings:
     schedule_minutes: tuple[int, ...]
     keys: dict[str, str] = field(default_factory=dict)
     config_file: Path | None = None
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     # --- paths (SPEC §1) -------------------------------------------------------------
     @property
@@ -435,6 +511,10 @@ def load_settings(
                 value = [v.strip() for v in value.split(",") if v.strip()]
             raw[section][key] = value
             sources[f"{section}.{key}"] = f"environment variable {name}"
+    if env.get("QTSW_ALERTS_URLS") is not None:
+        # whitespace-separated; "critical=ntfy://…" sets the channel's minimum severity
+        raw["alerts"]["urls"] = env["QTSW_ALERTS_URLS"].split()
+        sources["alerts.urls"] = "environment variable QTSW_ALERTS_URLS"
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if section not in raw or not isinstance(raw[section], dict) or not key:
@@ -462,6 +542,7 @@ def env_name(section: str, key: str) -> str:
 # gives its stage processes (and the tests' fault injection).
 ENV_OTHER = {
     "QTSW_ROOT": "the data root",
+    "QTSW_ALERTS_URLS": "the alert channels (alerts.urls), whitespace-separated",
     "QTSW_CONFIG": "the settings file",
     "QTSW_RUN_ID": "set by the engine for its stages",
     "QTSW_PROC_TOKEN": "set by the engine for its stages",
@@ -470,6 +551,8 @@ ENV_OTHER = {
     "QTSW_FULL": "set by the engine for its stages",
     "QTSW_TRANSLATOR_PIECE_BYTES": "a test setting of the translator",
     "QTSW_CRASH_BEFORE_RENAME": "a test setting of atomic writes",
+    "QTSW_FAIL_WRITE": "a test setting: writes to matching paths fail as on a full disk",
+    "QTSW_PAUSE_AFTER_READ": "a test setting of the translator (a file changing while read)",
 }
 
 
@@ -502,7 +585,7 @@ def _merge(
 ) -> None:
     for key, value in new.items():
         full = f"{prefix}{key}"
-        if key not in base and prefix != "instruments." and prefix != "sessions." and prefix != "keys.":
+        if key not in base and prefix not in ("instruments.", "sessions.", "keys."):
             raise SettingsError(full, value, f"a known setting (known here: {', '.join(sorted(base))})", source)
         if isinstance(base.get(key), dict) and isinstance(value, Mapping) and full not in (
             "instruments",
@@ -650,6 +733,60 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
         schedule_minutes=minutes,
         keys={str(k): str(v) for k, v in keys.items()},
         config_file=config_path,
+        alerts=_alert_settings(raw["alerts"]),
+    )
+
+
+_SEVERITY_PREFIX = re.compile(r"^(info|warning|critical)=(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def _alert_settings(a: Mapping[str, Any]) -> AlertSettings:
+    urls = a["urls"]
+    if isinstance(urls, str):
+        urls = [urls]
+    if not isinstance(urls, list):
+        raise SettingsError("alerts.urls", "(a value)", "a list of apprise URLs")
+    channels = []
+    for i, entry in enumerate(urls):
+        # a value shown in an error is never the URL itself: it may hold a password or token
+        if isinstance(entry, Mapping):
+            url, sev = entry.get("url"), str(entry.get("min_severity", "info"))
+            unknown = sorted(set(entry) - {"url", "min_severity"})
+            if unknown:
+                raise SettingsError(f"alerts.urls[{i}]", ", ".join(unknown), "only the keys url and min_severity")
+        elif isinstance(entry, str):
+            m = _SEVERITY_PREFIX.match(entry)
+            url, sev = (entry[m.end():], m.group(1)) if m else (entry, "info")
+        else:
+            raise SettingsError(f"alerts.urls[{i}]", type(entry).__name__, "an apprise URL or {url = ..., min_severity = ...}")
+        if not isinstance(url, str) or "://" not in url:
+            raise SettingsError(f"alerts.urls[{i}]", "(not shown)", "an apprise URL such as mailto://… or ntfy://…")
+        if sev not in SEVERITIES:
+            raise SettingsError(f"alerts.urls[{i}].min_severity", sev, "one of " + ", ".join(SEVERITIES))
+        channels.append(AlertChannel(url.strip(), sev))
+    rules = a["rules"]
+    for name, on in rules.items():
+        if not isinstance(on, bool):
+            raise SettingsError(f"alerts.rules.{name}", on, "true or false")
+
+    def num(key: str, lo: float, hi: float, integer: bool = False) -> float:
+        return _number(f"alerts.{key}", a[key], lo, hi, integer=integer)
+
+    return AlertSettings(
+        channels=tuple(channels),
+        stale_minutes=num("stale_minutes", 1, 1e6),
+        no_run_minutes=num("no_run_minutes", 1, 1e6),
+        repeat_minutes=num("repeat_minutes", 0, 1e6),
+        min_free_mb=num("min_free_mb", 0, 1e9),
+        slow_factor=num("slow_factor", 1.0, 1e3),
+        slow_min_seconds=num("slow_min_seconds", 0, 1e7),
+        slow_history=int(num("slow_history", 3, 1000, integer=True)),
+        export_stale_seconds=num("export_stale_seconds", 1, 1e7),
+        check_seconds=num("check_seconds", 1, 86400),
+        timeout_seconds=num("timeout_seconds", 0.1, 600),
+        retries=int(num("retries", 0, 10, integer=True)),
+        retry_backoff_seconds=num("retry_backoff_seconds", 0, 3600),
+        rules={str(k): bool(v) for k, v in rules.items()},
     )
 
 

@@ -37,6 +37,7 @@ from pipeline_core.runstate import STAGE_NAMES, EngineSnapshot, EventMessage, Ou
 from pipeline_core.settings import Settings
 from qtsw_tui.headless import event_text
 from qtsw_tui.nocolor import make_readable
+from qtsw_tui.screens.alerts import AlertsScreen
 from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.event_detail import EventDetailScreen
 from qtsw_tui.screens.help import HelpScreen
@@ -75,7 +76,8 @@ def binding_ids() -> set[str]:
     """Every binding id that ``[keys]`` in the settings may remap: the app's, its panels' and
     its screens' (Textual's keymap applies to bindings wherever they are declared)."""
     classes = (QtswApp, EventsPanel, EventTable, StagePane, ConfirmScreen, HelpScreen,
-               HistoryScreen, ResultsScreen, RunDetailScreen, EventDetailScreen, QuarantineScreen)
+               HistoryScreen, ResultsScreen, RunDetailScreen, EventDetailScreen, QuarantineScreen,
+               AlertsScreen)
     return {b.id for cls in classes for b in cls.BINDINGS if isinstance(b, Binding) and b.id}
 
 
@@ -99,6 +101,7 @@ class QtswApp(App[int]):
         Binding("slash", "filter", "filter", show=False, id="filter"),  # shown in the events view
         Binding("s", "results", "results", id="results"),
         Binding("u", "quarantine", "quarantine", show=False, id="quarantine"),
+        Binding("exclamation_mark", "alerts", "alerts", show=False, id="alerts"),
         Binding("question_mark", "help", "help", id="help"),
         Binding("q", "request_quit", "quit", id="quit"),
         Binding("ctrl+q", "request_quit", "quit", show=False, id="quit_ctrl", priority=True),
@@ -116,6 +119,7 @@ class QtswApp(App[int]):
         "filter": "filter the events: stage, event type or words",
         "results": "monthly results per stream",
         "quarantine": "quarantined files: why, and re-queue once fixed",
+        "alerts": "alerts: active and recent (a: acknowledge)",
         "help": "this help",
         "quit": "quit (asks first while a run is active)",
         "quit_ctrl": "quit",
@@ -144,6 +148,7 @@ class QtswApp(App[int]):
         self._watchdog: threading.Thread | None = None
         self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
+        self.alerts_notified: list[tuple[str, str]] = []  # (severity, text) of alerts shown as they fired
         self._unsubscribe: Callable[[], None] | None = None
         self._events: deque[Event] = deque(maxlen=EVENT_CAPACITY)
         self._lines: dict[str, deque[str]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
@@ -317,6 +322,11 @@ class QtswApp(App[int]):
 
     def _notify_failures(self, events: Sequence[Event]) -> None:
         for ev in events:
+            if ev.event == "alert" and ev.data.get("state") == "firing":
+                severity = "error" if ev.data.get("severity") == "critical" else "warning"
+                self.alerts_notified.append((severity, ev.msg))
+                self.notify(ev.msg, title="Alert (! to see)", severity=severity, timeout=20, markup=False)
+                continue
             if ev.event != "failure":
                 continue
             error = event_text(ev).strip() or "no error message"
@@ -344,10 +354,15 @@ class QtswApp(App[int]):
         self.snapshot = snap
         now = self.clock()
         host = self._host_label()
-        self.query_one("#header", StatusHeader).show(snap, now, host)
+        monitor = getattr(self.engine, "alerts", None)  # an attached console has none of its own
+        alerts = sum(1 for a in monitor.active() if not a.acknowledged) if monitor else 0
+        header = self.query_one("#header", StatusHeader)
+        header.alerts = alerts
+        header.show(snap, now, host)
         for screen in self.screen_stack[1:]:  # history and results keep the header
-            for header in screen.query(".screen-header").results(StatusHeader):
-                header.show(snap, now, host)
+            for other in screen.query(".screen-header").results(StatusHeader):
+                other.alerts = alerts
+                other.show(snap, now, host)
         run = snap.current
         for stage in STAGE_NAMES:
             pane = self.query_one(f"#pane-{stage}", StagePane)
@@ -457,6 +472,10 @@ class QtswApp(App[int]):
 
     def action_quarantine(self) -> None:
         self.push_screen(QuarantineScreen(self.settings))
+
+    def action_alerts(self) -> None:
+        if not isinstance(self.screen, AlertsScreen):
+            self.push_screen(AlertsScreen(self.engine.alerts))
 
     def action_events(self) -> None:
         main = self.query_one("#main")

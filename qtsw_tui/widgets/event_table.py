@@ -36,6 +36,7 @@ EVENT_STYLE = {
     "log": "",
     "metric": "blue",
     "progress": "dim",
+    "alert": "bold magenta",
 }
 LEVEL_STYLE = {"warning": "bold yellow", "error": "bold red"}
 
