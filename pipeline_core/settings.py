@@ -38,12 +38,15 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Instrument:
-    """A tradable symbol: its tick size and the target T, both in price points."""
+    """A tradable symbol: its tick size and the target T, both in price points, and what one
+    point is worth in dollars per contract (None when the table does not say: results then
+    show points only for it)."""
 
     symbol: str
     tick: float
     target: float
     base: str  # the symbol whose tick/target a micro uses; itself for a base symbol
+    point_value: float | None = None  # dollars per point per contract; a micro has its own
 
     def ticks(self, price: float) -> int:
         """A price in integer ticks (so float artefacts cannot flip a comparison)."""
@@ -63,21 +66,23 @@ class Session:
         return self.name.lstrip("S")
 
 
+# point_value: dollars per point per contract (exchange contract specs). A micro trades its
+# base's prices (same tick and target) but is a smaller contract: it has its own point value.
 DEFAULT_INSTRUMENTS: dict[str, dict[str, Any]] = {
-    "ES": {"tick": 0.25, "target": 10},
-    "NQ": {"tick": 0.25, "target": 50},
-    "YM": {"tick": 1.0, "target": 100},
-    "CL": {"tick": 0.01, "target": 0.50},
-    "NG": {"tick": 0.001, "target": 0.05},
-    "GC": {"tick": 0.1, "target": 5},
-    "RTY": {"tick": 0.10, "target": 10},
-    "MES": {"base": "ES"},
-    "MNQ": {"base": "NQ"},
-    "MYM": {"base": "YM"},
-    "MCL": {"base": "CL"},
-    "MNG": {"base": "NG"},
-    "MGC": {"base": "GC"},
-    "M2K": {"base": "RTY"},
+    "ES": {"tick": 0.25, "target": 10, "point_value": 50},
+    "NQ": {"tick": 0.25, "target": 50, "point_value": 20},
+    "YM": {"tick": 1.0, "target": 100, "point_value": 5},
+    "CL": {"tick": 0.01, "target": 0.50, "point_value": 1000},
+    "NG": {"tick": 0.001, "target": 0.05, "point_value": 10000},
+    "GC": {"tick": 0.1, "target": 5, "point_value": 100},
+    "RTY": {"tick": 0.10, "target": 10, "point_value": 50},
+    "MES": {"base": "ES", "point_value": 5},
+    "MNQ": {"base": "NQ", "point_value": 2},
+    "MYM": {"base": "YM", "point_value": 0.5},
+    "MCL": {"base": "CL", "point_value": 100},
+    "MNG": {"base": "NG", "point_value": 1000},
+    "MGC": {"base": "GC", "point_value": 10},
+    "M2K": {"base": "RTY", "point_value": 5},
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -322,6 +327,17 @@ class Settings:
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.sqlite"
+
+    @property
+    def results_cache_path(self) -> Path:
+        """What the statistics read from every monthly file, kept between starts (a cache:
+        deleting it only costs one slower first read)."""
+        return self.data_dir / "cache" / "results.arrow"
+
+    @property
+    def exports_dir(self) -> Path:
+        """CSV files the console exports (results)."""
+        return self.root / "exports"
 
     @property
     def logs_dir(self) -> Path:
@@ -628,6 +644,19 @@ def _number(key: str, value: Any, lo: float, hi: float, *, integer: bool = False
     return num
 
 
+def _positive(key: str, value: Any) -> float:
+    allowed = "a positive number (dollars per point per contract, e.g. 50 for ES)"
+    if isinstance(value, bool):
+        raise SettingsError(key, value, allowed)
+    try:
+        num = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(key, value, allowed) from None
+    if not (num > 0 and num < float("inf")):
+        raise SettingsError(key, value, allowed)
+    return num
+
+
 def _date(key: str, value: Any) -> date:
     if isinstance(value, datetime):
         value = value.date()
@@ -662,7 +691,11 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
             raise SettingsError(f"instruments.{sym}.base", base, "a base symbol defined with tick and target")
         tick = _number(f"instruments.{sym}.tick", spec.get("tick", src.get("tick")), 1e-9, 1e9)
         target = _number(f"instruments.{sym}.target", spec.get("target", src.get("target")), 1e-9, 1e9)
-        instruments[sym] = Instrument(sym, tick, target, base)
+        # Not inherited from the base (a micro is a smaller contract); a symbol of the built-in
+        # table keeps its built-in point value when the file's table does not give one.
+        pv_raw = spec.get("point_value", DEFAULT_INSTRUMENTS.get(sym, {}).get("point_value"))
+        point_value = None if pv_raw is None else _positive(f"instruments.{sym}.point_value", pv_raw)
+        instruments[sym] = Instrument(sym, tick, target, base, point_value)
 
     sessions = []
     for name, spec in raw["sessions"].items():

@@ -117,7 +117,7 @@ class QtswApp(App[int]):
         "history": "run history (Enter: a run's stages, events and logs)",
         "events": "show the live event table",
         "filter": "filter the events: stage, event type or words",
-        "results": "monthly results per stream",
+        "results": "results: matrix in dollars, statistics, equity curve",
         "quarantine": "quarantined files: why, and re-queue once fixed",
         "alerts": "alerts: active and recent (a: acknowledge)",
         "help": "this help",
@@ -474,8 +474,13 @@ class QtswApp(App[int]):
         self.push_screen(QuarantineScreen(self.settings))
 
     def action_alerts(self) -> None:
+        monitor = getattr(self.engine, "alerts", None)
+        if monitor is None:
+            self.notify("Alerts are listed by the console that hosts the engine, and by "
+                        "'qtsw status'.", title="Alerts", markup=False)
+            return
         if not isinstance(self.screen, AlertsScreen):
-            self.push_screen(AlertsScreen(self.engine.alerts))
+            self.push_screen(AlertsScreen(monitor))
 
     def action_events(self) -> None:
         main = self.query_one("#main")

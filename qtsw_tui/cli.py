@@ -16,6 +16,7 @@
     qtsw ctl run-now [--full]|stage NAME|pause|resume|cancel|status [--json]
                                       commands to the running engine, through its control socket
     qtsw alert test [--url URL]       send a test message to each alert channel (exit 1 if any failed)
+    qtsw results [--year Y] [--stream S] [--csv|--json]   the stream x month matrix and statistics
 
 Also ``--root PATH`` (env ``QTSW_ROOT``), ``--config FILE``, ``--full``, ``--json`` (headless:
 raw event lines), ``--verbose`` (headless: stage output too).
@@ -40,7 +41,7 @@ from pipeline_core.usage import EXIT_FAILURE, UsageParser, describe_os_error, ro
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl", "alert")
+COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl", "alert", "results")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                           rebuild a bar store from the archived exports
   qtsw ctl COMMAND        steer the engine running on the data root (run-now, pause …)
   qtsw alert test         send a test message to each alert channel
+  qtsw results [--year Y] [--stream S] [--csv|--json]
+                          the stream x month matrix in dollars and the statistics
 
 exit codes: 0 success, 1 partial (or problems found), 2 failure (or a file that
 cannot be read or written), 3 cancelled, 4 could not start (bad arguments or
@@ -150,6 +153,10 @@ def _main(argv: list[str]) -> int:
         return int(sample.main(_globals(before) + after) or 0)
     if command == "status":
         return _status(_globals(before) + after)
+    if command == "results":
+        from qtsw_tui import resultscmd
+
+        return resultscmd.main(_globals(before) + after)
     if command == "ctl":
         return _ctl(_globals(before) + after)
     if command == "alert":

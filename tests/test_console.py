@@ -23,15 +23,17 @@ from hypothesis import strategies as st
 from processes import processes_naming
 from rich.console import Console
 from textual.app import App
-from textual.widgets import DataTable, Input, Select
+from textual.widgets import DataTable, Input, Select, Static
 
-from pipeline_core import catalog, history
+from pipeline_core import catalog, history, results
 from pipeline_core.engine import Engine
 from pipeline_core.events import STAGES, TERMINAL, Event
+from pipeline_core.results import Period, ResultFilter
 from pipeline_core.runstate import OutputMessage
 from pipeline_core.sample import write_export_signal, write_samples
 from pipeline_core.settings import CHICAGO, Settings, load_settings
 from qtsw_tui.app import QtswApp, build_app
+from qtsw_tui.resultscmd import money
 from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
@@ -396,13 +398,16 @@ async def test_run_now_fills_panes_bars_events_then_history_detail_results_and_f
         await pilot.press("s")
         assert isinstance(app.screen, ResultsScreen)
         res = app.screen
-        await wait_for(pilot, lambda: len(res.summaries) == 6, "six streams in the results")
-        assert res.month == (2025, 11)
-        rtable = table_rows(res.query_one("#results-table", DataTable))
-        assert [r[0] for r in rtable] == ["CL1", "CL2", "ES1", "ES2", "NQ1", "NQ2"]
-        for summary, row in zip(res.summaries, rtable, strict=True):
-            assert int(row[1]) == summary.counts["Win"]
-            assert float(row[8].replace(",", "")) == pytest.approx(summary.profit, abs=0.01)
+        await wait_for(pilot, lambda: res.view is not None, "the results")
+        assert res.month == Period(2025, 11)
+        rtable = [ln.replace("> ", "", 1).split()
+                  for ln in str(res.query_one("#results-matrix", Static).content).splitlines()[1:]]
+        assert [r[0] for r in rtable] == ["ES1", "ES2", "NQ1", "NQ2", "CL1", "CL2", "Total"]
+        sums = {s.stream: s for s in results.summarize_month(app.settings, 2025, 11)}
+        for row in rtable[:-1]:  # the November cell: the month's points of Final rows × point value
+            st = res.rs.stats(ResultFilter(), Period(2025, 11), row[0])
+            assert row[11] == (money(st.profit_dollars) if st.rows else ".")
+            assert st.wins + st.losses + st.be + st.time + st.no_trade == sums[row[0]].rows - sums[row[0]].provisional
         await pilot.press("escape")
         await pilot.press("q")
     assert app.return_value == 0
@@ -673,7 +678,7 @@ async def test_keys_are_remapped_from_settings_and_help_lists_them(tmp_path):
         # and the hints say so: the event table's status line and the help screen
         assert "x verbose" in str(app.query_one("#event-status").render())
         await pilot.press("question_mark")
-        assert any("x" == key for key, _ in app.screen.panel_rows)
+        assert ("x", "Events: verbose: show log, progress and metric events") in app.screen.panel_rows
         await pilot.press("escape")
         await pilot.press("q")
 
@@ -737,7 +742,7 @@ async def test_navigation_escape_palette_and_footer(tmp_path):
         commands = {c.title: c.help for c in app.get_system_commands(app.screen)}
         assert commands["Run the whole pipeline now"] == "key: r"
         assert commands["Pause / resume the schedule (a running run continues)"] == "key: p"
-        assert commands["Monthly results per stream"] == "key: s"
+        assert commands["Results: matrix in dollars, statistics, equity curve"] == "key: s"
         assert len([t for t in commands if t[0].isupper()]) >= 12
         await pilot.press("ctrl+p")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "CommandPalette", "the command palette")
@@ -818,8 +823,8 @@ async def test_quarantine_is_counted_shown_and_a_fixed_file_requeued(tmp_path):
         await pilot.press("q")
 
 
-async def test_history_and_results_keep_the_header(tmp_path):
-    """An active run stays in sight on the history and results screens."""
+async def test_history_keeps_the_header(tmp_path):
+    """An active run stays in sight on the history screen."""
     s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
     app = console(s)
     async with app.run_test(size=SIZE) as pilot:
@@ -827,7 +832,7 @@ async def test_history_and_results_keep_the_header(tmp_path):
         await wait_for(pilot, lambda: (cur := app.engine.snapshot().current) is not None
                        and cur.stage == "analyzer", "the analyzer to run")
         hold = held_in_analyzer(s)
-        for key, screen_type in (("h", HistoryScreen), ("s", ResultsScreen)):
+        for key, screen_type in (("h", HistoryScreen),):
             await pilot.press(key)
             assert isinstance(app.screen, screen_type)
             header = app.screen.query_one(".screen-header", StatusHeader)

@@ -21,6 +21,12 @@ PANEL_KEYS: list[tuple[str, tuple[str, ...], str, str]] = [
     ("Events", (), "Enter", "the event with all its fields"),
     ("Stage pane", ("pane.follow",), "End", "follow new output again"),
     ("Results", ("results.prev", "results.next"), "[ / ]", "previous / next month"),
+    ("Results", ("results.prev_year", "results.next_year"), "{ / }", "previous / next year"),
+    ("Results", ("results.stream",), "n", "next stream (statistics and equity curve)"),
+    ("Results", ("results.session", "results.slot"), "f / o", "session / slot filter"),
+    ("Results", ("results.provisional",), "v", "provisional rows too (marked *)"),
+    ("Results", ("results.export",), "x", "export what is shown to CSV (exports/)"),
+    ("Results", (), "1 2 3", "matrix / statistics / equity curve"),
     ("Any screen", (), "Esc", "back"),
 ]
 
