@@ -37,6 +37,7 @@ SCOPES: dict[str, dict[str, str]] = {
         "events": "e",
         "filter": "slash",
         "results": "s",
+        "quarantine": "u",
         "alerts": "exclamation_mark",
         "help": "question_mark",
         "quit": "q",
@@ -69,6 +70,8 @@ SCOPES: dict[str, dict[str, str]] = {
         "results.tab_equity": "3",
     },
     "run detail": {"detail.back": "escape"},
+    "event detail": {"event.back": "escape"},
+    "quarantine screen": {"quarantine.back": "escape,u", "quarantine.requeue": "r", "quarantine.reload": "f5"},
     "alerts screen": {"alerts.back": "escape,exclamation_mark", "alerts.acknowledge": "a"},
 }
 PANEL_SCOPES = ("event table", "stage pane")  # on the main screen: checked with the app's keys

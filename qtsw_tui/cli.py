@@ -67,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
   qtsw verify [--json]    check the data files against the catalogue
   qtsw rebuild --instrument X | --all
                           rebuild a bar store from the archived exports
-  qtsw ctl COMMAND        run-now, stage, pause, resume, cancel, status: commands
-                          to the running engine, through its control socket
+  qtsw ctl COMMAND        steer the engine running on the data root (run-now, pause …)
   qtsw alert test         send a test message to each alert channel
   qtsw results [--year Y] [--stream S] [--csv|--json]
                           the stream x month matrix in dollars and the statistics
@@ -452,8 +451,8 @@ def _ctl(argv: list[str]) -> int:
     p = _Parser(prog="qtsw ctl", description="Send a command to the engine running on the data "
                 "root, through its control socket. Exit codes: 0 accepted, 4 no engine running or "
                 "the command refused (the reason on stderr), 2 the engine answered something unexpected.")
-    p.add_argument("--root")
-    p.add_argument("--config")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_now = sub.add_parser("run-now", help="start a full run now")
     run_now.add_argument("--full", action="store_true", help="re-analyse everything")

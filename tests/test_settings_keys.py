@@ -99,7 +99,8 @@ def test_the_key_table_matches_the_console() -> None:
 
     classes = (console.QtswApp, console.EventsPanel, console.EventTable, console.StagePane,
                console.ConfirmScreen, console.HelpScreen, console.HistoryScreen, console.ResultsScreen,
-               console.RunDetailScreen, console.AlertsScreen)
+               console.RunDetailScreen, console.EventDetailScreen, console.QuarantineScreen,
+               console.AlertsScreen)
     declared = {b.id: b.key for cls in classes for b in cls.BINDINGS if isinstance(b, Binding) and b.id}
     assert declared == keytable.DEFAULT_KEYS
     assert console.binding_ids() == set(keytable.DEFAULT_KEYS)

@@ -198,7 +198,7 @@ class ResultsScreen(Screen[None]):
                 yield PlotextPlot(id="results-equity")
                 yield Static("", id="results-equity-note")
         yield Static("reading the monthly results …", id="results-status")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self._load()

@@ -108,6 +108,13 @@ class StatusHeader(Static):
             )
         return self._hint_text
 
+    def on_mount(self) -> None:
+        # a header on a pushed screen shows the state at once, then follows the app's refreshes
+        snap, clock = getattr(self.app, "snapshot", None), getattr(self.app, "clock", None)
+        if snap is not None and clock is not None:
+            host = getattr(self.app, "_host_label", lambda: "")()
+            self.show(snap, clock(), host)
+
     def show(self, snap: EngineSnapshot, now: datetime, host: str | None = None) -> None:
         host = self._host if host is None else host
         self._host = host
