@@ -589,6 +589,23 @@ def _init(argv: list[str]) -> int:
     return 0
 
 
+def _load_settings(root: str | None, config: str | None, *, existing: bool = True) -> Any:
+    """A command's settings, and (``existing``) its data root checked; None when either cannot
+    be had (said on stderr in one line)."""
+    from pipeline_core.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(root=root, config=config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return None
+    problem = root_problem(settings.root) if existing else None
+    if problem:
+        _err(problem)
+        return None
+    return settings
+
+
 # --- qtsw alert test ---------------------------------------------------------------------------
 
 
@@ -602,12 +619,9 @@ def _alert(argv: list[str]) -> int:
     p.add_argument("--url", action="append", help="send to this apprise URL instead (repeatable)")
     args = p.parse_args(argv)
     from pipeline_core.alerts import send_test
-    from pipeline_core.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings(root=args.root, config=args.config)
-    except SettingsError as exc:
-        _err(str(exc))
+    settings = _load_settings(args.root, args.config, existing=False)
+    if settings is None:
         return EXIT_CANNOT_START
     if not args.url and not settings.alerts.channels:
         _err("no alert channel configured: set [alerts] urls in qtsw.toml or QTSW_ALERTS_URLS, or give --url")
@@ -635,16 +649,8 @@ def _status(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
     p.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent runs to list (default: 5)")
     args = p.parse_args(argv)
-    from pipeline_core.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings(root=args.root, config=args.config)
-    except SettingsError as exc:
-        _err(str(exc))
-        return EXIT_CANNOT_START
-    problem = root_problem(settings.root)
-    if problem:
-        _err(problem)
+    settings = _load_settings(args.root, args.config)
+    if settings is None:
         return EXIT_CANNOT_START
     from pipeline_core.catalog import CatalogError
     from pipeline_core.history import collect_status
