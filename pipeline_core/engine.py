@@ -178,6 +178,7 @@ class Engine:
         self._loop_thread: int | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._subscriber_errors = 0
+        self._launcher: proc.WarmLauncher | None = None
 
     # --- watchers -----------------------------------------------------------------------------
 
@@ -308,6 +309,7 @@ class Engine:
         """Do one run to its end in the caller's task and return its final state."""
         bound_here = self._loop_thread is None
         self._bind_loop()
+        own_launcher = not self._serving and self._launcher_open()
         try:
             self.recover()
             if self.busy:
@@ -317,6 +319,8 @@ class Engine:
             await self._execute(run)
             return run.state
         finally:
+            if own_launcher:
+                await self._launcher_close()
             if bound_here and not self._serving:
                 self._unbind_loop()
 
@@ -384,6 +388,7 @@ class Engine:
         self._bind_loop()
         self._wake = anyio.Event()
         try:
+            self._launcher_open()
             self.recover()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -417,6 +422,7 @@ class Engine:
                 self._cancel()
                 # leaving the task group waits for the cancelled run to be recorded
         finally:
+            await self._launcher_close()
             self._tg = None
             if self._schedule is not None:
                 with contextlib.suppress(Exception):
@@ -429,6 +435,30 @@ class Engine:
             self._wake = None
             self._stop = False
             self._unbind_loop()
+
+    # --- the warm launcher ---------------------------------------------------------------------
+
+    def _launcher_open(self) -> bool:
+        """Start the warm launcher (``engine.warm_start``) for this serve or run; True if this
+        call started it. It imports in the background while the engine plans."""
+        if not self.settings.warm_start or self._launcher is not None:
+            return False
+        self._launcher = proc.WarmLauncher(
+            root=self.settings.root,
+            grace=self.settings.timeouts["grace"],
+            log_path=self.settings.logs_dir / "launcher.log",
+        )
+        try:
+            self._launcher.start()
+        except OSError as exc:  # no launcher: stages start as plain subprocesses
+            self._launcher.disabled = f"it could not be started: {exc.strerror or exc}"
+        return True
+
+    async def _launcher_close(self) -> None:
+        launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            with anyio.CancelScope(shield=True):
+                await launcher.aclose()
 
     def _look_at_clock(self) -> None:
         assert self._schedule is not None
@@ -757,6 +787,11 @@ class Engine:
         def on_message(msg: Message) -> None:
             self._on_message(run, stage, instrument, msg)
 
+        def on_launcher(text: str, data: dict[str, Any]) -> None:
+            label = f"{instrument}: " if instrument else ""
+            self._emit(run, stage, "log", f"{label}{text}",
+                       {"level": "warning", "instrument": instrument, **data})
+
         def on_log_error(exc: OSError) -> None:
             self._record_failed(run, exc, log_path)
             self._emit(run, stage, "log", f"{who}: its log {log_path} cannot be written: {exc.strerror or exc}",
@@ -780,6 +815,8 @@ class Engine:
             on_silence=on_silence,
             on_note=on_note,
             on_log_error=on_log_error,
+            launcher=self._launcher,
+            on_launcher=on_launcher,
         )
 
     def _on_message(self, run: _Run, stage: str, instrument: str | None, msg: Message) -> None:

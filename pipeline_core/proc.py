@@ -377,6 +377,7 @@ class WarmLauncher:
         self._failures += 1
         if self._failures >= LAUNCHER_MAX_RESTARTS:
             self.disabled = f"{what} ({self._failures} times in a row)"
+            self._said.add("disabled")
             report(f"warm launcher: {what}; giving up warm starts after {self._failures} failures in a row: "
                    "stages start as plain subprocesses", {"launcher_pid": old, "fallback": "plain"})
             return
@@ -437,6 +438,10 @@ class WarmLauncher:
         """Fork a stage through the launcher; the :class:`WarmProcess`, or why not (then the
         caller starts it as a plain subprocess)."""
         if self.disabled:
+            if "disabled" not in self._said:
+                self._said.add("disabled")
+                report(f"warm launcher: {self.disabled}; stages start as plain subprocesses",
+                       {"fallback": "plain"})
             return f"warm starts given up: {self.disabled}"
         target = warm.parse_argv(argv, sys.executable)
         if isinstance(target, str):
@@ -446,7 +451,7 @@ class WarmLauncher:
                        {"fallback": "plain"})
             return target
         token = anyio.lowlevel.current_token()
-        if self._lock is None or self._lock_loop is not token:
+        if self._lock is None or self._lock_loop != token:
             self._lock, self._lock_loop = anyio.Lock(), token  # a lock belongs to one event loop
         async with self._lock:
             if not await self._ensure(report):
