@@ -31,7 +31,7 @@ Wire format: ``SOCK_SEQPACKET`` messages, each one JSON object; file descriptors
     engine → launcher (control)   {"op": "start", "argv": [...], "env": {...}, "cwd": "..."}
                                   + fds [stdout write end, the stage's reply socket]
                                   {"op": "retire"}   end once the running children have ended
-    launcher → engine (control)   {"op": "ready", "pid", "fingerprint", "threads", "executable"}
+    launcher → engine (control)   {"op": "ready", "pid", "threads", "executable"}
     launcher → engine (reply)     {"op": "started", "pid", "threads"} | {"op": "error", "error"}
                                   then {"op": "exited", "pid", "code"} (code < 0: killed by -code)
 """
@@ -437,7 +437,6 @@ def main(argv: list[str] | None = None) -> int:
     set_pdeathsig(signal.SIGTERM)
     if os.getppid() != args.parent:  # the engine ended before we could ask to follow it
         return 0
-    fingerprint = package_fingerprint()  # before the imports: an edit during them shows as a change
     os.environ.update(SINGLE_THREAD_ENV)
     import importlib
 
@@ -449,8 +448,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gc.collect()
     gc.freeze()  # the imported objects stay shared with the children (no copy on collection)
-    _send(ctl, {"op": "ready", "pid": os.getpid(), "fingerprint": fingerprint,
-                "threads": thread_count(), "executable": sys.executable})
+    _send(ctl, {"op": "ready", "pid": os.getpid(), "threads": thread_count(), "executable": sys.executable})
     launcher = Launcher(ctl, args.grace)
     try:
         launcher.serve()

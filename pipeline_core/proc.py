@@ -315,15 +315,25 @@ class WarmLauncher:
     by itself when the engine's process does.
     """
 
-    def __init__(self, *, root: Path | None = None, grace: float = 5.0, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        root: Path | None = None,
+        grace: float = 5.0,
+        log_path: Path | None = None,
+        fingerprint: Callable[[], str] = warm.package_fingerprint,
+    ) -> None:
         self.root = root
+        self.fingerprint = fingerprint  # of the package's code on disk
         self.grace = grace
         self.log_path = log_path
         self.started = 0  # launcher processes started
+        self.forked = 0  # stages started through it
         self.disabled: str | None = None  # why warm starts were given up
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
         self._info: dict[str, Any] | None = None  # its ready message
+        self._code: str | None = None  # the fingerprint when it was started
         self._failures = 0
         self._retired: list[tuple[subprocess.Popen[bytes], socket.socket]] = []
         self._said: set[str] = set()
@@ -342,6 +352,8 @@ class WarmLauncher:
         """Start a launcher process (it imports in the background; no waiting here)."""
         if self._proc is not None or self.disabled:
             return
+        # taken before the launcher imports: a file edited after this is seen as a change
+        self._code = self.fingerprint()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-X", "utf8", "-u", "-m", "pipeline_core.launcher",
                 "--fd", str(theirs.fileno()), "--parent", str(os.getpid()), "--grace", f"{self.grace:g}"]
@@ -423,7 +435,7 @@ class WarmLauncher:
                     self._failed(report, f"the launcher (pid {self._proc.pid}) {why}")
                     continue
                 self._info = msg
-            if self._info.get("fingerprint") != warm.package_fingerprint():
+            if self._code != self.fingerprint():
                 self._say(report, "warm launcher: package files changed on disk since it started; "
                           "starting a new one", fallback="restart")
                 self._retire()
@@ -497,6 +509,7 @@ class WarmLauncher:
                     self._failed(report, f"the launcher did not start the stage: {why}")
             return why
         self._failures = 0
+        self.forked += 1
         return WarmProcess(int(reply["pid"]), r, ours)
 
     def _retire(self) -> None:
