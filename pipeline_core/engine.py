@@ -436,6 +436,11 @@ class Engine:
             self._stop = False
             self._unbind_loop()
 
+    @property
+    def launcher(self) -> proc.WarmLauncher | None:
+        """The warm launcher of the current serve or run (None when off or between runs)."""
+        return self._launcher
+
     # --- the warm launcher ---------------------------------------------------------------------
 
     def _launcher_open(self) -> bool:

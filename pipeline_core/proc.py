@@ -337,8 +337,8 @@ class WarmLauncher:
         self._failures = 0
         self._retired: list[tuple[subprocess.Popen[bytes], socket.socket]] = []
         self._said: set[str] = set()
-        self._lock: anyio.Lock | None = None
-        self._lock_loop: object = None
+        self._lock: anyio.Lock | None = None  # one task at a time starts or checks the launcher
+        self._lock_loop: object = None  # a lock belongs to one event loop; tests use several
 
     @property
     def pid(self) -> int | None:
@@ -444,6 +444,15 @@ class WarmLauncher:
             return True
         return False
 
+    async def wait_ready(self, report: Report = _noop) -> bool:
+        """Wait until the launcher has imported everything (starting it if need be); False if
+        warm starts are not available."""
+        token = anyio.lowlevel.current_token()
+        if self._lock is None or self._lock_loop != token:
+            self._lock, self._lock_loop = anyio.Lock(), token
+        async with self._lock:
+            return await self._ensure(report)
+
     async def spawn(
         self, argv: Sequence[str], env: Mapping[str, str], report: Report = _noop
     ) -> WarmProcess | str:
@@ -462,13 +471,9 @@ class WarmLauncher:
                 report(f"warm launcher: cannot start {argv[0]} warm ({target}); plain subprocess",
                        {"fallback": "plain"})
             return target
-        token = anyio.lowlevel.current_token()
-        if self._lock is None or self._lock_loop != token:
-            self._lock, self._lock_loop = anyio.Lock(), token  # a lock belongs to one event loop
-        async with self._lock:
-            if not await self._ensure(report):
-                return "no warm launcher"
-            ctl = self._ctl
+        if not await self.wait_ready(report):
+            return "no warm launcher"
+        ctl = self._ctl
         assert ctl is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         r, w = os.pipe()
