@@ -144,7 +144,9 @@ class Engine:
 
     ``now`` is the Chicago clock (injectable for tests and snapshots); ``full`` makes runs
     re-analyse everything by default; ``stage_command(stage, instrument) -> argv`` replaces the
-    stage subprocess command (tests use small scripts). Stage processes always get the
+    stage subprocess command (tests use small scripts); ``launcher`` is a warm launcher the
+    caller already started (the command line does: it imports while the engine does), used by
+    the first serve or run; later ones start their own. Stage processes always get the
     environment variables ``QTSW_RUN_ID``, ``QTSW_STAGE``, ``QTSW_INSTRUMENT`` and ``QTSW_FULL``.
     """
 
@@ -155,6 +157,7 @@ class Engine:
         now: Callable[[], datetime] = clock.now,
         full: bool = False,
         stage_command: StageCommand | None = None,
+        launcher: proc.WarmLauncher | None = None,
     ) -> None:
         self.settings = settings
         self.now = now
@@ -179,6 +182,7 @@ class Engine:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._subscriber_errors = 0
         self._launcher: proc.WarmLauncher | None = None
+        self._prestarted = launcher  # started by the caller, used by the first serve or run
 
     # --- watchers -----------------------------------------------------------------------------
 
@@ -448,11 +452,10 @@ class Engine:
         call started it. It imports in the background while the engine plans."""
         if not self.settings.warm_start or self._launcher is not None:
             return False
-        self._launcher = proc.WarmLauncher(
-            root=self.settings.root,
-            grace=self.settings.timeouts["grace"],
-            log_path=self.settings.logs_dir / "launcher.log",
-        )
+        if self._prestarted is not None:
+            self._launcher, self._prestarted = self._prestarted, None
+            return True
+        self._launcher = proc.WarmLauncher.for_settings(self.settings)
         try:
             self._launcher.start()
         except OSError as exc:  # no launcher: stages start as plain subprocesses

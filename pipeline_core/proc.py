@@ -340,6 +340,12 @@ class WarmLauncher:
         self._lock: anyio.Lock | None = None  # one task at a time starts or checks the launcher
         self._lock_loop: object = None  # a lock belongs to one event loop; tests use several
 
+    @classmethod
+    def for_settings(cls, settings: Any) -> WarmLauncher:
+        """The launcher of an engine on these settings (not started yet)."""
+        return cls(root=settings.root, grace=settings.timeouts["grace"],
+                   log_path=settings.logs_dir / "launcher.log")
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
