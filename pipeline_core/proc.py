@@ -388,19 +388,27 @@ class WarmLauncher:
     def _say(self, report: Report, text: str, **data: Any) -> None:
         report(text, {"launcher_pid": self.pid, **data})
 
-    def _failed(self, report: Report, what: str) -> None:
-        """The launcher is unusable: end it; start another, or give up after too many."""
+    def _failed(self, report: Report, what: str, *, stage_plain: bool = False) -> None:
+        """The launcher is unusable: end it; start another, or give up after too many.
+        ``stage_plain``: the stage being started goes on as a plain subprocess."""
         old = self.pid
         self._kill()
         self._failures += 1
-        if self._failures >= LAUNCHER_MAX_RESTARTS:
-            self.disabled = f"{what} ({self._failures} times in a row)"
-            self._said.add("disabled")
-            report(f"warm launcher: {what}; giving up warm starts after {self._failures} failures in a row: "
-                   "stages start as plain subprocesses", {"launcher_pid": old, "fallback": "plain"})
-            return
-        report(f"warm launcher: {what}; starting a new one", {"launcher_pid": old, "fallback": "restart"})
-        self.start()
+        this = "; this stage starts as a plain subprocess" if stage_plain else ""
+        if self._failures < LAUNCHER_MAX_RESTARTS:
+            try:
+                self.start()
+            except OSError as exc:
+                what += f"; a new one cannot be started ({exc.strerror or exc})"
+                self._failures = LAUNCHER_MAX_RESTARTS
+            else:
+                report(f"warm launcher: {what}; starting a new one{this}",
+                       {"launcher_pid": old, "fallback": "restart"})
+                return
+        self.disabled = f"{what} ({self._failures} times in a row)"
+        self._said.add("disabled")
+        report(f"warm launcher: {what}; giving up warm starts after {self._failures} failures in a row: "
+               "stages start as plain subprocesses", {"launcher_pid": old, "fallback": "plain"})
 
     async def _read_ctl(self, timeout: float) -> dict[str, Any] | None:
         """The next message on the control socket; None at its end (the launcher is gone)."""
@@ -483,42 +491,40 @@ class WarmLauncher:
         assert ctl is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         r, w = os.pipe()
-        try:
-            request = json.dumps({"op": "start", "argv": list(argv), "env": dict(env), "cwd": os.getcwd()}).encode()
+        request = json.dumps({"op": "start", "argv": list(argv), "env": dict(env), "cwd": os.getcwd()}).encode()
+        reply: dict[str, Any] | None = None
+        why = ""
+        # Shielded: once asked, the launcher forks; we must learn the pid to be able to kill it.
+        with anyio.CancelScope(shield=True):
             try:
                 await _send_fds(ctl, request, [w, theirs.fileno()])
             except OSError as exc:
+                why = f"the launcher cannot be reached ({exc.strerror or exc})"
+            finally:
+                os.close(w)
+                theirs.close()
+            ours.setblocking(False)
+            with anyio.move_on_after(LAUNCHER_REPLY_SECONDS):
+                while not why:
+                    try:
+                        data = ours.recv(65536)
+                    except BlockingIOError:
+                        await anyio.wait_readable(ours)
+                        continue
+                    except OSError:
+                        data = b""
+                    reply = json.loads(data) if data else {"op": "error", "error": "the launcher closed the reply"}
+                    break
+            if reply is None or reply.get("op") != "started":
                 os.close(r)
                 ours.close()
-                async with self._lock:
-                    if self._ctl is ctl:
-                        self._failed(report, f"the launcher cannot be reached ({exc.strerror or exc})")
-                return "the launcher cannot be reached"
-        finally:
-            os.close(w)
-            theirs.close()
-        ours.setblocking(False)
-        # Shielded: once asked, the launcher forks; we must learn the pid to be able to kill it.
-        reply: dict[str, Any] | None = None
-        with anyio.CancelScope(shield=True), anyio.move_on_after(LAUNCHER_REPLY_SECONDS):
-            while True:
-                try:
-                    data = ours.recv(65536)
-                except BlockingIOError:
-                    await anyio.wait_readable(ours)
-                    continue
-                except OSError:
-                    data = b""
-                reply = json.loads(data) if data else {"op": "error", "error": "the launcher closed the reply"}
-                break
-        if reply is None or reply.get("op") != "started":
-            os.close(r)
-            ours.close()
-            why = f"no reply within {LAUNCHER_REPLY_SECONDS:g} s" if reply is None else str(reply.get("error"))
-            async with self._lock:
-                if self._ctl is ctl:
-                    self._failed(report, f"the launcher did not start the stage: {why}")
-            return why
+                if not why:
+                    why = (f"no reply within {LAUNCHER_REPLY_SECONDS:g} s" if reply is None
+                           else f"it did not start the stage: {reply.get('error')}")
+                async with self._lock:  # type: ignore[union-attr]
+                    if self._ctl is ctl:  # (not replaced meanwhile by another stage's start)
+                        self._failed(report, f"the launcher (pid {self.pid}) {why}", stage_plain=True)
+                return why
         self._failures = 0
         self.forked += 1
         return WarmProcess(int(reply["pid"]), r, ours)
