@@ -376,6 +376,9 @@ class WarmLauncher:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 pass_fds=[theirs.fileno()], env=env, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
             if err is not subprocess.DEVNULL:
@@ -443,6 +446,9 @@ class WarmLauncher:
             if self._info is None:
                 msg = await self._read_ctl(LAUNCHER_READY_SECONDS)
                 if msg is None or msg.get("op") != "ready":
+                    with anyio.move_on_after(2.0):  # it closed the socket: let it finish exiting
+                        while self._proc.poll() is None:
+                            await anyio.sleep(POLL_SECONDS)
                     code = self._proc.poll()
                     why = (f"ended while starting ({_describe_exit(code)}; see {self.log_path})"
                            if code is not None else f"not ready within {LAUNCHER_READY_SECONDS:g} s")
