@@ -409,7 +409,8 @@ def test_launcher_killed_mid_run_fails_its_stage_and_a_new_one_starts_the_next(r
 
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "plain"])
 def test_analyzer_timeout_kills_group_and_others_complete(root: Path, tmp_path: Path, warm: bool) -> None:
-    s = make_settings(root, timeouts__analyzer=1.0, timeouts__grace=0.3, engine__warm_start=warm)
+    # a plain stage needs a fresh interpreter and pyarrow: more than 1 s on a loaded machine
+    s = make_settings(root, timeouts__analyzer=1.0 if warm else 3.0, timeouts__grace=0.3, engine__warm_start=warm)
     add_store(s, "ES", "NQ")
     behave(root, analyzer_ES="grandchild")
     rs = run_engine(Engine(s, stage_command=fake_command(root, tmp_path)))
