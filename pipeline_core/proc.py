@@ -16,6 +16,12 @@ Whatever happens — normal end, timeout, cancellation, an exception in the engi
 ``finally`` of :func:`run_stage` terminates the process group (SIGTERM, then SIGKILL after the
 grace period) and then sweeps for processes that left the group but still carry the stage's
 token in their environment. Cancelling a task does not kill its child; this code does.
+
+A stage is started either as a plain subprocess (a fresh interpreter) or, given a
+:class:`WarmLauncher`, forked by the warm launcher (:mod:`pipeline_core.launcher`), which has
+already imported what the stages need. Only the start and the exit status differ (the launcher
+reports the status of a process the engine is not the parent of); the output, the judging,
+timeouts and the kill of the group are the same code for both.
 """
 
 from __future__ import annotations
