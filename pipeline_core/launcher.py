@@ -370,6 +370,11 @@ def _run_target(target: Target) -> None:
     if target.kind == "module":
         sys.argv = [target.name, *target.args]
         sys.path[0] = os.getcwd()
+        # ``python -m`` runs a module that nothing has imported yet: without this, runpy would
+        # warn on the stage's output that the launcher imported it
+        existing = sys.modules.get(target.name)
+        if existing is not None and not hasattr(existing, "__path__"):
+            del sys.modules[target.name]
         runpy.run_module(target.name, run_name="__main__", alter_sys=True)
     elif target.kind == "path":
         sys.argv = [target.name, *target.args]

@@ -467,3 +467,14 @@ def test_parse_argv() -> None:
     assert launcher.parse_argv([exe, "-c", "pass", "x"], exe) == launcher.Target("code", "pass", ("x",))
     assert "interpreter option -O" in str(launcher.parse_argv([exe, "-O", "s.py"], exe))
     assert "not this interpreter" in str(launcher.parse_argv(["/usr/bin/python2", "s.py"], exe))
+
+
+def test_a_real_stage_says_the_same_warm_or_plain(settings, how: proc.WarmLauncher | None) -> None:
+    """The merger with nothing to merge: its output is exactly its own lines, both ways (the
+    launcher has imported the stage modules; running one as ``__main__`` must not show it)."""
+    rec = Recorder()
+    argv = proc.python_command("pipeline_core.merger", "--root", str(settings.root), "--run-id", "t")
+    out = run(argv, settings.root, rec, how=how)
+    assert out.status == "success" and out.exit_code == 0
+    assert rec.lines == ["nothing to merge: data/analyzer_temp holds no run folders"]
+    assert [m.type for m in rec.messages] == ["result"]
