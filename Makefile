@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-headless test lint bench clean
+.PHONY: run run-headless qtsw test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: $(STAMP)
 run-headless: $(STAMP)
 	$(BIN)/qtsw sample --if-empty
 	$(BIN)/qtsw --run-now --no-ui
+
+# any qtsw command line: make qtsw ARGS="status --json"
+qtsw: $(STAMP)
+	$(BIN)/qtsw $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -183,6 +183,14 @@ class Engine:
         self._subscriber_errors = 0
         self._launcher: proc.WarmLauncher | None = None
         self._prestarted = launcher  # started by the caller, used by the first serve or run
+        self._since = clock.iso_now()
+
+    attached = False  # this process hosts the engine (a RemoteEngine is attached to one)
+
+    def host_info(self) -> dict[str, Any]:
+        """Who runs the engine: this process (``hosting``), its pid and since when."""
+        return {"mode": "hosting", "pid": os.getpid(), "since": self._since, "connected": True,
+                "problem": None}
 
     # --- watchers -----------------------------------------------------------------------------
 

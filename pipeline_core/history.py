@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline_core import clock, results
+from pipeline_core import clock
 from pipeline_core.events import Event, read_events, run_event_path
 from pipeline_core.fsutil import append_jsonl, write_json_atomic
 from pipeline_core.settings import Settings
@@ -168,6 +168,8 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
                 n, size = count_files(d, "*.parquet")
                 if n:
                     processed[d.name] = {"files": n, "bytes": size}
+    from pipeline_core import results  # pyarrow: only for status, not for every console start
+
     monthly = results.monthly_counts(settings)
     archived, _ = count_files(settings.archive_dir)
     return {

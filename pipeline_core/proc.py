@@ -49,6 +49,7 @@ from pipeline_core.osfiles import fail_point
 from pipeline_core.safetext import safe
 
 PROC_DIR = Path("/proc")
+YIELD_LINES = 50  # stage lines handled between two turns of the engine's other tasks
 TOKEN_VAR = "QTSW_PROC_TOKEN"  # unique per stage process; inherited by everything it spawns
 RUN_ID_VAR = "QTSW_RUN_ID"
 DRAIN_SECONDS = 2.0  # after exit, how long to wait for the rest of the output
@@ -735,15 +736,22 @@ async def run_stage(
                 scan_from = len(buf)
                 buf += chunk
                 start = 0
+                handled = 0
                 while True:
                     i = buf.find(b"\n", scan_from)
                     if i < 0:
                         break
                     handle_line(bytes(buf[start:i]))
                     start = scan_from = i + 1
+                    handled += 1
+                    if handled % YIELD_LINES == 0:
+                        await anyio.lowlevel.checkpoint()
                 if start:
                     del buf[:start]
                 log.flush()
+                # a read from a full pipe returns without yielding: let the engine's other tasks
+                # (its socket's clients, a hosting console) run during a flood of output
+                await anyio.lowlevel.checkpoint()
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
         if buf:
@@ -768,7 +776,7 @@ async def run_stage(
             warned_at = time.monotonic()
             on_silence(warned_at - last_output)
 
-    timed_out = hung = False
+    timed_out = hung = cancelled = False
     try:
         if launcher is not None:
             got = await launcher.spawn(argv, full_env, on_launcher)
@@ -823,13 +831,16 @@ async def run_stage(
             tg.cancel_scope.cancel()
     except BaseException as exc:
         if proc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
-            note("cancelled: terminating the process group")
+            cancelled = True
+            note("cancelled: stopping the stage's processes")
         raise
     finally:
         with anyio.CancelScope(shield=True):
             if proc is not None:
                 what = await terminate_group(proc.pid, grace)
-                if what != "gone" and not (timed_out or hung):
+                if what != "gone" and cancelled:
+                    note(f"stopped: process group {proc.pid} {what} as asked")  # the expected end of a cancel
+                elif what != "gone" and not (timed_out or hung):
                     note(f"process group {proc.pid} still running at the end: {what}")
                 escaped = await kill_escaped(token, grace)
                 if escaped:

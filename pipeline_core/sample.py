@@ -13,7 +13,6 @@ a pyarrow table with ``timestamp`` (tz-aware, bar open) and ``open high low clos
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import zlib
@@ -29,6 +28,13 @@ import pyarrow.csv as pacsv
 from pipeline_core import clock
 from pipeline_core.fsutil import write_bytes_atomic, write_json_atomic
 from pipeline_core.settings import Settings, SettingsError, load_settings
+from pipeline_core.usage import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    UsageParser,
+    describe_os_error,
+    root_problem,
+)
 
 DEFAULT_INSTRUMENTS = ("ES", "NQ", "YM", "CL", "NG", "GC")
 
@@ -429,32 +435,55 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sample"]:
         argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="qtsw sample", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
-    parser.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
-    parser.add_argument("--days", type=int, default=10, help="trading days per instrument (10)")
-    parser.add_argument(
-        "--instruments", default=",".join(DEFAULT_INSTRUMENTS), help="comma-separated symbols"
+    parser = UsageParser(
+        prog="qtsw sample",
+        description="Write realistic sample exports to try the pipeline with: per instrument, one "
+        "file of one-minute bars in <root>/data/raw and its 'export complete' signal, as the "
+        "NinjaTrader exporter writes them. Creates the data root if it does not exist. The same "
+        "seed and last date always give the same files.",
     )
-    parser.add_argument("--seed", type=int, default=7, help="random seed (7)")
-    parser.add_argument("--end", type=date.fromisoformat, help="last trade date, YYYY-MM-DD")
+    parser.add_argument("--root", metavar="PATH", help="data root (default: $QTSW_ROOT, else the folder qtsw is installed in)")
+    parser.add_argument("--config", metavar="FILE", help="settings file (default: <root>/qtsw.toml)")
+    parser.add_argument("--days", type=int, default=10, metavar="N", help="trading days per instrument (default: 10)")
     parser.add_argument(
-        "--if-empty", action="store_true", help="do nothing if data/raw or data/processed has files"
+        "--instruments", default=",".join(DEFAULT_INSTRUMENTS), metavar="LIST",
+        help=f"comma-separated symbols (default: {','.join(DEFAULT_INSTRUMENTS)})",
+    )
+    parser.add_argument("--seed", type=int, default=7, metavar="N", help="random seed (default: 7)")
+    parser.add_argument("--end", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                        help="last trading day (default: the last completed one, Chicago time)")
+    parser.add_argument(
+        "--if-empty", action="store_true", help="write nothing if data/raw or data/processed already has files"
     )
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
     try:
         settings = load_settings(root=args.root, config=args.config)
-        settings.ensure_dirs()
+    except SettingsError as exc:
+        print(f"qtsw sample: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if settings.root.exists() and root_problem(settings.root):
+        print(f"qtsw sample: {root_problem(settings.root)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings.ensure_dirs()  # the root too, when it is new
+    except OSError as exc:
+        print(f"qtsw sample: cannot create the data root's folders: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         symbols = [s.strip().upper() for s in args.instruments.split(",") if s.strip()]
         if args.if_empty and _has_files(settings):
             print(f"sample: {settings.data_dir} already has data; nothing written")
             return 0
         paths = write_samples(settings, args.days, symbols, args.seed, args.end)
-    except (SettingsError, KeyError) as exc:
-        print(f"sample: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 4
+    except KeyError as exc:
+        print(f"qtsw sample: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        where = settings.raw_dir if str(exc.filename or "").startswith(str(settings.raw_dir)) else exc.filename
+        print(f"qtsw sample: cannot write the sample exports into {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
     for p in paths:
         print(f"wrote {p}")
     print(f"{len(paths)} sample export(s), {args.days} trading days each, in {settings.raw_dir}")

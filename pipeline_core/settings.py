@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pipeline_core.keys import KeyProblem, check_keys
+
 CHICAGO = ZoneInfo("America/Chicago")
 ENGINE_VERSION = "0.1.0"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -143,6 +145,50 @@ _LIST_KEYS = {("analysis", "trade_days"), ("engine", "schedule_minutes")}
 
 RAW_POLICIES = ("archive", "delete", "keep")
 
+# The qtsw.toml that `qtsw init` writes: every setting at its default, commented out.
+STARTER_TOML = """\
+# qtsw settings for this data root. Every setting is shown at its built-in default, commented
+# out: remove the '#' and change the value to override it. QTSW_<SECTION>_<KEY> environment
+# variables (e.g. QTSW_ENGINE_WORKERS=2) override this file; command-line flags override both.
+
+# [instruments]            # a table here replaces the built-in one (ES NQ YM CL NG GC RTY and micros)
+# ES  = {tick = 0.25, target = 10}
+# MES = {base = "ES"}      # a micro uses its base symbol's tick and target
+
+# [sessions]
+# S1 = {range_start = "02:00", slots = ["07:30", "08:00", "09:00"]}
+# S2 = {range_start = "08:00", slots = ["09:30", "10:00", "10:30", "11:00"]}
+
+[analysis]
+# trade_days = ["Mon", "Tue", "Wed", "Thu", "Fri"]
+# entry_cutoff = "16:00"
+# break_even_fraction = 0.65
+# stop_cap_multiple = 3.0
+
+[input]
+# default_timezone = "UTC"       # input timestamps are UTC unless a pattern says otherwise
+# timezones = [{pattern = "GC*.csv", timezone = "America/Chicago"}]
+# stable_seconds = 10            # a file with no signal files is ready after this long unmodified
+# export_stale_seconds = 600
+# max_bad_row_fraction = 0.01
+# raw_policy = "archive"         # archive | delete | keep
+
+[timeouts]                       # seconds
+# translator = 3600
+# analyzer = 21600               # per instrument
+# merger = 1800
+# grace = 5                      # from the stop request to a forced kill
+# silence_warning = 300
+# progress_interval = 60
+
+[engine]
+# workers = 0                    # analyzer processes at once; 0 = one per CPU
+# schedule_minutes = [0, 15, 30, 45]
+
+[keys]                           # console keys by binding id (the README lists them)
+# run_now = "R"
+"""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -230,9 +276,9 @@ class Settings:
     def lock_file(self) -> Path:
         return self.logs_dir / "qtsw.lock"
 
-    def ensure_dirs(self) -> None:
-        """Create the data and log folders (SPEC §1: created on first start)."""
-        for d in (
+    def data_folders(self) -> tuple[Path, ...]:
+        """The folders of a data root's layout (SPEC §1)."""
+        return (
             self.raw_dir,
             self.raw_logs_dir,
             self.processed_dir,
@@ -241,7 +287,12 @@ class Settings:
             self.events_dir,
             self.runs_dir,
             self.reports_dir,
-        ):
+        )
+
+    def ensure_dirs(self) -> None:
+        """Create the data and log folders inside the root (the root itself must be made by
+        ``qtsw init`` or ``qtsw sample``; the command line checks it exists first)."""
+        for d in self.data_folders():
             d.mkdir(parents=True, exist_ok=True)
 
     # --- derived values ----------------------------------------------------------------
@@ -361,8 +412,10 @@ def load_settings(
     naming the key, the value and what is allowed.
     """
     env = os.environ if env is None else env
+    _check_environment(env)
     root_path = Path(root).expanduser().resolve() if root else default_root(env)
     raw = copy.deepcopy(DEFAULTS)
+    sources: dict[str, str] = {}  # dotted setting -> the file, variable or flag that set it
     config_path: Path | None = None
     if config is None and env.get("QTSW_CONFIG"):
         config = env["QTSW_CONFIG"]
@@ -378,23 +431,80 @@ def load_settings(
                 file_values = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError("qtsw.toml", str(config_path), f"valid TOML ({exc})") from None
-        _merge(raw, file_values, str(config_path), prefix="")
+        _merge(raw, file_values, str(config_path), prefix="", sources=sources)
     for (section, key) in sorted(_SCALAR_KEYS | _LIST_KEYS):
-        name = f"QTSW_{section}_{key}".upper()
+        name = env_name(section, key)
         if name in env:
             value: Any = env[name]
             if (section, key) in _LIST_KEYS:
                 value = [v.strip() for v in value.split(",") if v.strip()]
             raw[section][key] = value
+            sources[f"{section}.{key}"] = f"environment variable {name}"
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if section not in raw or not isinstance(raw[section], dict) or not key:
-            raise SettingsError(dotted, value, "a known setting")
+            raise SettingsError(dotted, value, "a known setting", "the command line")
         raw[section][key] = value
-    return _build(root_path, raw, config_path)
+        sources[dotted] = "the command line"
+    try:
+        return _build(root_path, raw, config_path)
+    except SettingsError as exc:
+        if exc.source:
+            raise
+        # say where the wrong value came from: the file, the environment or a flag
+        source = _source_of(exc.key, sources)
+        if not source:
+            raise
+        raise SettingsError(exc.key, exc.value, exc.allowed, source) from None
 
 
-def _merge(base: dict[str, Any], new: Mapping[str, Any], source: str, prefix: str) -> None:
+def env_name(section: str, key: str) -> str:
+    """The environment variable of a setting: ``QTSW_<SECTION>_<KEY>``."""
+    return f"QTSW_{section}_{key}".upper()
+
+
+# QTSW_* variables that are not settings: the data root and settings file, and what the engine
+# gives its stage processes (and the tests' fault injection).
+ENV_OTHER = {
+    "QTSW_ROOT": "the data root",
+    "QTSW_CONFIG": "the settings file",
+    "QTSW_RUN_ID": "set by the engine for its stages",
+    "QTSW_PROC_TOKEN": "set by the engine for its stages",
+    "QTSW_STAGE": "set by the engine for its stages",
+    "QTSW_INSTRUMENT": "set by the engine for its stages",
+    "QTSW_FULL": "set by the engine for its stages",
+    "QTSW_TRANSLATOR_PIECE_BYTES": "a test setting of the translator",
+    "QTSW_CRASH_BEFORE_RENAME": "a test setting of atomic writes",
+}
+
+
+def _check_environment(env: Mapping[str, str]) -> None:
+    """A ``QTSW_*`` variable that names no setting is a mistake (a typo would be ignored)."""
+    known = {env_name(s, k) for s, k in _SCALAR_KEYS | _LIST_KEYS} | set(ENV_OTHER)
+    for name in sorted(env):
+        if name.startswith("QTSW_") and name not in known:
+            settings_vars = sorted(env_name(s, k) for s, k in _SCALAR_KEYS | _LIST_KEYS)
+            raise SettingsError(
+                name, env[name],
+                "a known variable: QTSW_ROOT, QTSW_CONFIG or one of " + ", ".join(settings_vars),
+                "the environment",
+            )
+
+
+def _source_of(key: str, sources: Mapping[str, str]) -> str:
+    """Where the value of ``key`` (``instruments.ES.tick``, ``input.timezones[0].timezone``)
+    came from: the most specific recorded source, "" for a built-in default."""
+    parts = key.split("[", 1)[0].split(".")
+    for n in range(len(parts), 0, -1):
+        src = sources.get(".".join(parts[:n]))
+        if src:
+            return src
+    return ""
+
+
+def _merge(
+    base: dict[str, Any], new: Mapping[str, Any], source: str, prefix: str, sources: dict[str, str]
+) -> None:
     for key, value in new.items():
         full = f"{prefix}{key}"
         if key not in base and prefix != "instruments." and prefix != "sessions." and prefix != "keys.":
@@ -403,13 +513,15 @@ def _merge(base: dict[str, Any], new: Mapping[str, Any], source: str, prefix: st
             "instruments",
             "sessions",
         ):
-            _merge(base[key], value, source, prefix=f"{full}.")
+            _merge(base[key], value, source, prefix=f"{full}.", sources=sources)
         elif full in ("instruments", "sessions"):
             if not isinstance(value, Mapping):
                 raise SettingsError(full, value, "a table", source)
             base[key] = dict(value)  # a table given in the file replaces the built-in one
+            sources[full] = source
         else:
             base[key] = value
+            sources[full] = source
 
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -530,6 +642,10 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
     keys = raw.get("keys", {})
     if not isinstance(keys, Mapping):
         raise SettingsError("keys", keys, "a table of binding id = key")
+    try:
+        keys = check_keys(keys)
+    except KeyProblem as exc:
+        raise SettingsError(exc.key, exc.value, exc.allowed) from None
     return Settings(
         root=root,
         instruments=instruments,

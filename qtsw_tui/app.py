@@ -14,6 +14,8 @@ import contextlib
 import gc
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -32,6 +34,7 @@ from pipeline_core.events import Event
 from pipeline_core.runstate import STAGE_NAMES, EngineSnapshot, EventMessage, OutputMessage
 from pipeline_core.settings import Settings
 from qtsw_tui.headless import event_text
+from qtsw_tui.nocolor import make_readable
 from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
@@ -59,6 +62,8 @@ EVENT_WINDOW = 150  # rows in the live table at most (the store keeps the rest, 
 LINE_CHARS = 2000  # a longer output line is cut on screen (the .log file has all of it)
 STOP_SECONDS = 60.0  # how long quitting waits for the engine to record a cancelled run
 HANGUP_EXIT = 128 + signal.SIGHUP  # the console's exit status after losing its terminal
+EXIT_GRACE = 3.0  # after a stop signal and the engine's stop, how long the console may take to exit
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
 
 
@@ -119,6 +124,8 @@ class QtswApp(App[int]):
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
+        if self.no_color:
+            make_readable(self._filters)  # NO_COLOR: greys, each readable on its background
         self.settings = settings
         self.engine = engine
         self.options = dict(options or {})
@@ -126,6 +133,9 @@ class QtswApp(App[int]):
         self.snapshot: EngineSnapshot | None = None
         self.serve_worker: Worker[None] | None = None
         self.closing = False
+        self.stopped_busy = False  # a run was active when the console was asked to stop
+        self.farewell = ""  # printed by the command line after the console has gone
+        self._watchdog: threading.Thread | None = None
         self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
         self._unsubscribe: Callable[[], None] | None = None
@@ -134,9 +144,11 @@ class QtswApp(App[int]):
         self.received = {"events": 0, "lines": 0}
         self.flushed = {"events": 0, "batches": 0}
         self._unfrozen_events = 0
-        unknown = sorted(set(settings.keys) - binding_ids())
-        self._unknown_keys = unknown
-        self.set_keymap({k: v for k, v in settings.keys.items() if k not in unknown})
+        self._was_connected = False
+        self._attached_once = False
+        # checked when the settings loaded (pipeline_core.keys): known ids, keys a terminal
+        # sends, no two bindings on one key where both are active
+        self.set_keymap(dict(settings.keys))
 
     # --- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -164,17 +176,12 @@ class QtswApp(App[int]):
         self.refresh_status()
         self.refresh_counters()
         self._layout_for(self.size.width, self.size.height)
-        if self._unknown_keys:
-            self.notify(
-                "keys: unknown binding id(s) " + ", ".join(self._unknown_keys)
-                + "; known: " + ", ".join(b.id or "" for b in self.BINDINGS if isinstance(b, Binding)),
-                severity="warning",
-                timeout=15,
-            )
         if not self.is_headless:
-            # losing the terminal or a SIGTERM: stop the engine cleanly (the run is recorded)
+            # losing the terminal, SIGTERM or SIGINT: stop the engine cleanly (the run is recorded)
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGHUP):
+            for sig in STOP_SIGNALS:
+                if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # started under nohup: a hang-up is meant to be ignored
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, self._signal_quit, sig == signal.SIGHUP)
         self.call_after_refresh(self._start_requested)
@@ -209,10 +216,27 @@ class QtswApp(App[int]):
     # --- the engine -----------------------------------------------------------------------------
     @work(exclusive=True, group="engine", exit_on_error=False, name="engine")
     async def _serve(self) -> None:
-        await self.engine.serve(
-            schedule=bool(self.options.get("schedule", True)),
-            not_before=self.options.get("not_before"),
-        )
+        import anyio
+
+        server = None
+        if self.options.get("control") and not getattr(self.engine, "attached", False):
+            # the engine this console hosts serves its socket too, so others can attach
+            from pipeline_core.control import ControlError, ControlServer
+
+            server = ControlServer(self.engine, self.settings, hosted_by="console")
+            try:
+                server.open()
+            except ControlError as exc:
+                self.notify(f"{exc}; other consoles cannot attach", severity="warning", timeout=15)
+                server = None
+        async with anyio.create_task_group() as tg:
+            if server is not None:
+                tg.start_soon(server.serve)
+            await self.engine.serve(
+                schedule=bool(self.options.get("schedule", True)),
+                not_before=self.options.get("not_before"),
+            )
+            tg.cancel_scope.cancel()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is not self.serve_worker:
@@ -309,7 +333,7 @@ class QtswApp(App[int]):
         snap = self.engine.snapshot()
         self.snapshot = snap
         now = self.clock()
-        self.query_one("#header", StatusHeader).show(snap, now)
+        self.query_one("#header", StatusHeader).show(snap, now, self._host_label())
         run = snap.current
         for stage in STAGE_NAMES:
             pane = self.query_one(f"#pane-{stage}", StagePane)
@@ -321,6 +345,25 @@ class QtswApp(App[int]):
         if run is not None:
             self.query_one("#progress", InstrumentProgressList).show(run.run_id, run.instruments, now)
 
+    def _host_label(self) -> str:
+        """Who runs the engine, for the header; says so when an attached engine comes or goes."""
+        info = self.engine.host_info()
+        connected = bool(info.get("connected"))
+        if info.get("mode") != "attached":
+            return "hosting"
+        if connected != self._was_connected:
+            self._was_connected = connected
+            if connected:
+                self.notify(f"Attached to the engine, pid {info.get('pid')}.", title="Engine")
+            elif self._attached_once:
+                self.notify(f"The engine went away ({info.get('problem') or 'connection lost'}); "
+                            "reattaching when it is back.", title="Engine", severity="warning", timeout=20)
+            self._attached_once = self._attached_once or connected
+        if not connected:
+            return "detached: waiting for an engine"
+        since = clock_time(info.get("since"), "%H:%M")
+        return f"attached pid {info.get('pid')} since {since}"
+
     @work(thread=True, exclusive=True, group="counters", exit_on_error=False, name="counters")
     def refresh_counters(self) -> None:
         counters = read_counters(self.settings)  # file stats, off the event loop
@@ -328,6 +371,12 @@ class QtswApp(App[int]):
 
     def _show_counters(self, counters: Counters) -> None:
         self.query_one("#counters", CountersPanel).show(counters)
+        header = self.query_one("#header", StatusHeader)
+        stale = tuple(sorted(counters.stale_results))
+        if stale != header.stale:
+            header.stale = stale
+            if self.snapshot is not None:
+                header.show(self.snapshot, self.clock())
 
     # --- actions --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -345,14 +394,17 @@ class QtswApp(App[int]):
             return False
         return True
 
+    def _refusal(self) -> str:
+        return getattr(self.engine, "last_refusal", "") or "a run is already active"
+
     def action_run_now(self) -> None:
         if self._serving() and not self.engine.request_run("manual"):
-            self.notify("A run is already active: not started.", severity="warning")
+            self.notify(f"Not started: {self._refusal()}.", severity="warning")
         self.refresh_status()
 
     def action_run_stage(self, stage: str) -> None:
         if self._serving() and not self.engine.request_run("stage", stages=[stage]):
-            self.notify(f"A run is already active: {stage} not started.", severity="warning")
+            self.notify(f"{stage.title()} not started: {self._refusal()}.", severity="warning")
         self.refresh_status()
 
     def action_toggle_pause(self) -> None:
@@ -368,8 +420,12 @@ class QtswApp(App[int]):
         if not self.engine.busy:
             self.notify("No run is active.")
             return
-        run = self.engine.snapshot().current
-        what = f"run {short_id(run.run_id)}" + (f" ({run.stage} running)" if run and run.stage else "") if run else "the run"
+        def question() -> str:
+            # asked again while the dialog is open: it names the stage running now
+            run = self.engine.snapshot().current
+            if run is None:
+                return "The run has ended: nothing left to cancel."
+            return f"Cancel run {short_id(run.run_id)}" + (f" ({run.stage} running)?" if run.stage else "?")
 
         def answered(yes: bool | None) -> None:
             if yes and not self.engine.cancel():
@@ -377,7 +433,7 @@ class QtswApp(App[int]):
             elif yes:
                 self.notify("Cancelling: the stages are being stopped.")
 
-        self.push_screen(ConfirmScreen(f"Cancel {what}?", yes="Cancel run", no="Keep running"), answered)
+        self.push_screen(ConfirmScreen(question, yes="Cancel run", no="Keep running"), answered)
 
     def action_history(self) -> None:
         self.push_screen(HistoryScreen(self.settings))
@@ -420,7 +476,7 @@ class QtswApp(App[int]):
     async def action_request_quit(self) -> None:
         if self.closing:
             return
-        if self.engine.busy:
+        if self.engine.busy and not self.engine.attached:  # an attached console leaves the run alone
             run = self.engine.snapshot().current
 
             def answered(yes: bool | None) -> None:
@@ -438,6 +494,7 @@ class QtswApp(App[int]):
         await self.action_request_quit()
 
     def _signal_quit(self, hangup: bool) -> None:
+        self._start_exit_watchdog()
         if hangup and not self.hung_up:
             # The terminal is gone (SSH dropped, window closed): anything drawn now would only
             # fill the output queue of a terminal that cannot take it, so drawing stops here.
@@ -445,6 +502,32 @@ class QtswApp(App[int]):
             self._no_drawing = self.batch_update()
             self._no_drawing.__enter__()
         self.run_worker(self.shutdown(), group="quit", exit_on_error=False)
+
+    def _start_exit_watchdog(self) -> None:
+        """A stop signal must end the process, whatever state the screen is in.
+
+        A thread, not a task: it works even when the event loop is blocked (a terminal that
+        takes no more output, a stuck write). Once the engine has stopped (its active run is
+        cancelled and recorded) the console has ``EXIT_GRACE`` seconds to exit by itself; then
+        the process ends here and the kernel frees the engine lock with it.
+        """
+        if self._watchdog is not None:
+            return
+
+        def watch() -> None:
+            deadline = time.monotonic() + STOP_SECONDS
+            worker = self.serve_worker
+            while (
+                worker is not None
+                and worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+            time.sleep(EXIT_GRACE)
+            os._exit(HANGUP_EXIT if self.hung_up else 3 if self.stopped_busy else 0)
+
+        self._watchdog = threading.Thread(target=watch, name="qtsw-exit-watchdog", daemon=True)
+        self._watchdog.start()
 
     async def shutdown(self) -> None:
         """Stop the engine (an active run is cancelled and recorded), wait for it, then exit.
@@ -455,10 +538,11 @@ class QtswApp(App[int]):
         if self.closing:
             return
         self.closing = True
-        busy = self.engine.busy
+        busy = self.stopped_busy = self.engine.busy and not self.engine.attached
+        active = self.engine.snapshot().current if busy else None
         if busy:
             self.notify("Cancelling the run and stopping the engine…", timeout=STOP_SECONDS)
-        self.engine.stop()
+        self.engine.stop()  # attached: only detaches
         worker = self.serve_worker
         if worker is not None and worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
             try:
@@ -469,7 +553,24 @@ class QtswApp(App[int]):
             if self._unsubscribe is not None:
                 self._unsubscribe()
             os._exit(HANGUP_EXIT)
+        if active is not None:
+            self.farewell = self._farewell(active.run_id)
         self.exit(3 if busy else 0)
+
+    def _farewell(self, run_id: str) -> str:
+        """What the command line prints once the console has gone: how the run it stopped ended."""
+        from pipeline_core import history
+
+        try:
+            line = next((r for r in reversed(history.read_runs(self.settings)) if r.get("run_id") == run_id), None)
+            report = history.find_report(self.settings, run_id)
+        except Exception:  # noqa: BLE001 - a note on the way out must not stop the exit
+            line, report = None, None
+        status = (line or {}).get("status") or "cancelled"
+        text = f"run {short_id(run_id)} {status} and recorded"
+        if report and report.get("path"):
+            text += f" (report {report['path']})"
+        return text + "; the engine has stopped"
 
     def on_unmount(self) -> None:
         gc.unfreeze()  # what was frozen at start-up may be collected again once the console is gone
@@ -478,7 +579,7 @@ class QtswApp(App[int]):
             self._unsubscribe = None
         if not self.is_headless:
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGHUP):
+            for sig in STOP_SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
 

@@ -1,4 +1,4 @@
-"""The command line (SPEC §7): ``qtsw`` — the console, or the engine headless.
+"""The command line: ``qtsw`` — the console, or the engine headless.
 
 ::
 
@@ -7,10 +7,14 @@
     qtsw --run-now [--no-ui]          one full run now (headless: then exit)
     qtsw --stage translator|analyzer|merger [--no-ui]   one stage
     qtsw --schedule HH:MM             the schedule loop, first run not before HH:MM
+    qtsw --attach                     a console attached to the running engine (exit 4 if none)
+    qtsw init [PATH]                  create a data root: its folders and a starter qtsw.toml
     qtsw sample [--days N] ...        write realistic sample exports into data/raw
     qtsw status [--json]              what is where: files per folder, last runs, lock holder
     qtsw verify [--json]              check the data files against the catalogue
     qtsw rebuild --instrument X|--all rebuild a bar store from the raw archive, re-analyse it
+    qtsw ctl run-now [--full]|stage NAME|pause|resume|cancel|status [--json]
+                                      commands to the running engine, through its control socket
 
 Also ``--root PATH`` (env ``QTSW_ROOT``), ``--config FILE``, ``--full``, ``--json`` (headless:
 raw event lines), ``--verbose`` (headless: stage output too).
@@ -29,42 +33,56 @@ import argparse
 import json
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import Any
+
+from pipeline_core.usage import EXIT_FAILURE, UsageParser, describe_os_error, root_problem
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("sample", "status", "verify", "rebuild")
+COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments mean the engine could not start: exit 4, not argparse's 2 (= failure)."""
+_Parser = UsageParser  # bad arguments exit 4 in every command
 
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_CANNOT_START, f"{self.prog}: error: {message}\n")
+
+ROOT_HELP = "data root (default: $QTSW_ROOT, else the folder qtsw is installed in)"
+CONFIG_HELP = "settings file (default: <root>/qtsw.toml)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="qtsw",
-        description="Operator console for the qtsw futures-data pipeline "
-        "(raw exports -> bar store -> opening-range breakout analysis -> monthly results).",
-        epilog="Commands: 'qtsw sample [--days N] [--instruments ES,NQ] [--seed S] [--if-empty]' "
-        "writes sample exports; 'qtsw status [--json]' shows what is where. Headless exit codes: "
-        "0 success, 1 partial, 2 failure, 3 cancelled, 4 could not start.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Operator console for the qtsw futures-data pipeline: raw exports -> bar\n"
+        "store -> opening-range breakout analysis -> monthly results, every 15 minutes.\n"
+        "Without --no-ui it opens the console, which needs a terminal.",
+        epilog="""commands (each has --help):
+  qtsw init [PATH]        create a data root: its folders and a starter qtsw.toml
+  qtsw sample             write sample exports to try the pipeline with
+  qtsw status [--json]    what is where: files, pending work, last runs, the engine
+  qtsw verify [--json]    check the data files against the catalogue
+  qtsw rebuild --instrument X | --all
+                          rebuild a bar store from the archived exports
+
+exit codes: 0 success, 1 partial (or problems found), 2 failure (or a file that
+cannot be read or written), 3 cancelled, 4 could not start (bad arguments or
+settings, a missing data root, the engine already running)""",
     )
-    p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
-    p.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--no-ui", action="store_true", help="run headless: events printed as they happen")
+    p.add_argument("--attach", action="store_true",
+                   help="only attach a console to the engine running on the data root (exit 4 if none)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--run-now", action="store_true", help="one full run now (headless: then exit)")
     what.add_argument("--stage", choices=STAGES, help="one stage now (headless: then exit)")
-    p.add_argument("--schedule", metavar="HH:MM", help="first scheduled run not before HH:MM (Chicago)")
-    p.add_argument("--full", action="store_true", help="re-analyse everything (after a change of analysis settings)")
-    p.add_argument("--json", action="store_true", help="headless: print raw JSONL event lines")
-    p.add_argument("-v", "--verbose", action="store_true", help="headless: print stage output lines too")
+    p.add_argument("--schedule", metavar="HH:MM", help="first scheduled run not before HH:MM (Chicago time)")
+    p.add_argument("--full", action="store_true", help="re-analyse everything (needed after a change of analysis settings)")
+    p.add_argument("--json", action="store_true", help="headless: print each event as its JSON line")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="headless: print every event (progress, per-file figures) and the stages' output")
     return p
 
 
@@ -103,33 +121,64 @@ def _err(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the command line; returns the exit code.
+
+    No traceback reaches the operator for what the system refuses: an ``OSError`` anywhere (a
+    file that cannot be read or written, a folder that is not one) is one line naming the path
+    and the reason, exit 2.
+    """
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except OSError as exc:
+        _err(describe_os_error(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_CODES["cancelled"]
+
+
+def _main(argv: list[str]) -> int:
     command, before, after = _split_command(argv)
+    if command == "init":
+        return _init(_globals(before) + after)
     if command == "sample":
         from pipeline_core import sample
 
         return int(sample.main(_globals(before) + after) or 0)
     if command == "status":
         return _status(_globals(before) + after)
+    if command == "ctl":
+        return _ctl(_globals(before) + after)
     if command in ("verify", "rebuild"):
         from qtsw_tui import repaircmd
 
         run = repaircmd.verify_main if command == "verify" else repaircmd.rebuild_main
         return run(_globals(before) + after)
     args = build_parser().parse_args(argv)
+    if not args.no_ui:
+        not_terminal = _not_a_terminal()
+        if not_terminal:
+            # Drawn into a pipe or a file, the console is unreadable and cannot be steered.
+            _err(f"the console needs a terminal, and {not_terminal} is not one: "
+                 "use --no-ui for headless output (add --json for JSONL events)")
+            return EXIT_CANNOT_START
 
     from pipeline_core import clock
     from pipeline_core.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(root=args.root, config=args.config)
-        settings.ensure_dirs()
     except SettingsError as exc:
         _err(str(exc))
         return EXIT_CANNOT_START
+    problem = root_problem(settings.root)
+    if problem:
+        _err(problem)
+        return EXIT_CANNOT_START
+    try:
+        settings.ensure_dirs()
     except OSError as exc:
-        _err(f"cannot use the data root: {exc}")
+        _err(f"cannot use the data root: {describe_os_error(exc)}")
         return EXIT_CANNOT_START
     not_before = None
     if args.schedule:
@@ -143,11 +192,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline_core.lock import EngineLock, LockHeld
 
+    if args.attach:
+        if args.no_ui:
+            _err("--attach is for the console; use 'qtsw ctl' to steer an engine from a script")
+            return EXIT_CANNOT_START
+        return _attach(settings, args, only=True)
     lock = EngineLock.for_settings(settings)
     try:
         lock.acquire()
     except LockHeld as exc:
-        _err(str(exc))
+        if args.no_ui:
+            _err(str(exc))
+            return EXIT_CANNOT_START
+        return _attach(settings, args, only=False, held=str(exc))
+    except OSError as exc:  # a root owned by someone else, a read-only file system
+        _err(f"cannot take the engine lock: {describe_os_error(exc)}")
         return EXIT_CANNOT_START
     try:
         # the warm launcher imports the stages while this process imports the engine
@@ -179,6 +238,36 @@ def _start_launcher(settings: Any) -> Any:
 # --- the console ------------------------------------------------------------------------------
 
 
+def _attach(settings: Any, args: argparse.Namespace, *, only: bool, held: str = "") -> int:
+    """A console attached to the engine already running on the data root (never a second one)."""
+    from pipeline_core.control import Connection, ControlError, socket_path
+    from pipeline_core.remote import RemoteEngine
+
+    try:
+        Connection(socket_path(settings), timeout=5).close()  # is anyone there?
+    except (ControlError, OSError) as exc:
+        if only:
+            _err(f"no engine is running on data root {settings.root} ({exc}); "
+                 "start one with 'qtsw' or 'qtsw --no-ui'")
+        else:
+            _err(f"{held}; and it cannot be attached to ({exc})")
+        return EXIT_CANNOT_START
+    return _console(settings, RemoteEngine(settings), args, None)
+
+
+def _not_a_terminal() -> str | None:
+    """The first of standard input, output and error (the console draws on the latter) that is
+    not a terminal, or None when all three are."""
+    for name, words in (("stdin", "standard input"), ("stdout", "standard output"), ("stderr", "standard error")):
+        stream = getattr(sys, name)
+        try:
+            if stream is None or not stream.isatty():
+                return words
+        except (AttributeError, ValueError):
+            return words
+    return None
+
+
 def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: Any) -> int:
     try:
         from qtsw_tui.app import build_app
@@ -191,10 +280,16 @@ def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: A
         "run_now": bool(args.run_now),
         "stage": args.stage,
         "full": bool(args.full),
+        "control": True,
     }
     app = build_app(settings, engine, options)
     app.run()
-    code = getattr(app, "return_code", None)
+    if getattr(app, "farewell", ""):
+        _err(app.farewell)  # the terminal is back: say how the run that was stopped ended
+    # the console ends with exit(3) after stopping an active run, exit(0) otherwise
+    code = getattr(app, "return_value", None)
+    if not isinstance(code, int):
+        code = getattr(app, "return_code", None)
     return int(code) if isinstance(code, int) else 0
 
 
@@ -205,14 +300,24 @@ def _headless(engine: Any, args: argparse.Namespace, not_before: Any) -> int:
     import anyio
 
     from pipeline_core import history
+    from pipeline_core.control import ControlError, ControlServer
+    from pipeline_core.sdnotify import Notifier
     from qtsw_tui.headless import HeadlessPrinter
 
     printer = HeadlessPrinter(sys.stdout, json_mode=args.json, verbose=args.verbose)
     engine.subscribe(printer)
-    if args.run_now or args.stage:
+    one_run = bool(args.run_now or args.stage)
+    server: Any = ControlServer(engine, engine.settings, hosted_by="headless", takes_runs=not one_run)
+    try:
+        server.open()
+    except ControlError as exc:  # the pipeline still runs; only attaching is impossible
+        _err(f"{exc}; consoles cannot attach to this engine")
+        server = None
+    host = _Host(engine, server, Notifier())
+    if one_run:
         stages = [args.stage] if args.stage else None
         try:
-            rs = anyio.run(_one_run, engine, stages, bool(args.full), printer)
+            rs = anyio.run(_one_run, engine, stages, bool(args.full), printer, host)
         except Exception as exc:  # not even the run's event log could be written (a full disk)
             os_error = _os_error(exc)
             if os_error is None:
@@ -227,7 +332,38 @@ def _headless(engine: Any, args: argparse.Namespace, not_before: Any) -> int:
             _err(f"run {rs.run_id[:8]} {rs.status}, but its record is incomplete: {rs.record_error}")
             return EXIT_CODES["failure"]
         return EXIT_CODES.get(rs.status, 2)
-    return anyio.run(_serve, engine, not_before, printer)
+    return anyio.run(_serve, engine, not_before, printer, host)
+
+
+class _Host:
+    """What runs beside a headless engine: its control socket and the service-manager notices."""
+
+    def __init__(self, engine: Any, server: Any, notifier: Any) -> None:
+        self.engine = engine
+        self.server = server
+        self.notifier = notifier
+
+    def start(self, tg: Any, *, schedule: bool = True) -> None:
+        """Serve the socket; tell the service manager the engine is ready once the lock and the
+        socket are up and (``schedule``) the engine has recovered and its schedule runs."""
+        if self.server is not None:
+            tg.start_soon(self.server.serve)
+        tg.start_soon(self._notify, schedule)
+
+    async def _notify(self, schedule: bool) -> None:
+        import anyio
+
+        from pipeline_core.sdnotify import engine_status
+
+        if not self.notifier.enabled:
+            return
+        while schedule and self.engine.scheduler_state == "off":
+            await anyio.sleep(0.01)
+        self.notifier.ready(engine_status(self.engine))
+        await self.notifier.run(lambda: engine_status(self.engine))
+
+    def stopping(self) -> None:
+        self.notifier.stopping("stopping")
 
 
 def _os_error(exc: BaseException) -> OSError | None:
@@ -250,7 +386,7 @@ def _stop_signals() -> list[signal.Signals]:
     return sigs
 
 
-async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any) -> Any:
+async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any, host: _Host) -> Any:
     import anyio
 
     out: dict[str, Any] = {}
@@ -261,18 +397,21 @@ async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: A
                 task_status.started()
                 async for sig in signals:
                     printer.note(f"{sig.name}: cancelling the run")
+                    host.stopping()
                     if not engine.cancel():
                         tg.cancel_scope.cancel()
 
         await tg.start(watch_signals)  # handlers in place before anything can be interrupted
+        host.start(tg, schedule=False)
         out["rs"] = await engine.run(
             "stage" if stages else "manual", stages=stages, full=full
         )
+        host.stopping()
         tg.cancel_scope.cancel()
     return out.get("rs")
 
 
-async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
+async def _serve(engine: Any, not_before: Any, printer: Any, host: _Host) -> int:
     import anyio
 
     state = {"cancelled_a_run": False}
@@ -285,25 +424,178 @@ async def _serve(engine: Any, not_before: Any, printer: Any) -> int:
                     busy = engine.busy
                     state["cancelled_a_run"] = state["cancelled_a_run"] or busy
                     printer.note(f"{sig.name}: stopping" + (" (cancelling the active run)" if busy else ""))
+                    host.stopping()
                     engine.stop()
 
         await tg.start(watch_signals)
+        host.start(tg)
         await engine.serve(schedule=True, not_before=not_before)
+        host.stopping()
         tg.cancel_scope.cancel()
     return EXIT_CODES["cancelled"] if state["cancelled_a_run"] else 0
+
+
+# --- qtsw ctl -----------------------------------------------------------------------------------
+
+CTL_COMMANDS = {"run-now": "run_now", "stage": "stage", "pause": "pause", "resume": "resume",
+                "cancel": "cancel"}
+
+
+def _ctl(argv: list[str]) -> int:
+    """``qtsw ctl …``: 0 accepted, 4 no engine or refused (the reason on stderr), 2 broken reply."""
+    p = _Parser(prog="qtsw ctl", description="Send a command to the engine running on the data "
+                "root, through its control socket. Exit codes: 0 accepted, 4 no engine running or "
+                "the command refused (the reason on stderr), 2 the engine answered something unexpected.")
+    p.add_argument("--root")
+    p.add_argument("--config")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run_now = sub.add_parser("run-now", help="start a full run now")
+    run_now.add_argument("--full", action="store_true", help="re-analyse everything")
+    stage = sub.add_parser("stage", help="run one stage now")
+    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("--full", action="store_true", help="re-analyse everything (analyzer)")
+    sub.add_parser("pause", help="pause the schedule (a running run continues)")
+    sub.add_parser("resume", help="resume the schedule")
+    sub.add_parser("cancel", help="cancel the active run")
+    status = sub.add_parser("status", help="the engine's state: schedule, next run, active run")
+    status.add_argument("--json", action="store_true", help="print it as one JSON object")
+    for sp in sub.choices.values():  # so that --root may also follow the command
+        sp.add_argument("--root", dest="root_after", help=argparse.SUPPRESS)
+        sp.add_argument("--config", dest="config_after", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from pipeline_core.control import ControlError, NoEngine, connect
+    from pipeline_core.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(root=args.root_after or args.root, config=args.config_after or args.config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_START
+    try:
+        with connect(settings) as conn:
+            if args.command == "status":
+                snap = conn.snapshot()
+                if args.json:
+                    print(json.dumps({"engine": conn.hello, "snapshot": snap}, indent=2), flush=True)
+                else:
+                    print(format_ctl_status(conn.hello, snap), flush=True)
+                return 0
+            params: dict[str, Any] = {}
+            if args.command in ("run-now", "stage") and args.full:
+                params["full"] = True
+            if args.command == "stage":
+                params["stage"] = args.name
+            reply = conn.command(CTL_COMMANDS[args.command], **params)
+    except NoEngine as exc:
+        _err(f"no engine is running on data root {settings.root} ({exc})")
+        return EXIT_CANNOT_START
+    except (ControlError, OSError) as exc:
+        _err(f"the engine's control socket: {exc}")
+        return EXIT_CODES["failure"]
+    if reply.get("type") == "accepted":
+        detail = reply.get("detail") or (f"run {str(reply['run_id'])[:8]}" if reply.get("run_id") else "")
+        print(f"accepted: {args.command}" + (f" ({detail})" if detail else ""), flush=True)
+        return 0
+    if reply.get("type") == "refused":
+        _err(f"refused: {args.command}: {reply.get('reason')}")
+        return EXIT_CANNOT_START
+    _err(f"unexpected answer from the engine: {reply.get('error') or reply}")
+    return EXIT_CODES["failure"]
+
+
+def format_ctl_status(hello: dict[str, Any], snap: dict[str, Any]) -> str:
+    """``qtsw ctl status`` as plain text."""
+    def hhmm(text: Any) -> str:
+        return str(text)[11:16] if text else "-"
+
+    lines = [
+        f"engine:    pid {hello.get('pid')} ({hello.get('hosted_by')}) since {hello.get('started')}, "
+        f"version {hello.get('engine_version')}, settings {hello.get('settings_hash')}",
+        f"data root: {hello.get('root')}",
+        f"schedule:  {snap.get('scheduler')}; next run {hhmm(snap.get('next_mark'))}",
+    ]
+    run = snap.get("current")
+    if run:
+        stage = f", {run['stage']} running" if run.get("stage") else ""
+        lines.append(f"run:       {str(run['run_id'])[:8]} ({run.get('trigger')}) since {hhmm(run.get('started'))}{stage}")
+    else:
+        lines.append("run:       idle")
+    last = snap.get("last_run")
+    if last:
+        lines.append(f"last run:  {str(last.get('run_id'))[:8]} {last.get('status')} at {hhmm(last.get('ended'))}")
+    else:
+        lines.append("last run:  none")
+    return "\n".join(lines)
+
+
+# --- qtsw init ---------------------------------------------------------------------------------
+
+
+def _init(argv: list[str]) -> int:
+    p = _Parser(
+        prog="qtsw init",
+        description="Create a data root: its folders, and a starter qtsw.toml (every setting at "
+        "its default, commented out) unless one exists. Says what it made; changes nothing that "
+        "is already there.",
+    )
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="the data root to create (default: --root, else $QTSW_ROOT, else the folder qtsw is installed in)")
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file to check instead of <root>/qtsw.toml (no starter file is written then)")
+    args = p.parse_args(argv)
+    from pipeline_core.settings import STARTER_TOML, SettingsError, load_settings
+
+    root = args.path or args.root
+    try:
+        settings = load_settings(root=root, config=args.config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_START
+    made: list[str] = []
+    try:
+        if not settings.root.exists():
+            settings.root.mkdir(parents=True)
+            made.append(f"{settings.root}/")
+        problem = root_problem(settings.root)
+        if problem:
+            _err(problem)
+            return EXIT_CANNOT_START
+        for d in settings.data_folders():
+            if not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True)
+                made.append(f"{d}/")
+        toml = settings.root / "qtsw.toml"
+        if settings.config_file is None and not toml.exists():
+            from pipeline_core.fsutil import write_bytes_atomic
+
+            write_bytes_atomic(toml, STARTER_TOML.encode())
+            made.append(f"{toml} (starter settings: every setting at its default, commented out)")
+    except OSError as exc:
+        _err(f"cannot create the data root: {describe_os_error(exc)}")
+        return EXIT_CANNOT_START
+    if not made:
+        print(f"{settings.root} is already a data root: nothing to create")
+    else:
+        for what in made:
+            print(f"created {what}")
+        print(f"data root {settings.root} is ready: put exports in {settings.raw_dir}, "
+              f"then run 'qtsw --root {settings.root}'")
+    return 0
 
 
 # --- qtsw status --------------------------------------------------------------------------------
 
 
 def _status(argv: list[str]) -> int:
-    p = _Parser(prog="qtsw status", description="What is where: files per folder, pending work, last runs, the lock holder.")
-    p.add_argument("--root")
-    p.add_argument("--config")
+    p = _Parser(prog="qtsw status", description="What is where in a data root: raw files ready, "
+                "being exported and quarantined, the bar store, pending analysis and merges, monthly "
+                "result files, the last runs and whether an engine is running. Changes nothing.")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
-    p.add_argument("--runs", type=int, default=5, help="how many recent runs to list (5)")
+    p.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent runs to list (default: 5)")
     args = p.parse_args(argv)
-    from pipeline_core.history import collect_status
     from pipeline_core.settings import SettingsError, load_settings
 
     try:
@@ -311,9 +603,22 @@ def _status(argv: list[str]) -> int:
     except SettingsError as exc:
         _err(str(exc))
         return EXIT_CANNOT_START
+    problem = root_problem(settings.root)
+    if problem:
+        _err(problem)
+        return EXIT_CANNOT_START
+    from pipeline_core.catalog import CatalogError
+    from pipeline_core.history import collect_status
     from pipeline_core.safetext import safe_data
 
-    st = safe_data(collect_status(settings, runs=args.runs))  # file names reach the terminal escaped
+    try:
+        st = safe_data(collect_status(settings, runs=args.runs))  # file names reach the terminal escaped
+    except OSError as exc:
+        _err(f"status: cannot read {describe_os_error(exc)}")
+        return EXIT_FAILURE
+    except CatalogError as exc:
+        _err(f"status: {exc}")
+        return EXIT_FAILURE
     text = json.dumps(st, default=str, indent=2) if args.json else format_status(st)
     try:
         print(text, flush=True)
@@ -349,9 +654,11 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"  ignored:    {ign['path']}: {ign['reason']}")
     proc = st["processed"]
     files = sum(v["files"] for v in proc.values())
-    size = sum(v["bytes"] for v in proc.values()) / 1e6
+    from qtsw_tui.widgets.format import size
+
+    total = size(sum(v["bytes"] for v in proc.values()))  # decimal units, as the console shows them
     per = ", ".join(f"{k} {v['files']}" for k, v in proc.items())
-    lines.append(f"  store:      {len(proc)} instrument(s), {files} file(s), {size:.1f} MB" + (f" ({per})" if per else ""))
+    lines.append(f"  store:      {len(proc)} instrument(s), {files} file(s), {total}" + (f" ({per})" if per else ""))
     pend = st["pending"]
     analysis = [f"{k}: {v}" for k, v in pend["analysis"].items()]
     lines.append(f"  analysis:   {len(analysis)} instrument(s) pending" + (": " + "; ".join(analysis) if analysis else ""))

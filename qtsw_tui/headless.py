@@ -2,14 +2,17 @@
 
 On a terminal the lines are coloured by event type (Rich); into a pipe or a file they are plain
 text; with ``--json`` each event is printed as its raw JSONL line, the same bytes as in the
-event file, so other tools can consume the stream. Free-text stage output is printed only with
-``--verbose`` (it is always in the stage's ``.log`` file). No Textual here.
+event file, so other tools can consume the stream. Without ``--verbose`` the readable output is
+one line per stage start and end, per instrument, per problem and per run, each with its
+figures; progress, per-file figures and free-text stage output are printed only with
+``--verbose`` (they are always in the event log and the stage's ``.log`` file). No Textual here.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -47,12 +50,59 @@ def event_text(ev: Event) -> str:
     return msg
 
 
-def format_event(ev: Event) -> str:
+def event_kind(ev: Event) -> str:
+    """The event type as the operator reads it: a failure that is a partial result says
+    ``partial``; a warning or error log says so (``log/warning``)."""
+    level = ev.data.get("level")
+    if ev.event == "failure" and ev.data.get("status") == "partial":
+        return "partial"
+    return f"{ev.event}/{level}" if ev.event == "log" and level in LEVEL_STYLES else ev.event
+
+
+def format_event(ev: Event, text: str | None = None) -> str:
     """``2025-06-03 10:15:00 CDT  ab12cd34  analyzer   success    text`` (plain)."""
     who = ev.run_id[:8] if ev.stage != "scheduler" else "--------"
-    level = ev.data.get("level")
-    kind = f"{ev.event}/{level}" if ev.event == "log" and level in LEVEL_STYLES else ev.event
-    return f"{_when(ev)}  {who:8}  {ev.stage:<10} {kind:<11} {event_text(ev)}"
+    return f"{_when(ev)}  {who:8}  {ev.stage:<10} {event_kind(ev):<11} {event_text(ev) if text is None else text}"
+
+
+RESULT_COUNTS = ("Win", "BE", "Loss", "TIME", "NoTrade")
+
+
+def summary_text(ev: Event) -> str | None:
+    """The line printed without ``--verbose`` for ``ev``, or None when it is detail that only
+    ``--verbose`` (and the event log) shows: progress, per-file metrics, an instrument's start.
+
+    Shown: stage and run start and end, each instrument's end with its figures, every problem
+    (a warning or an error, a file with dropped rows) and the scheduler's lines.
+    """
+    data = ev.data
+    if ev.event == "progress":
+        return None
+    if ev.event == "metric":
+        dropped = data.get("dropped") or {}
+        if ev.stage == "translator" and data.get("status") == "translated" and dropped:
+            first = data.get("first_bad_line") or {}
+            rules = ", ".join(f"{n} {rule}" + (f" (first at line {first[rule]})" if rule in first else "")
+                              for rule, n in dropped.items())
+            return (f"{data.get('file')}: {data.get('rows_kept')} bars kept of {data.get('rows_in')} rows; "
+                    f"dropped {rules}")
+        return None  # per-file and total figures: the stage's end line has the totals
+    if ev.event == "log" and data.get("phase") == "start" and data.get("level") == "info":
+        return None
+    if ev.event == "log" and data.get("phase") == "end" and data.get("instrument"):
+        text = event_text(ev)
+        detail = str(data.get("msg") or "")
+        inst = str(data["instrument"])
+        if detail.startswith(f"{inst}: "):
+            detail = detail[len(inst) + 2:]
+        if detail and detail not in text:
+            text += f": {detail}"
+        counts = data.get("counts") or {}
+        results = ", ".join(f"{k} {counts[k]}" for k in RESULT_COUNTS if counts.get(k))
+        if results:
+            text += f" ({results})"
+        return text
+    return event_text(ev)
 
 
 class HeadlessPrinter:
@@ -76,6 +126,7 @@ class HeadlessPrinter:
             isatty = getattr(self.stream, "isatty", lambda: False)
             color = bool(isatty()) and not os.environ.get("NO_COLOR")
         self.color = color and not json_mode
+        self.closed = False  # the reader went away: nothing more is printed
         self._console: Any = None
         if self.color:
             from rich.console import Console
@@ -83,26 +134,25 @@ class HeadlessPrinter:
             self._console = Console(file=self.stream, highlight=False, soft_wrap=True, force_terminal=True)
 
     def __call__(self, msg: EventMessage | OutputMessage) -> None:
-        try:
-            if isinstance(msg, EventMessage):
-                self.event(msg.event)
-            elif self.verbose and not self.json_mode:
-                label = f"{msg.stage}-{msg.instrument}" if msg.instrument else msg.stage
-                self._line(f"    {label} | {msg.line}", "dim")
-        except (OSError, ValueError):
-            pass  # the reader or the terminal went away (`qtsw --no-ui | head`): keep the engine going
+        if isinstance(msg, EventMessage):
+            self.event(msg.event)
+        elif self.verbose and not self.json_mode:
+            label = f"{msg.stage}-{msg.instrument}" if msg.instrument else msg.stage
+            self._line(f"    {label} | {msg.line}", "dim")
 
     def event(self, ev: Event) -> None:
         if self.json_mode:
-            self.stream.write(ev.to_line() + "\n")
-            self.stream.flush()
+            self._write(lambda: self.stream.write(ev.to_line() + "\n"))
+            return
+        text = event_text(ev) if self.verbose else summary_text(ev)
+        if text is None:
             return
         style = EVENT_STYLES.get(ev.event, "")
         if ev.event == "log":
             style = LEVEL_STYLES.get(str(ev.data.get("level")), "")
-        if ev.stage == "pipeline" and ev.event == "failure" and ev.data.get("status") == "partial":
+        if ev.event == "failure" and ev.data.get("status") == "partial":
             style = "bold yellow"
-        self._line(format_event(ev), style)
+        self._line(format_event(ev, text), style)
 
     def note(self, text: str) -> None:
         """A line from the command line itself (not an event); not printed in JSON mode."""
@@ -127,7 +177,36 @@ class HeadlessPrinter:
         if self._console is not None:
             from rich.text import Text
 
-            self._console.print(Text(text, style=style or ""))
+            self._write(lambda: self._console.print(Text(text, style=style or "")))
         else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self._write(lambda: self.stream.write(text + "\n"))
+
+    def _write(self, write: Callable[[], object]) -> None:
+        """Write and flush; once the reader has gone (``qtsw --no-ui | head``: a broken pipe, or
+        a closed stream) stop printing for good. The engine is not disturbed either way."""
+        if self.closed:
+            return
+        try:
+            write()
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.closed = True
+            self._discard_output()
+
+    def _discard_output(self) -> None:
+        # What could not be written is still buffered, and the interpreter flushes it again at
+        # exit (an error message and exit status 120): point the descriptor at /dev/null.
+        try:
+            fd = self.stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            return
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.dup2(null, fd)
+        except OSError:
+            pass
+        finally:
+            os.close(null)

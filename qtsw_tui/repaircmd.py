@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from pipeline_core.usage import root_problem
+
 EXIT_CANNOT_START = 4
 
 
@@ -20,19 +22,27 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     from qtsw_tui.cli import _Parser
 
     p = _Parser(prog=prog, description=description)
-    p.add_argument("--root", help="data root (default: QTSW_ROOT, else the project folder)")
-    p.add_argument("--config", help="settings file (default: <root>/qtsw.toml)")
+    from qtsw_tui.cli import CONFIG_HELP, ROOT_HELP
+
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     return p
 
 
 def _settings(args: argparse.Namespace) -> Any:
     from pipeline_core.settings import SettingsError, load_settings
 
+    """The settings of an existing data root; None (said on stderr) if it cannot be had."""
     try:
-        return load_settings(root=args.root, config=args.config)
+        settings = load_settings(root=args.root, config=args.config)
     except SettingsError as exc:
         print(f"qtsw: {exc}", file=sys.stderr)
         return None
+    problem = root_problem(settings.root)
+    if problem:
+        print(f"qtsw: {problem}", file=sys.stderr)
+        return None
+    return settings
 
 
 def verify_main(argv: list[str]) -> int:
@@ -47,9 +57,6 @@ def verify_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     settings = _settings(args)
     if settings is None:
-        return EXIT_CANNOT_START
-    if not settings.root.is_dir():
-        print(f"qtsw: data root {settings.root} does not exist", file=sys.stderr)
         return EXIT_CANNOT_START
     from pipeline_core import repair
 
@@ -79,14 +86,11 @@ def rebuild_main(argv: list[str]) -> int:
         "at its next run.",
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--instrument", help="the instrument to rebuild, e.g. ES")
+    which.add_argument("--instrument", metavar="SYMBOL", help="the instrument to rebuild, e.g. ES")
     which.add_argument("--all", action="store_true", help="every instrument in the catalogue")
     args = p.parse_args(argv)
     settings = _settings(args)
     if settings is None:
-        return EXIT_CANNOT_START
-    if not settings.root.is_dir():
-        print(f"qtsw: data root {settings.root} does not exist", file=sys.stderr)
         return EXIT_CANNOT_START
     from pipeline_core import catalog, repair
     from pipeline_core.lock import EngineLock, LockHeld

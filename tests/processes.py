@@ -1,8 +1,10 @@
-"""Process-table checks for the tests, independent of the code under test."""
+"""Process-table checks for the tests, independent of the code under test, and a command run
+with a terminal of its own."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 
@@ -34,3 +36,33 @@ def processes_naming(text: str | os.PathLike[str]) -> list[int]:
         if needle in cmd and alive(int(entry)):
             pids.append(int(entry))
     return pids
+
+
+def run_in_a_pty(cmd: list[str], env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
+    """Run ``cmd`` with a terminal (a pty, 80x24) as its input and output, reading all it writes;
+    returns (exit code, what it wrote)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child has closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        return proc.wait(timeout), out.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)

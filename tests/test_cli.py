@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,6 +193,10 @@ def test_partial_and_failure_exit_codes(tmp_path: Path) -> None:
     got = qtsw("--root", str(root), "--stage", "analyzer", "--no-ui")
     assert got.returncode == 1, got.stdout + got.stderr  # partial: ES analysed, NQ failed
     assert "NQ" in got.stdout and "partial" in got.stdout
+    # a partial run reads as partial, not under the word failure
+    assert re.search(r"pipeline   partial     Run ended partial", got.stdout), got.stdout
+    assert re.search(r"analyzer   partial     analyzer partial", got.stdout), got.stdout
+    assert not re.search(r"(pipeline|analyzer)   failure", got.stdout)
     [es_file] = list((s.processed_dir / "ES").glob("*.parquet"))
     es_file.write_bytes(b"not parquet")
     got = qtsw("--root", str(root), "--stage", "analyzer", "--no-ui", "--full")
@@ -238,7 +243,7 @@ def test_headless_printer_plain_json_and_colour() -> None:
     plain = io.StringIO()
     HeadlessPrinter(plain)(EventMessage(ev))
     assert plain.getvalue() == (
-        "2025-11-02 01:30:00 CST  01234567  analyzer   failure     analyzer partial: NQ: NQ: bad store\n")
+        "2025-11-02 01:30:00 CST  01234567  analyzer   partial     analyzer partial: NQ: NQ: bad store\n")
     HeadlessPrinter(plain)(OutputMessage("r", "analyzer", "NQ", "free text"))  # not verbose: not printed
     assert "free text" not in plain.getvalue()
     verbose = io.StringIO()

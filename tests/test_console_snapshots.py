@@ -288,3 +288,57 @@ def test_history_fixture_is_what_the_engine_reads(snap_settings):
     assert list(history.run_logs(snap_settings, RUN_B)) == ["translator", "analyzer-ES", "merger"]
     assert Engine(snap_settings, now=fixed_now).snapshot().last_run["run_id"] == RUN_B
     assert json.loads(snap_settings.runs_index.read_text().splitlines()[-1])["status"] == "partial"
+
+
+# --- NO_COLOR: readable without colour ----------------------------------------------------------
+
+MIN_READABLE = 0.4  # brightness difference between a character and its background
+
+
+def faint_text(app: QtswApp) -> list[str]:
+    """Characters on screen drawn too close to their background (or dim) to read without colour."""
+    from textual.color import Color
+
+    faint = []
+    for y, strip in enumerate(app.screen._compositor.render_strips()):
+        for seg in strip:
+            style = seg.style
+            if not seg.text.strip() or style is None:
+                continue
+            if style.dim:
+                faint.append(f"line {y}: {seg.text!r} dim")
+                continue
+            if style.color is None or style.bgcolor is None:
+                continue
+            diff = abs(Color.from_rich_color(style.color).brightness - Color.from_rich_color(style.bgcolor).brightness)
+            if diff < MIN_READABLE:
+                faint.append(f"line {y}: {seg.text!r} {style.color.name} on {style.bgcolor.name}")
+    return faint
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # Textual runs on asyncio
+
+
+@pytest.mark.anyio
+async def test_no_color_every_state_stays_readable(snap_settings, monkeypatch):
+    """With NO_COLOR every state and text is drawn in greys far enough from its background:
+    a cancelled last run, failed and partial stages, dim hints, the history's marks."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    run_c = "c0ffee00-1111-4222-8333-444455556666"
+    history.append_run(snap_settings, {"run_id": run_c, "trigger": "manual", "started": at(10, 15, 0.1),
+                                       "ended": at(10, 15, 2.0), "status": "cancelled",
+                                       "stages": {"translator": "failure", "analyzer": "cancelled",
+                                                  "merger": "skipped"}})
+    app = console(snap_settings)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await main_ready(pilot)
+        assert "cancelled" in str(app.query_one("#header").render())
+        assert faint_text(app) == []
+        await pilot.press("h")
+        await settle(pilot, lambda: isinstance(app.screen, HistoryScreen) and len(app.screen.runs) == 3, "the runs")
+        await pilot.pause()
+        assert faint_text(app) == []
+        await pilot.press("escape")
+        await pilot.press("q")

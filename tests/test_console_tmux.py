@@ -17,14 +17,14 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from processes import alive, processes_naming
 
 from pipeline_core import catalog
 from pipeline_core.sample import write_samples
-from pipeline_core.settings import load_settings
+from pipeline_core.settings import CHICAGO, load_settings
 
 TMUX = shutil.which("tmux") or "tmux"
 QTSW = str(Path(sys.executable).with_name("qtsw"))
@@ -68,7 +68,9 @@ def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):
     settings.ensure_dirs()
     write_samples(settings, days=3, instruments=["ES", "NQ", "CL"], end=date(2025, 11, 26))
     sock, session = f"qtsw-test-{uuid.uuid4().hex[:8]}", "console"
-    cmd = f"{QTSW} --root {root}"
+    # the schedule runs, but its first mark is hours away: the only run is the one asked for
+    later = (datetime.now(CHICAGO) + timedelta(hours=3)).strftime("%H:%M")
+    cmd = f"{QTSW} --root {root} --schedule {later}"
     subprocess.run([TMUX, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", session,
                     "-x", "80", "-y", "24", cmd], env=env, check=True, timeout=20)
     try:
@@ -79,12 +81,13 @@ def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):
         assert "3 ready" in first  # the sample exports, counted from data/raw
 
         tmux(sock, "send-keys", "-t", session, "r")
-        seen_running = poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
-        assert "stage " in seen_running
-        done = poll(sock, session, lambda t: "last ✓ success" in t and "idle" in t, "the run to finish")
-        assert "Translator ✓ success" in done and "Merger ✓ success" in done
-        assert "translated" in done  # the translator's own output in its pane
-        assert "CL" in done and "100%" in done  # the analyzer's instrument bars
+        poll(sock, session, lambda t: "▶ run" in t and "stage " in t, "the run and its stage to show")
+        # the header, the panes' titles, the translator's own output in its pane and the
+        # analyzer's instrument bars: each is drawn on its own refresh, so wait for them all
+        done = poll(sock, session, lambda t: "last ✓ success" in t and "idle" in t
+                    and "Translator ✓ success" in t and "Merger ✓ success" in t
+                    and "translated" in t and "CL" in t and "100%" in t, "the run to finish")
+        assert "Analyzer ✓ success" in done
 
         tmux(sock, "send-keys", "-t", session, "q")
         deadline = time.monotonic() + 30
@@ -133,3 +136,38 @@ def test_console_losing_its_terminal_mid_run_records_the_run_and_leaves(tmp_path
         time.sleep(0.1)
     runs = [json.loads(line) for line in settings.runs_index.read_text().splitlines()]
     assert len(runs) == 1 and runs[0]["status"] == "cancelled"
+
+
+def test_cancel_and_quit_says_how_the_run_ended_and_exits_3(tmp_path):
+    """q during a run, then "cancel and quit": once the terminal is back, one line says the run
+    was cancelled and recorded (naming its report), and the exit status is 3."""
+    root = tmp_path / "root"
+    status = tmp_path / "status"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_") and k != "TMUX"}
+    env.update(TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8", QTSW_ENGINE_WORKERS="1")
+    settings = load_settings(root=root, env=env)
+    settings.ensure_dirs()
+    write_samples(settings, days=5, instruments=["ES", "NQ", "CL"], end=date(2025, 11, 26))
+    sock, session = f"qtsw-test-{uuid.uuid4().hex[:8]}", "console"
+    subprocess.run([TMUX, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", session,
+                    "-x", "80", "-y", "24", f"{QTSW} --root {root}; echo $? > {status}; sleep 60"],
+                   env=env, check=True, timeout=20)
+    try:
+        poll(sock, session, lambda t: "schedule running" in t, "the console to start")
+        tmux(sock, "send-keys", "-t", session, "r")
+        poll(sock, session, lambda t: "stage analyzer" in t, "the analyzer to run")
+        with catalog.hold_writes(settings):  # the run cannot end by itself meanwhile
+            tmux(sock, "send-keys", "-t", session, "q")
+            poll(sock, session, lambda t: "Cancel it and quit?" in t, "the question")
+            tmux(sock, "send-keys", "-t", session, "y")
+            said = poll(sock, session, lambda t: "the engine has stopped" in t, "the closing line")
+    finally:
+        deadline = time.monotonic() + 30
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tmux(sock, "kill-server", check=False)
+    runs = [json.loads(line) for line in settings.runs_index.read_text().splitlines()]
+    assert len(runs) == 1 and runs[0]["status"] == "cancelled"
+    flat = said.replace("\n", "")
+    assert f"qtsw: run {runs[0]['run_id'][:8]} cancelled and recorded (report " in flat
+    assert status.read_text().strip() == "3"

@@ -63,7 +63,7 @@ FAKE_STAGE = textwrap.dedent(
         while not (root / "release").exists():
             time.sleep(0.01)
     if mode == "silent":
-        time.sleep(1.5)
+        time.sleep(3.0)
     if mode == "sleep":
         time.sleep(0.3)
     if mode == "bytes":
@@ -436,9 +436,9 @@ def test_silence_warning_and_progress_heartbeat(root: Path, tmp_path: Path) -> N
     assert len(beats) >= 3 and all(e.stage == "analyzer" for e in beats)
     times = [datetime.fromisoformat(e.timestamp) for e in events if e.stage == "analyzer" and e.event == "progress"]
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
-    # the stage is silent for 1.5 s; with a 0.25 s interval no gap comes near that (slack for a
+    # the stage is silent for 3 s; with a 0.25 s interval no gap comes near that (slack for a
     # loaded machine)
-    assert max(gaps) < 1.0
+    assert max(gaps) < 1.5
 
 
 def test_stage_that_cannot_start(root: Path) -> None:

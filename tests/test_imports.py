@@ -52,6 +52,7 @@ def test_headless_modules_import_without_textual(tmp_path: Path) -> None:
 
 def test_a_headless_run_never_imports_textual(tmp_path: Path) -> None:
     root = tmp_path / "root"
+    root.mkdir()
     got = fresh(
         f"""
         import contextlib, io, json, sys

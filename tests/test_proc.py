@@ -268,6 +268,10 @@ def test_cancel_kills_the_group(tmp_path: Path, how: proc.WarmLauncher | None) -
     assert cancelled == [True]
     assert wait_dead([int(p) for p in pids_file.read_text().split()], 0.5) == []
     assert "cancelled" in (tmp_path / "s.log").read_text()
+    # after a cancel, stopping the processes is what was asked for: said plainly, not as an alarm
+    assert rec.notes[0] == "cancelled: stopping the stage's processes"
+    assert any(n.endswith("terminated as asked") for n in rec.notes), rec.notes
+    assert not any("still running" in n for n in rec.notes), rec.notes
 
 
 def test_environment_is_unbuffered_utf8_with_tokens(tmp_path: Path, how: proc.WarmLauncher | None) -> None:

@@ -12,9 +12,10 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select, Static
 
-from pipeline_core import results
+from pipeline_core import catalog, results
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.format import key_label
+from qtsw_tui.widgets.header import stale_notice
 
 RESULT_COLUMNS = ("Win", "BE", "Loss", "TIME", "NoTrade")
 
@@ -100,9 +101,13 @@ class ResultsScreen(Screen[None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="results-month")
     def _load_month(self, year: int, month: int) -> None:
         rows = results.summarize_month(self.settings, year, month)
-        self.app.call_from_thread(self._show_month, (year, month), rows)
+        try:
+            stale = catalog.stale_results(self.settings)
+        except Exception:  # the catalogue's own trouble is shown by the counters
+            stale = {}
+        self.app.call_from_thread(self._show_month, (year, month), rows, stale)
 
-    def _show_month(self, month: tuple[int, int], rows: list[Any]) -> None:
+    def _show_month(self, month: tuple[int, int], rows: list[Any], stale: dict[str, str] | None = None) -> None:
         if month != self.month:
             return  # the operator moved on meanwhile
         self.summaries = rows
@@ -123,8 +128,11 @@ class ResultsScreen(Screen[None]):
                 key=s.stream,
             )
         streams = len(rows)
+        shown = [s.stream for s in rows if s.stream in (stale or {})]
+        notice = (f"{stale_notice(shown)} · " if shown else "")
         self.query_one("#results-status", Static).update(
-            f"{month_label(*month)}: {streams} streams · "
+            notice
+            + f"{month_label(*month)}: {streams} streams · "
             + " · ".join(f"{n} {k}" for k, n in tot_counts.items())
             + " · profit in points · Prov = provisional rows · "
             + f"{key_label(self.app, 'results.prev', '[')} {key_label(self.app, 'results.next', ']')} month"

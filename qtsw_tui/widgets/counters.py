@@ -31,6 +31,9 @@ class Counters:
     pending_merges: int = 0
     monthly: dict[str, int] = field(default_factory=dict)  # stream -> monthly files
     problems: tuple[str, ...] = ()
+    # streams whose monthly results were computed with other analysis settings (or belong to
+    # an instrument the settings no longer name), each with why; until the next run has merged
+    stale_results: dict[str, str] = field(default_factory=dict)
 
 
 def read_counters(settings: Settings) -> Counters:
@@ -49,9 +52,11 @@ def read_counters(settings: Settings) -> Counters:
         store_insts = len(catalog.store_instruments(settings))
         pending_an = len(catalog.pending_analysis(settings))
         pending_mg = len(catalog.pending_merges(settings))
+        stale = catalog.stale_results(settings)
     except Exception as exc:
         problems.append(f"state: {exc}")
         store_insts = pending_an = pending_mg = 0
+        stale = {}
     return Counters(
         raw_ready=ready,
         raw_waiting=waiting,
@@ -63,6 +68,7 @@ def read_counters(settings: Settings) -> Counters:
         pending_merges=pending_mg,
         monthly=results.monthly_counts(settings),
         problems=tuple(problems),
+        stale_results=stale,
     )
 
 
@@ -109,12 +115,12 @@ def counters_text(c: Counters, width: int = 32) -> Text:
     for exp in c.exporting:
         name = str(exp.get("instrument") or exp.get("fileName") or "?")
         bars = exp.get("totalBarsProcessed")
-        mb = exp.get("fileSizeMB")
         parts = [name]
         if bars is not None:
             parts.append(f"{int(bars):,} bars")
-        if mb is not None:
-            parts.append(f"{float(mb):.1f} MB")
+        n_bytes = _export_bytes(exp)
+        if n_bytes is not None:
+            parts.append(size(n_bytes))
         last = exp.get("lastBarTime") or exp.get("lastUpdateTime")
         if last:
             shown = clock_time(last, "%m-%d %H:%M")
@@ -145,3 +151,16 @@ class CountersPanel(Static):
         assert self.counters is not None
         # the panel's size comes from the layout, not from its text: repaint only
         self.update(counters_text(self.counters, max(20, self.content_size.width or 32)), layout=False)
+
+
+def _export_bytes(exp: dict[str, Any]) -> float | None:
+    """The size of a file being exported, in bytes: the exporter's ``fileSizeBytes``, else its
+    ``fileSizeMB`` (the exporter counts 1 MB as 1,048,576 bytes)."""
+    for key, scale in (("fileSizeBytes", 1), ("fileSizeMB", 1024 * 1024)):
+        value = exp.get(key)
+        if value is not None:
+            try:
+                return float(value) * scale
+            except (TypeError, ValueError):
+                continue
+    return None

@@ -30,13 +30,14 @@ def countdown(seconds: float) -> str:
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
 
 
-def size(n_bytes: int) -> str:
-    """``0 B``, ``12.3 KB``, ``4.5 MB``, ``1.2 GB``."""
+def size(n_bytes: float) -> str:
+    """``0 B``, ``12.3 kB``, ``4.5 MB``, ``1.2 GB``: decimal units (1 MB = 1,000,000 bytes), the
+    one convention of the console and ``qtsw status``."""
     value = float(n_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
+        value /= 1000
     return f"{value:.1f} GB"  # pragma: no cover - the loop always returns
 
 

@@ -16,9 +16,19 @@ SCHEDULER_STYLE = {"running": "bold green", "paused": "bold black on yellow", "o
 IDLE_HINT = "r run now · t/a/m one stage · s results · ? help"
 
 
-def header_lines(snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT) -> tuple[Text, Text]:
+def stale_notice(streams: tuple[str, ...] | list[str]) -> str:
+    """The header's word that the stored results are from other analysis settings."""
+    shown = ", ".join(streams[:3]) + (f" +{len(streams) - 3}" if len(streams) > 3 else "")
+    return f"⚠ results from other settings ({shown}): the next run re-analyses"
+
+
+def header_lines(
+    snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, host: str = "", stale: tuple[str, ...] = ()
+) -> tuple[Text, Text]:
     """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock);
-    ``hint`` names the main keys while no run is active."""
+    ``hint`` names the main keys while no run is active; ``host`` says who runs the engine
+    (``hosting``, ``attached pid N since HH:MM``); ``stale``: the streams whose results are
+    from other analysis settings (said instead of the hint, or after the run's stages)."""
     top = Text()
     top.append(now.strftime("%H:%M:%S"), style="bold")
     top.append(" CT", style="dim")
@@ -47,7 +57,10 @@ def header_lines(snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT) -> 
     run = snap.current
     if run is None:
         bottom.append("idle", style="dim")
-        bottom.append(f"  {hint}", style="dim")
+        if stale:
+            bottom.append(f"  {stale_notice(stale)}", style="bold yellow")
+        else:
+            bottom.append(f"  {hint}", style="dim")
     else:
         bottom.append("▶ run ", style="bold cyan")
         bottom.append(short_id(run.run_id), style="bold")
@@ -63,6 +76,10 @@ def header_lines(snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT) -> 
         for st in done:
             mark, style = state_mark(st.state)
             bottom.append(f"  {st.name[0].upper()}{mark}", style=style)
+        if stale:
+            bottom.append("  ⚠ results from other settings", style="bold yellow")
+    if host:  # first: at 80 columns a long line loses its end, never who runs the engine
+        bottom = Text.assemble((host, "bold magenta" if host.startswith("detached") else "dim"), "  ", bottom)
     return top, bottom
 
 
@@ -71,6 +88,8 @@ class StatusHeader(Static):
 
     _shown: Text | None = None
     _hint_text: str | None = None
+    stale: tuple[str, ...] = ()  # from the counters: streams whose results are of other settings
+    _host = ""  # who runs the engine, as last shown
 
     def _hint(self) -> str:
         if self._hint_text is None:  # the keymap is fixed once the console runs
@@ -84,8 +103,10 @@ class StatusHeader(Static):
             )
         return self._hint_text
 
-    def show(self, snap: EngineSnapshot, now: datetime) -> None:
-        text = Text("\n").join(header_lines(snap, now, self._hint()))
+    def show(self, snap: EngineSnapshot, now: datetime, host: str | None = None) -> None:
+        host = self._host if host is None else host
+        self._host = host
+        text = Text("\n").join(header_lines(snap, now, self._hint(), host, self.stale))
         if text != self._shown:
             self._shown = text
             # two lines, height fixed by the stylesheet: repaint only, no layout pass

@@ -1,0 +1,261 @@
+"""Benchmark: consoles attached to an engine through its control socket.
+
+An engine process (the real :class:`Engine` and :class:`ControlServer`, holding the lock) runs a
+translator stage that reports N metric messages, so a run writes N + a few events. Measured in
+one go, on the same machine:
+
+(a) attach time: from starting a console process (``RemoteEngine`` + the Textual console,
+    headless, 80x24) to its header showing the engine (pid, schedule) — idle, and during a
+    run (its events so far caught up). Target < 1 s;
+(b) event delay: from an event's timestamp (taken as it is written) to its arrival in each of
+    C client processes subscribed to the engine; p50 / p99 / max over all events and clients.
+    Target p99 < 100 ms;
+(c) the engine's run time (its report's duration) with no client, and with C clients; the ratio
+    is the cost of serving them. Target within 5 %.
+
+``python bench/attach.py [--events 100000] [--clients 5] [--repeat 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT_DIR = HERE.parent
+sys.path.insert(0, str(ROOT_DIR))
+
+STAGE = r'''
+import json, sys
+n = int(sys.argv[1])
+marker = "\x02qtsw:"
+write = sys.stdout.write
+for i in range(n):
+    write(marker + json.dumps({"type": "metric", "msg": f"metric {i}", "data": {"i": i}}) + "\n")
+write(marker + json.dumps({"type": "result", "status": "success", "msg": "done", "counts": {"n": n}}) + "\n")
+'''
+
+
+def _env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+# --- the processes -------------------------------------------------------------------------------
+
+
+def engine_main(root: str, events: int) -> None:
+    """The engine process: lock, engine (its translator reports ``events`` metrics), socket."""
+    import anyio
+
+    from pipeline_core.control import ControlServer
+    from pipeline_core.engine import Engine
+    from pipeline_core.lock import EngineLock
+    from pipeline_core.settings import load_settings
+
+    settings = load_settings(root=Path(root), env={})
+    script = Path(root) / "stage.py"
+    script.write_text(STAGE)
+    with EngineLock.for_settings(settings):
+        engine = Engine(settings, stage_command=lambda stage, inst: [sys.executable, str(script), str(events)])
+        server = ControlServer(engine, settings)
+        server.open()
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve)
+                with anyio.open_signal_receiver(signal.SIGTERM) as sigs:
+                    tg.start_soon(engine.serve)
+                    async for _ in sigs:
+                        engine.stop()
+                        break
+                tg.cancel_scope.cancel()
+
+        anyio.run(main)
+
+
+def client_main(sock: str) -> None:
+    """A subscriber: prints ``ready``, then the delays of the live events of the next run. It
+    measures arrival: each line's timestamp is sliced out, not the whole line decoded (what a
+    console then does with an event is the console's own cost, measured in bench/console.py)."""
+    from pipeline_core.control import Connection
+
+    conn = Connection(Path(sock), timeout=120)
+    conn.subscribe()
+    while conn.next_message(120).get("type") != "caught_up":
+        pass
+    print("ready", flush=True)
+    delays: list[float] = []
+    key = b'"timestamp":"'
+    buf = b"".join(line + b"\n" for line in conn._lines) + conn._buf
+    ended = False
+    while not ended:
+        chunk = conn.sock.recv(1 << 20)
+        if not chunk:
+            break
+        now = time.time()
+        *lines, buf = (buf + chunk).split(b"\n")
+        for line in lines:
+            if b'"type":"event"' not in line:
+                continue
+            i = line.find(key) + len(key)
+            ts = line[i:line.find(b'"', i)].decode()
+            delays.append(now - datetime.fromisoformat(ts).timestamp())
+            if b'"stage":"pipeline"' in line and (b'"event":"success"' in line or b'"event":"failure"' in line
+                                                  or b'"event":"cancelled"' in line):
+                ended = True
+    print(json.dumps({"delays": delays}), flush=True)
+
+
+def console_main(root: str, t0: float) -> None:
+    """A console attached headless; prints the seconds from ``t0`` until it shows the engine."""
+    import asyncio
+
+    from pipeline_core.remote import RemoteEngine
+    from pipeline_core.settings import load_settings
+    from qtsw_tui.app import build_app
+    from qtsw_tui.widgets.header import StatusHeader
+
+    settings = load_settings(root=Path(root), env={})
+    remote = RemoteEngine(settings, reconnect_seconds=0.05)
+    app = build_app(settings, remote, {})
+
+    async def main() -> float:
+        async with app.run_test(size=(80, 24)) as pilot:
+            while True:
+                text = str(app.query_one("#header", StatusHeader).render())
+                if "attached pid" in text and "schedule running" in text:
+                    shown = time.time() - t0
+                    break
+                await pilot.pause(0.01)
+            await pilot.press("q")
+        return shown
+
+    print(json.dumps({"attach_seconds": asyncio.run(main())}), flush=True)
+
+
+# --- the measurements ---------------------------------------------------------------------------
+
+
+def _attach_time(root: Path) -> float:
+    t0 = time.time()
+    got = subprocess.run([sys.executable, __file__, "console", str(root), repr(t0)], capture_output=True,
+                         text=True, env=_env(), timeout=120)
+    if got.returncode != 0:
+        raise SystemExit(f"console failed: {got.stderr[-2000:]}")
+    return float(json.loads(got.stdout.strip().splitlines()[-1])["attach_seconds"])
+
+
+def _run(conn: Any, settings: Any) -> float:
+    from pipeline_core import history
+
+    before = len(history.read_runs(settings))
+    reply = conn.command("run_now")
+    assert reply["type"] == "accepted", reply
+    while len(history.read_runs(settings)) == before:
+        time.sleep(0.05)
+    line = history.read_runs(settings)[-1]
+    report = history.find_report(settings, line["run_id"])
+    assert line["status"] == "success", line
+    return float(report["duration_seconds"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--clients", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+
+    from pipeline_core.control import Connection, NoEngine, socket_path
+    from pipeline_core.sample import write_samples
+    from pipeline_core.settings import load_settings
+
+    work = Path(tempfile.mkdtemp(prefix="qtsw-bench-attach-"))
+    root = work / "root"
+    settings = load_settings(root=root, env={})
+    settings.ensure_dirs()
+    write_samples(settings, days=1, instruments=["ES"], end=date(2025, 11, 26))  # work for the translator
+    engine = subprocess.Popen([sys.executable, __file__, "engine", str(root), str(args.events)], env=_env())
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = Connection(socket_path(settings))
+                break
+            except NoEngine:
+                if time.monotonic() > deadline or engine.poll() is not None:
+                    raise SystemExit("the engine did not start") from None
+                time.sleep(0.05)
+        idle_attach = [_attach_time(root) for _ in range(3)]
+        alone: list[float] = []
+        served: list[float] = []
+        delays: list[float] = []
+        busy_attach: list[float] = []
+        for _ in range(args.repeat):
+            alone.append(_run(conn, settings))
+            clients = [subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings))],
+                                        stdout=subprocess.PIPE, text=True, env=_env())
+                       for _ in range(args.clients)]
+            for c in clients:
+                assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+            served.append(_run(conn, settings))
+            for c in clients:
+                out, _ = c.communicate(timeout=300)
+                delays.extend(json.loads(out.strip().splitlines()[-1])["delays"])
+        # a console attaching while a run floods it (no other client: (c) is measured above)
+        t = threading.Thread(target=lambda: busy_attach.append(_attach_time(root)))
+        t.start()
+        _run(conn, settings)
+        t.join()
+        conn.close()
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        try:
+            engine.wait(60)
+        except subprocess.TimeoutExpired:
+            engine.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    delays.sort()
+
+    def pct(p: float) -> float:
+        return delays[min(len(delays) - 1, int(p * len(delays)))] * 1000
+
+    a, s = statistics.median(alone), statistics.median(served)
+    print(f"events per run: {args.events + 8} (a translator reporting {args.events} metrics); "
+          f"{args.clients} clients; {args.repeat} runs each way")
+    print(f"(a) attach, idle engine:     median {statistics.median(idle_attach):.2f} s "
+          f"(runs {', '.join(f'{x:.2f}' for x in idle_attach)})  target < 1 s")
+    print(f"    attach, during a run:    median {statistics.median(busy_attach):.2f} s "
+          f"(runs {', '.join(f'{x:.2f}' for x in busy_attach)})")
+    print(f"(b) event delay over {len(delays)} deliveries: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, "
+          f"max {delays[-1] * 1000:.1f} ms  target p99 < 100 ms")
+    print(f"(c) run time: alone {a:.2f} s (runs {', '.join(f'{x:.2f}' for x in alone)}), with "
+          f"{args.clients} clients {s:.2f} s (runs {', '.join(f'{x:.2f}' for x in served)}); "
+          f"ratio {s / a:.3f}  target <= 1.05")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "engine":
+        engine_main(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "client":
+        client_main(sys.argv[2])
+    elif len(sys.argv) > 1 and sys.argv[1] == "console":
+        console_main(sys.argv[2], float(sys.argv[3]))
+    else:
+        raise SystemExit(main())

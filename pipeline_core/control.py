@@ -1,0 +1,861 @@
+"""The control socket (SPEC §11.2): the engine as a service that consoles and scripts attach to.
+
+The process that runs the engine (``qtsw --no-ui``, or a console hosting it) serves
+``logs/qtsw.sock``: a Unix stream socket created with mode 0600 that accepts only peers whose
+uid (``SO_PEERCRED``) is the engine's or root's. The protocol is JSON lines (one object per
+line, UTF-8, at most :data:`MAX_LINE` bytes); every request may carry an ``id`` that its reply
+repeats. The first message must be ``hello`` with the protocol ``version``::
+
+    > {"type":"hello","version":1}
+    < {"type":"hello","version":1,"pid":…,"engine_version":…,"root":…,"started":…,"settings_hash":…}
+    > {"type":"snapshot","id":2}
+    < {"type":"snapshot","id":2,"snapshot":{…}}
+    > {"type":"run_now","id":3,"full":false}         (also: stage + "stage", pause, resume, cancel)
+    < {"type":"accepted","id":3,"command":"run_now","run_id":…}
+    < {"type":"refused","id":3,"command":"run_now","reason":"a run is active: ab12cd34"}
+    > {"type":"subscribe","id":4}
+    < {"type":"subscribed","id":4,"run_id":…}
+    < {"n":1,"type":"snapshot","snapshot":{…}}                       the catch-up …
+    < {"n":2,"type":"event","catchup":true,"event":{v1 event}}
+    < {"n":3,"type":"output","catchup":true,"run_id":…,"stage":…,"instrument":…,"line":…}
+    < {"n":4,"type":"caught_up"}
+    < {"n":5,"type":"event","event":{…}}                            … then live
+    < {"type":"error","error":"…"}       a malformed, oversized or unknown message
+    < {"type":"lagging","error":"…"}     the client fell behind: it is disconnected
+
+``n`` numbers the messages of a subscription 1, 2, 3 … so a client sees a gap at once. Events
+carry the ``seq`` of their event file: the catch-up reads the file up to the point where the
+client was registered for live events, so an event is in the catch-up or live, never both and
+never neither; a client that reconnects de-duplicates by ``(run_id, seq)``.
+
+A slow client never slows the engine: each client has a bounded queue, and one that falls
+behind is told so and disconnected. The server runs on the engine's own event loop (anyio), in
+the task group of whoever hosts the engine; a message from a client never reaches the engine
+except as one of the five commands. The file at the socket's path when the server starts is
+stale (the engine holds the data root's lock, so no other engine serves it) and is replaced.
+
+The client side: :class:`Connection` (blocking, for ``qtsw ctl`` and tests) and
+:func:`connect`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
+
+from pipeline_core import clock
+from pipeline_core.events import run_event_path, scheduler_event_path
+from pipeline_core.runstate import (
+    STAGE_NAMES,
+    EngineSnapshot,
+    EventMessage,
+    InstrumentProgress,
+    OutputMessage,
+    RunState,
+    StageState,
+)
+from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 64 * 1024  # bytes in one request line; a longer one gets an error and is skipped
+CLIENT_QUEUE = 10_000  # messages waiting for a client that does not read before it is cut off
+CLIENT_QUEUE_MAX = 200_000  # … and for any client (a burst the client is reading through)
+STUCK_SECONDS = 1.0  # a write to the client blocked this long: the client is not reading
+PANE_LINES = 200  # recent output lines per stage pane in a catch-up
+SCHEDULER_CATCHUP = 50  # recent scheduler events in a catch-up
+SCHEDULER_TAIL_BYTES = 64 * 1024  # how much of scheduler.jsonl is read for them
+WRITE_BYTES = 256 * 1024
+COALESCE_SECONDS = 0.01  # a client's writes are at least this far apart (the delay it adds at most)  # at most this much queued output in one write to a client
+SNAPSHOT_SECONDS = 0.25  # how often the snapshot is compared and a change sent to subscribers
+COMMANDS = ("run_now", "stage", "pause", "resume", "cancel")
+REQUESTS = ("hello", "snapshot", "subscribe", "ping", *COMMANDS)
+_PATH_MAX = 100  # sun_path holds 108 bytes; a longer path is reached through /proc/self/fd
+
+
+class ControlError(RuntimeError):
+    """The control socket could not be served or used; the message names the path and why."""
+
+
+class NoEngine(ControlError):
+    """No engine serves this data root (no socket, or nobody listening)."""
+
+
+def socket_path(settings: Settings) -> Path:
+    """Where the engine of this data root serves its control socket."""
+    return settings.logs_dir / "qtsw.sock"
+
+
+def settings_hash(settings: Settings) -> str:
+    """A short hash of all the settings, so a client can tell two engines' settings apart."""
+    blob = json.dumps(dataclasses.asdict(settings), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """A path the socket calls accept: itself, or through an open descriptor of its folder
+    when it is longer than ``sun_path`` allows (deep data roots, test folders)."""
+    if len(os.fsencode(str(path))) < _PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+# --- the snapshot as JSON ----------------------------------------------------------------------
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(CHICAGO).isoformat() if dt is not None else None
+
+
+def _dt(text: Any) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text)).astimezone(CHICAGO)
+    except ValueError:
+        return None
+
+
+def snapshot_to_dict(snap: EngineSnapshot) -> dict[str, Any]:
+    """An :class:`EngineSnapshot` as plain JSON values (times ISO-8601, Chicago)."""
+    run = snap.current
+    current = None
+    if run is not None:
+        current = {
+            "run_id": run.run_id,
+            "trigger": run.trigger,
+            "started": _iso(run.started),
+            "status": run.status,
+            "ended": _iso(run.ended),
+            "stage": run.stage,
+            "stages": {
+                n: {"state": s.state, "started": _iso(s.started), "ended": _iso(s.ended),
+                    "reason": s.reason, "error": s.error, "counts": s.counts}
+                for n, s in run.stages.items()
+            },
+            "instruments": {
+                i: {"state": p.state, "done": p.done, "total": p.total, "started": _iso(p.started),
+                    "ended": _iso(p.ended), "error": p.error}
+                for i, p in run.instruments.items()
+            },
+        }
+    return {
+        "now": _iso(snap.now),
+        "scheduler": snap.scheduler,
+        "next_mark": _iso(snap.next_mark),
+        "current": current,
+        "last_run": snap.last_run,
+    }
+
+
+def snapshot_from_dict(d: dict[str, Any]) -> EngineSnapshot:
+    """The inverse of :func:`snapshot_to_dict`."""
+    cur = d.get("current")
+    run = None
+    if cur:
+        run = RunState(
+            run_id=str(cur["run_id"]),
+            trigger=str(cur.get("trigger") or "manual"),
+            started=_dt(cur.get("started")) or clock.now(),
+            status=str(cur.get("status") or "running"),
+            ended=_dt(cur.get("ended")),
+            stage=cur.get("stage"),
+            stages={
+                n: StageState(n, state=s.get("state", "waiting"), started=_dt(s.get("started")),
+                              ended=_dt(s.get("ended")), reason=s.get("reason") or "",
+                              error=s.get("error"), counts=dict(s.get("counts") or {}))
+                for n, s in (cur.get("stages") or {}).items()
+            },
+            instruments={
+                i: InstrumentProgress(i, state=p.get("state", "waiting"), done=int(p.get("done") or 0),
+                                      total=int(p.get("total") or 0), started=_dt(p.get("started")),
+                                      ended=_dt(p.get("ended")), error=p.get("error"))
+                for i, p in (cur.get("instruments") or {}).items()
+            },
+        )
+    return EngineSnapshot(
+        now=_dt(d.get("now")) or clock.now(),
+        scheduler=str(d.get("scheduler") or "off"),
+        next_mark=_dt(d.get("next_mark")),
+        current=run,
+        last_run=d.get("last_run"),
+    )
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode()
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+class _Client:
+    """One connected peer: its queue of lines to send, and whether it is subscribed."""
+
+    def __init__(self, server: ControlServer, stream: anyio.abc.SocketStream, pid: int, uid: int) -> None:
+        self.server = server
+        self.stream = stream
+        self.pid = pid
+        self.uid = uid
+        self.greeted = False
+        self.subscribed = False
+        self.live = False  # catch-up sent: live messages go straight to the queue
+        self.held: list[bytes] = []  # live messages that arrived during the catch-up
+        self.n = 0
+        self.lagging = False
+        self.blocked_since: float | None = None  # a write to it has been waiting since
+        send, recv = anyio.create_memory_object_stream[tuple[bool, bytes]](CLIENT_QUEUE_MAX)
+        self.out: MemoryObjectSendStream[tuple[bool, bytes]] = send
+        self.inbox = recv
+        self.scope: anyio.CancelScope | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
+
+    def reply(self, obj: dict[str, Any]) -> None:
+        self._put(False, _dumps(obj))
+
+    def stream_line(self, body: bytes) -> None:
+        """A subscription message (``body`` without its ``n``); held back during the catch-up."""
+        if not self.live:
+            self.held.append(body)
+            if len(self.held) > CLIENT_QUEUE:
+                self.fall_behind()
+            return
+        self._put(True, body)
+
+    def _put(self, numbered: bool, data: bytes) -> None:
+        if self.lagging:
+            return
+        try:
+            self.out.send_nowait((numbered, data))
+        except anyio.WouldBlock:
+            self.fall_behind()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+        else:
+            if (self.blocked_since is not None
+                    and self.out.statistics().current_buffer_used > CLIENT_QUEUE
+                    and time.monotonic() - self.blocked_since > STUCK_SECONDS):
+                self.fall_behind()  # the queue grows while the client takes nothing
+
+    def fall_behind(self) -> None:
+        if self.lagging:
+            return
+        self.lagging = True
+        self.server.lagged += 1
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class ControlServer:
+    """Serves the control socket for ``engine`` (see the module docstring for the protocol).
+
+    :meth:`open` binds the socket (raises :class:`ControlError`); :meth:`serve` then accepts
+    clients until cancelled, and removes the socket when it ends. ``hosted_by`` says who runs the
+    engine (``headless`` or ``console``); it goes into ``hello``.
+    """
+
+    def __init__(self, engine: Any, settings: Settings, *, path: Path | None = None,
+                 hosted_by: str = "headless", takes_runs: bool = True) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.path = Path(path) if path is not None else socket_path(settings)
+        self.hosted_by = hosted_by
+        self.takes_runs = takes_runs  # False: a one-run engine (qtsw --run-now), no new runs
+        self.started = clock.iso_now()
+        self.clients: set[_Client] = set()
+        self.lagged = 0  # clients disconnected for falling behind
+        self.errors = 0  # error replies sent
+        self._sock: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+        self._recent: dict[str, deque[bytes]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
+        self._unsubscribe: Any = None
+        self._loop_thread: int | None = None
+        self._token: Any = None
+        self._last_snapshot: dict[str, Any] | None = None
+        self._hash = settings_hash(settings)
+
+    # --- socket -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind and listen: a stale socket file is removed first; the socket is mode 0600
+        from the moment it exists (umask during bind, then chmod)."""
+        path = self.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if not stat.S_ISSOCK(st.st_mode):
+                    raise ControlError(f"{path}: exists and is not a socket; move it away")
+                os.unlink(path)  # stale: the engine holds the lock, so nobody serves it
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with _short_path(path) as where:
+                    old = os.umask(0o177)
+                    try:
+                        sock.bind(where)
+                    finally:
+                        os.umask(old)
+                    os.chmod(where, 0o600)
+                sock.listen(64)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+        except OSError as exc:
+            raise ControlError(f"{path}: cannot serve the control socket: {exc.strerror or exc}") from None
+        st = os.lstat(path)
+        self._inode = (st.st_dev, st.st_ino)
+        self._sock = sock
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file (if it is still ours)."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+        if self._inode is not None:
+            with contextlib.suppress(OSError):
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._inode:
+                    os.unlink(self.path)
+            self._inode = None
+
+    # --- serving -----------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Accept clients until cancelled (opens the socket first if :meth:`open` was not called)."""
+        if self._sock is None:
+            self.open()
+        assert self._sock is not None
+        self._loop_thread = threading.get_ident()
+        self._token = anyio.lowlevel.current_token()
+        listener = await anyio.abc.SocketListener.from_socket(self._sock)
+        self._unsubscribe = self.engine.subscribe(self._on_engine)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_snapshot)
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    tg.start_soon(self._handle, stream)
+        finally:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await listener.aclose()
+            self._sock = None  # the listener closed it
+            self.close()
+
+    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        try:
+            pid, uid, _gid = peer_credentials(raw)
+        except OSError:
+            pid, uid = 0, -1
+        if uid not in (os.getuid(), 0):
+            with contextlib.suppress(OSError):
+                raw.send(_dumps({"type": "error", "error": f"refused: peer uid {uid} is neither the "
+                                 f"engine's uid {os.getuid()} nor root"}), socket.MSG_DONTWAIT)
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        client = _Client(self, stream, pid, uid)
+        self.clients.add(client)
+        try:
+            with anyio.CancelScope() as scope:
+                client.scope = scope
+                async with anyio.create_task_group() as tg:
+                    client.tg = tg
+                    tg.start_soon(self._writer, client)
+                    await self._reader(client)
+                    # the peer closed its side: send what is queued, then end
+                    client.out.close()
+        finally:
+            self.clients.discard(client)
+            client.out.close()
+            if client.lagging:
+                # tell it why, without waiting for a peer that does not read
+                with contextlib.suppress(OSError):
+                    raw.send(b"\n" + _dumps({"type": "lagging", "error": "this client fell behind "
+                             f"(more than {CLIENT_QUEUE} messages queued); disconnected; "
+                             "reconnect to catch up"}), socket.MSG_DONTWAIT)
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+
+    async def _writer(self, client: _Client) -> None:
+        """Send the client's queue, as many queued lines per write as are waiting (a burst of
+        events costs the engine a few writes, not one per event and client)."""
+
+        def frame(numbered: bool, data: bytes) -> bytes:
+            if numbered:
+                client.n += 1
+                return b'{"n":%d,' % client.n + data[1:]
+            return data
+
+        inbox = client.inbox
+        try:
+            while True:
+                try:
+                    numbered, data = inbox.receive_nowait()  # no extra turn of the loop when busy
+                except anyio.WouldBlock:
+                    numbered, data = await inbox.receive()
+                parts = [frame(numbered, data)]
+                size = len(parts[0])
+                while size < WRITE_BYTES:
+                    try:
+                        numbered, data = inbox.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    parts.append(frame(numbered, data))
+                    size += len(parts[-1])
+                client.blocked_since = time.monotonic()
+                await client.stream.send(b"".join(parts))
+                client.blocked_since = None
+                if size < WRITE_BYTES // 16:
+                    # a trickle: let the next lines gather, so a steady stream of events costs
+                    # the engine a write per client every COALESCE_SECONDS, not one per event
+                    await anyio.sleep(COALESCE_SECONDS)
+        except anyio.EndOfStream:
+            return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            if client.scope is not None:
+                client.scope.cancel()
+
+    async def _reader(self, client: _Client) -> None:
+        buf = b""
+        skipping = False  # inside an oversized line: drop bytes up to its newline
+        while True:
+            try:
+                chunk = await client.stream.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return
+            buf += chunk
+            while True:
+                i = buf.find(b"\n")
+                if i < 0:
+                    if len(buf) > MAX_LINE:
+                        if not skipping:
+                            self._error(client, f"message too long: more than {MAX_LINE} bytes")
+                        skipping = True
+                        buf = b""
+                    break
+                line, buf = buf[:i], buf[i + 1:]
+                if skipping:
+                    skipping = False
+                    continue
+                if len(line) > MAX_LINE:
+                    self._error(client, f"message too long: more than {MAX_LINE} bytes")
+                    continue
+                if line.strip():
+                    self._request(client, line)
+            await anyio.lowlevel.checkpoint()
+
+    def _error(self, client: _Client, text: str, msg_id: Any = None) -> None:
+        self.errors += 1
+        out: dict[str, Any] = {"type": "error", "error": text}
+        if msg_id is not None:
+            out["id"] = msg_id
+        client.reply(out)
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _request(self, client: _Client, line: bytes) -> None:
+        try:
+            msg = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            self._error(client, f"malformed message: {type(exc).__name__}: {str(exc)[:200]}")
+            return
+        if not isinstance(msg, dict):
+            self._error(client, "malformed message: not a JSON object")
+            return
+        msg_id = msg.get("id")
+        if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, int | str)):
+            msg_id = None
+        kind = msg.get("type")
+        if not isinstance(kind, str) or kind not in REQUESTS:
+            shown = json.dumps(kind)[:60] if kind is not None else "none"
+            self._error(client, f"unknown message type {shown}; known: {', '.join(REQUESTS)}", msg_id)
+            return
+        if not client.greeted and kind != "hello":
+            self._error(client, "the first message must be hello (with the protocol version)", msg_id)
+            return
+        try:
+            if kind == "hello":
+                self._hello(client, msg, msg_id)
+            elif kind == "ping":
+                client.reply({"type": "pong", "id": msg_id})
+            elif kind == "snapshot":
+                client.reply({"type": "snapshot", "id": msg_id, "snapshot": self._snapshot()})
+            elif kind == "subscribe":
+                self._subscribe(client, msg_id)
+            else:
+                self._command(client, kind, msg, msg_id)
+        except Exception as exc:  # noqa: BLE001 - a bad request must never disturb the engine
+            self._error(client, f"{kind}: {type(exc).__name__}: {exc}", msg_id)
+
+    def hello(self) -> dict[str, Any]:
+        """What ``hello`` answers: who the engine is."""
+        return {
+            "type": "hello",
+            "version": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "engine_version": ENGINE_VERSION,
+            "root": str(self.settings.root),
+            "started": self.started,
+            "settings_hash": self._hash,
+            "hosted_by": self.hosted_by,
+        }
+
+    def _hello(self, client: _Client, msg: dict[str, Any], msg_id: Any) -> None:
+        version = msg.get("version")
+        if version != PROTOCOL_VERSION:
+            self._error(client, f"unsupported protocol version {json.dumps(version)[:40]}; "
+                        f"this engine speaks version {PROTOCOL_VERSION}", msg_id)
+            return
+        client.greeted = True
+        client.reply({**self.hello(), "id": msg_id})
+
+    def _snapshot(self) -> dict[str, Any]:
+        return snapshot_to_dict(self.engine.snapshot())
+
+    def _command(self, client: _Client, kind: str, msg: dict[str, Any], msg_id: Any) -> None:
+        engine = self.engine
+
+        def answer(ok: bool, reason: str = "", **extra: Any) -> None:
+            out: dict[str, Any] = {"type": "accepted" if ok else "refused", "id": msg_id, "command": kind}
+            if reason:
+                out["reason" if not ok else "detail"] = reason
+            client.reply({**out, **extra})
+
+        if kind in ("run_now", "stage"):
+            full = msg.get("full", False)
+            if not isinstance(full, bool):
+                self._error(client, f"{kind}: full must be true or false", msg_id)
+                return
+            stages = None
+            if kind == "stage":
+                stage = msg.get("stage")
+                if stage not in STAGE_NAMES:
+                    answer(False, f"unknown stage {json.dumps(stage)[:40]}; allowed: {', '.join(STAGE_NAMES)}")
+                    return
+                stages = [stage]
+            if not self.takes_runs:
+                answer(False, "this engine does one run and then exits; it takes no new runs")
+                return
+            active = engine.snapshot().current
+            if engine.request_run("stage" if stages else "manual", stages=stages, full=True if full else None):
+                cur = engine.snapshot().current
+                answer(True, run_id=cur.run_id if cur is not None else None)
+            else:
+                rid = active.run_id[:8] if active is not None else "?"
+                answer(False, f"a run is active: {rid}")
+        elif kind == "pause":
+            was = engine.paused
+            engine.pause()
+            answer(True, "already paused" if was else "")
+        elif kind == "resume":
+            was = engine.paused
+            engine.resume()
+            answer(True, "" if was else "not paused")
+        elif kind == "cancel":
+            cur = engine.snapshot().current
+            if engine.cancel():
+                answer(True, run_id=cur.run_id if cur is not None else None)
+            else:
+                answer(False, "no run is active")
+
+    # --- subscriptions -----------------------------------------------------------------------
+
+    def _subscribe(self, client: _Client, msg_id: Any) -> None:
+        if client.subscribed:
+            self._error(client, "already subscribed", msg_id)
+            return
+        snap = self.engine.snapshot()
+        run_id = snap.current.run_id if snap.current is not None else (
+            str(snap.last_run["run_id"]) if snap.last_run and snap.last_run.get("run_id") else None)
+        # Everything published so far is in the event files (an event is written, then
+        # published, with no await between), so their sizes now split catch-up from live.
+        run_file = run_event_path(self.settings.events_dir, run_id) if run_id else None
+        sched_file = scheduler_event_path(self.settings.events_dir)
+        upto = {p: _size(p) for p in (run_file, sched_file) if p is not None}
+        recent = [_with(line, catchup=True) for pane in self._recent.values() for line in pane]
+        client.subscribed = True
+        client.held = []
+        client.reply({"type": "subscribed", "id": msg_id, "run_id": run_id})
+        # the engine's state at once (n = 1); live messages wait until the catch-up is through
+        client._put(True, _dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)}))
+        assert client.tg is not None
+        client.tg.start_soon(self._catch_up, client, run_file, sched_file, upto, recent)
+
+    async def _catch_up(self, client: _Client, run_file: Path | None, sched_file: Path,
+                        upto: dict[Path, int], recent: list[bytes]) -> None:
+        def read() -> list[bytes]:
+            # the file's own lines, wrapped: no event is decoded and encoded again
+            sched = _event_lines_upto(sched_file, upto.get(sched_file, 0), tail=SCHEDULER_TAIL_BYTES)
+            out = [_CATCHUP_EVENT + line + b"}\n" for line in sched[-SCHEDULER_CATCHUP:]]
+            if run_file is not None:
+                out += [_CATCHUP_EVENT + line + b"}\n" for line in _event_lines_upto(run_file, upto.get(run_file, 0))]
+            return out
+
+        lines = await anyio.to_thread.run_sync(read)
+        # the snapshot taken at subscribe time, the files, the recent output, then what arrived
+        # live meanwhile (held until now), in that order
+        pending = deque([*lines, *recent, _dumps({"type": "caught_up"})])
+        sent = 0
+        while pending or client.held:
+            if not pending:
+                pending.extend(client.held)
+                client.held = []
+            data = pending.popleft()
+            try:
+                client.out.send_nowait((True, data))
+            except anyio.WouldBlock:
+                pending.appendleft(data)
+                await anyio.sleep(0.01)  # the catch-up waits for the client, never the engine
+                if client.lagging:
+                    return
+                continue
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            sent += 1
+            if sent % 500 == 0:
+                await anyio.lowlevel.checkpoint()
+        client.live = True  # no await since the last look at held: nothing falls between
+
+    def _broadcast(self, body: bytes) -> None:
+        for client in list(self.clients):
+            if client.subscribed:
+                client.stream_line(body)
+
+    def _on_engine(self, msg: EventMessage | OutputMessage) -> None:
+        """The engine's subscriber: one JSON line built once, queued for every subscriber."""
+        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
+            anyio.from_thread.run_sync(self._on_engine, msg, token=self._token)
+            return
+        if isinstance(msg, EventMessage):
+            body = _dumps({"type": "event", "event": msg.event.to_dict()})
+        else:
+            body = _dumps({"type": "output", "run_id": msg.run_id, "stage": msg.stage,
+                           "instrument": msg.instrument, "line": msg.line})
+            pane = self._recent.get(msg.stage)
+            if pane is not None:
+                pane.append(body)
+        self._broadcast(body)
+
+    async def _watch_snapshot(self) -> None:
+        while True:
+            await anyio.sleep(SNAPSHOT_SECONDS)
+            if not any(c.subscribed for c in self.clients):
+                self._last_snapshot = None
+                continue
+            d = self._snapshot()
+            same = {k: v for k, v in d.items() if k != "now"}
+            if same != self._last_snapshot:
+                self._last_snapshot = same
+                self._broadcast(_dumps({"type": "snapshot", "snapshot": d}))
+
+
+def _with(body: bytes, **extra: Any) -> bytes:
+    obj = json.loads(body)
+    obj.update(extra)
+    return _dumps(obj)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+_CATCHUP_EVENT = b'{"type":"event","catchup":true,"event":'
+
+
+def _event_lines_upto(path: Path, upto: int, *, tail: int | None = None) -> list[bytes]:
+    """The complete, well-formed event lines in the first ``upto`` bytes of an event file (only
+    its last ``tail`` bytes with ``tail``); a damaged line is left out."""
+    if upto <= 0:
+        return []
+    try:
+        with open(path, "rb") as fh:
+            start = max(0, upto - tail) if tail else 0
+            fh.seek(start)
+            data = fh.read(upto - start)
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # the first one is cut
+    out = []
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            ok = isinstance(json.loads(raw), dict)
+        except ValueError:
+            ok = False
+        if ok:
+            out.append(raw.strip())
+    return out
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+class Connection:
+    """A blocking connection to an engine's control socket (``qtsw ctl``, scripts, tests).
+
+    Opening it says ``hello``; :attr:`hello` holds the engine's answer. :meth:`request` sends one
+    message and returns its reply; subscription messages that arrive meanwhile wait in
+    :attr:`pending` for :meth:`next_message`.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 10.0, greet: bool = True) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self.pending: deque[dict[str, Any]] = deque()
+        self._buf = b""
+        self._lines: deque[bytes] = deque()  # complete lines received, not yet read
+        self._ids = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            with _short_path(self.path) as where:
+                self.sock.connect(where)
+        except FileNotFoundError:
+            self.sock.close()
+            raise NoEngine(f"no control socket at {self.path}") from None
+        except ConnectionRefusedError:
+            self.sock.close()
+            raise NoEngine(f"nobody listens on {self.path}") from None
+        except OSError as exc:
+            self.sock.close()
+            raise ControlError(f"{self.path}: cannot connect: {exc.strerror or exc}") from None
+        self.hello: dict[str, Any] = {}
+        if greet:
+            got = self.request({"type": "hello", "version": PROTOCOL_VERSION})
+            if got.get("type") != "hello":
+                self.close()
+                raise ControlError(f"{self.path}: the engine did not greet: {got.get('error') or got}")
+            self.hello = got
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, obj: dict[str, Any] | bytes) -> None:
+        data = obj if isinstance(obj, bytes) else _dumps(obj)
+        self.sock.sendall(data)
+
+    def read_message(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next message from the engine, or None at end of stream; TimeoutError on timeout.
+        A line that is not a JSON object comes back as ``{"type": "unreadable", "line": …}``."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                if line.strip():
+                    return _decode(line)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.path}: no message within {timeout or self.timeout} s")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(1 << 18)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                if self._buf.strip():
+                    line, self._buf = self._buf, b""
+                    return _decode(line)
+                return None
+            *complete, self._buf = (self._buf + chunk).split(b"\n")
+            self._lines.extend(complete)
+
+    def request(self, obj: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Send ``obj`` (given an ``id``) and return its reply."""
+        self._ids += 1
+        msg_id = self._ids
+        self.send({**obj, "id": msg_id})
+        while True:
+            got = self.read_message(timeout)
+            if got is None:
+                raise NoEngine(f"{self.path}: the engine closed the connection")
+            if got.get("id") == msg_id and "n" not in got:
+                return got
+            self.pending.append(got)
+
+    def command(self, name: str, **params: Any) -> dict[str, Any]:
+        """A command (``run_now``, ``stage``, ``pause``, ``resume``, ``cancel``): its reply,
+        ``{"type": "accepted"|"refused", "reason": …}``."""
+        return self.request({"type": name, **params})
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.request({"type": "snapshot"})["snapshot"]
+
+    def subscribe(self) -> dict[str, Any]:
+        return self.request({"type": "subscribe"})
+
+    def next_message(self, timeout: float | None = None) -> dict[str, Any] | None:
+        if self.pending:
+            return self.pending.popleft()
+        return self.read_message(timeout)
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {"type": "unreadable", "line": line[:200].decode("utf-8", errors="replace")}
+    return obj if isinstance(obj, dict) else {"type": "unreadable", "line": str(obj)[:200]}
+
+
+def connect(settings: Settings, *, timeout: float = 10.0) -> Connection:
+    """A connection to the engine serving this data root; :class:`NoEngine` when none does."""
+    return Connection(socket_path(settings), timeout=timeout)

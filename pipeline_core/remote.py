@@ -1,0 +1,272 @@
+"""An engine in another process, seen through its control socket (:mod:`pipeline_core.control`).
+
+:class:`RemoteEngine` offers a console what :class:`pipeline_core.engine.Engine` offers —
+``subscribe``, ``snapshot``, ``busy``/``paused``, ``request_run``, ``pause``/``resume``,
+``cancel``, ``serve``/``stop`` and ``host_info`` — so no screen knows which one it talks to.
+Its ``serve`` attaches: it subscribes, hands every event and output line to the subscribers
+(each event once, by ``(run_id, seq)``, across reconnections), keeps the engine's latest
+snapshot, and when the engine goes away says so and reattaches as soon as one serves the data
+root again. It never starts an engine. ``stop`` only detaches: the engine and its run go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from pipeline_core import clock, history
+from pipeline_core.control import (
+    PROTOCOL_VERSION,
+    Connection,
+    ControlError,
+    _short_path,
+    snapshot_from_dict,
+    socket_path,
+)
+from pipeline_core.events import Event, EventError
+from pipeline_core.runstate import EngineSnapshot, EventMessage, OutputMessage
+from pipeline_core.settings import Settings
+
+Subscriber = Callable[[EventMessage | OutputMessage], None]
+RECONNECT_SECONDS = 0.5  # how often a detached console looks for an engine again
+COMMAND_TIMEOUT = 5.0  # a command's reply, from an engine on this machine
+
+
+class RemoteEngine:
+    """The engine serving ``settings``' data root, in another process."""
+
+    attached = True
+
+    def __init__(self, settings: Settings, *, reconnect_seconds: float = RECONNECT_SECONDS) -> None:
+        self.settings = settings
+        self.path = socket_path(settings)
+        self.reconnect_seconds = reconnect_seconds
+        self.hello: dict[str, Any] | None = None  # the engine's hello while attached
+        self.last_hello: dict[str, Any] | None = None
+        self.problem: str | None = None  # why it is not attached, when it is not
+        self.last_refusal = ""
+        self.attachments = 0  # how many times it attached (1 = first time)
+        self._subs: list[Subscriber] = []
+        self._snap = EngineSnapshot(now=clock.now(), scheduler="off", next_mark=None, current=None,
+                                    last_run=history.last_run(settings))
+        self._seen: dict[str, int] = {}  # run_id → the last seq handed on
+        self._output_runs: set[str] = set()  # runs whose output lines were already handed on
+        self._stop = False
+        self._scope: anyio.CancelScope | None = None
+        self._cmd: Connection | None = None
+        self._queued: list[tuple[str, dict[str, Any]]] = []  # commands given before attaching
+
+    # --- what the console reads -----------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.hello is not None
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        self._subs.append(fn)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subs.remove(fn)
+
+        return unsubscribe
+
+    def snapshot(self) -> EngineSnapshot:
+        return replace(self._snap, now=clock.now())
+
+    @property
+    def busy(self) -> bool:
+        return self._snap.current is not None
+
+    @property
+    def paused(self) -> bool:
+        return self._snap.scheduler == "paused"
+
+    @property
+    def scheduler_state(self) -> str:
+        return self._snap.scheduler
+
+    @property
+    def next_mark(self) -> datetime | None:
+        return self._snap.next_mark
+
+    def host_info(self) -> dict[str, Any]:
+        """Who runs the engine: ``{"mode": "attached", "pid", "since", "connected", "problem"}``."""
+        h = self.hello or self.last_hello or {}
+        return {"mode": "attached", "pid": h.get("pid"), "since": h.get("started"),
+                "connected": self.connected, "problem": self.problem}
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def _command(self, name: str, **params: Any) -> dict[str, Any]:
+        """Send a command and wait for its answer (an engine on this machine answers at once).
+        Before the first attachment (``qtsw --run-now`` with an engine running) it is queued."""
+        if not self.connected:
+            if self.attachments == 0 and self.problem is None and not self._stop:
+                self._queued.append((name, params))
+                return {"type": "accepted", "detail": "sent once attached"}
+            return {"type": "refused", "reason": f"not attached to an engine ({self.problem or 'connecting'})"}
+        for attempt in (1, 2):  # the command connection may have gone with an earlier engine
+            try:
+                if self._cmd is None:
+                    self._cmd = Connection(self.path, timeout=COMMAND_TIMEOUT)
+                return self._cmd.command(name, **params)
+            except (ControlError, OSError) as exc:
+                if self._cmd is not None:
+                    self._cmd.close()
+                    self._cmd = None
+                if attempt == 2:
+                    return {"type": "refused", "reason": f"the engine did not answer: {exc}"}
+        raise AssertionError("unreachable")
+
+    def _accepted(self, reply: dict[str, Any]) -> bool:
+        if reply.get("type") == "accepted":
+            self.last_refusal = ""
+            return True
+        self.last_refusal = str(reply.get("reason") or reply.get("error") or "refused")
+        return False
+
+    def request_run(self, trigger: str = "manual", stages: Any = None, full: bool | None = None) -> bool:
+        """Ask the engine for a run (``stages``: one stage); False with :attr:`last_refusal`."""
+        params: dict[str, Any] = {"full": True} if full else {}
+        if stages:
+            return self._accepted(self._command("stage", stage=list(stages)[0], **params))
+        return self._accepted(self._command("run_now", **params))
+
+    def cancel(self) -> bool:
+        return self._accepted(self._command("cancel"))
+
+    def pause(self) -> None:
+        if self._accepted(self._command("pause")):
+            self._snap = replace(self._snap, scheduler="paused")
+
+    def resume(self) -> None:
+        if self._accepted(self._command("resume")):
+            self._snap = replace(self._snap, scheduler="running")
+
+    def stop(self) -> None:
+        """Detach (the engine and its run carry on)."""
+        self._stop = True
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._cmd is not None:
+            self._cmd.close()
+            self._cmd = None
+
+    # --- attached -------------------------------------------------------------------------------
+
+    def _publish(self, msg: EventMessage | OutputMessage) -> None:
+        for fn in list(self._subs):
+            with contextlib.suppress(Exception):  # a watcher's bug must not end the attachment
+                fn(msg)
+
+    async def serve(self, *, schedule: bool = True, not_before: Any = None) -> None:
+        """Stay attached until :meth:`stop`: attach, follow, and reattach when the engine is back."""
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            while not self._stop:
+                try:
+                    await self._follow()
+                except (OSError, ControlError, anyio.EndOfStream, anyio.BrokenResourceError,
+                        anyio.ClosedResourceError) as exc:
+                    if self.connected or self.problem is None:
+                        self.problem = _why(exc)
+                self._detached()
+                await anyio.sleep(self.reconnect_seconds)
+        self._detached()
+        self._scope = None
+
+    def _detached(self) -> None:
+        if self.hello is not None:
+            self.last_hello = self.hello
+            self.problem = self.problem or "the engine went away"
+        self.hello = None
+        self._snap = replace(self._snap, scheduler="off", next_mark=None, current=None)
+        if self._cmd is not None:
+            self._cmd.close()
+            self._cmd = None
+
+    async def _follow(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _short_path(self.path) as where:
+                sock.connect(where)  # local: immediate, or refused at once
+        except FileNotFoundError:
+            sock.close()
+            raise ControlError("no engine is running (no control socket)") from None
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        stream = await anyio.abc.SocketStream.from_socket(sock)
+        async with stream:
+            await stream.send(b'{"type":"hello","version":%d,"id":"hello"}\n{"type":"subscribe","id":"sub"}\n'
+                              % PROTOCOL_VERSION)
+            buf = b""
+            while True:
+                chunk = await stream.receive(1 << 16)
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._on_line(line)
+                while self._queued and self.connected:
+                    name, params = self._queued.pop(0)
+                    self._accepted(self._command(name, **params))
+                if self._stop:
+                    return
+
+    def _on_line(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(msg, dict):
+            return
+        kind = msg.get("type")
+        if kind == "event":
+            try:
+                ev = Event.from_dict(msg.get("event"))
+            except (EventError, TypeError, ValueError):
+                return
+            if ev.seq <= self._seen.get(ev.run_id, 0):
+                return  # seen before a reconnection
+            self._seen[ev.run_id] = ev.seq
+            self._publish(EventMessage(ev))
+        elif kind == "output":
+            run_id = str(msg.get("run_id") or "")
+            if msg.get("catchup") and run_id in self._output_runs:
+                return  # these lines were shown before a reconnection
+            self._output_runs.add(run_id)
+            self._publish(OutputMessage(run_id, str(msg.get("stage") or ""), msg.get("instrument"),
+                                        str(msg.get("line") or "")))
+        elif kind == "snapshot":
+            with contextlib.suppress(Exception):
+                self._snap = snapshot_from_dict(msg.get("snapshot") or {})
+        elif kind == "hello":
+            self.hello = msg
+            self.last_hello = msg
+            self.problem = None
+            self.attachments += 1
+        elif kind == "error" and msg.get("id") in ("hello", "sub"):
+            raise ControlError(str(msg.get("error")))
+        elif kind == "lagging":
+            raise ControlError("this console fell behind the engine; catching up again")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, anyio.EndOfStream | anyio.BrokenResourceError | anyio.ClosedResourceError):
+        return "the engine went away"
+    if isinstance(exc, ConnectionRefusedError):
+        return "no engine is running (nobody listens on the socket)"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)

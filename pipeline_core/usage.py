@@ -1,0 +1,47 @@
+"""What every ``qtsw`` command shares on the command line: bad arguments exit 4 (could not
+start), and an operating-system error is told in one line naming the path and the reason."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+EXIT_USAGE = 4  # bad arguments, bad settings, a data root that cannot be used: could not start
+EXIT_FAILURE = 2
+
+
+class UsageParser(argparse.ArgumentParser):
+    """Bad arguments mean the command could not start: exit 4, not argparse's 2 (= failure)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``/path: Permission denied`` — the path(s) the error names and the system's reason."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+def root_problem(root: Path) -> str | None:
+    """Why ``root`` cannot be used as a data root (one line), or None when it is a folder.
+
+    Only ``qtsw init`` and ``qtsw sample`` create a data root: a mistyped ``--root`` must not
+    quietly become a new, empty one.
+    """
+    try:
+        st = os.stat(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return (f"data root {root} does not exist: create it with 'qtsw init {root}' "
+                "(or 'qtsw sample' for sample data), or give the right --root")
+    except OSError as exc:
+        return f"cannot use the data root {root}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"data root {root} is not a folder"
+    return None

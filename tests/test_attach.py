@@ -1,0 +1,197 @@
+"""A console attached to a headless engine in another process, driven with Pilot.
+
+The engine is ``qtsw --no-ui`` (real stages, sample exports); the console is ``build_app`` over
+a :class:`RemoteEngine` on the engine's real socket. Its keys act on the engine, its screens
+show the engine's run, quitting leaves the engine alone, and when the engine goes away the
+console says so and reattaches to the next one. Waits poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from test_control import clean_env, start_engine, stop_engine
+
+from pipeline_core import history
+from pipeline_core.control import Connection, NoEngine, socket_path
+from pipeline_core.remote import RemoteEngine
+from pipeline_core.sample import write_samples
+from pipeline_core.settings import load_settings
+from qtsw_tui.app import build_app
+from qtsw_tui.screens.confirm import ConfirmScreen
+from qtsw_tui.widgets.header import StatusHeader
+from qtsw_tui.widgets.stage_pane import StagePane
+
+pytestmark = pytest.mark.anyio
+DEADLINE = 60.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def wait_for(pilot, cond: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; header: {header(pilot.app)!r}")
+        await pilot.pause(0.05)
+
+
+def header(app) -> str:
+    return str(app.query_one("#header", StatusHeader).render())
+
+
+def engine_snapshot(settings) -> dict:
+    with Connection(socket_path(settings)) as conn:
+        return conn.snapshot()
+
+
+def wait_serving(settings, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, "the engine exited"
+        try:
+            Connection(socket_path(settings)).close()
+            return
+        except NoEngine:
+            assert time.monotonic() < deadline, "the engine never served its socket"
+            time.sleep(0.05)
+
+
+async def test_attached_console_drives_the_engine_and_reattaches(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    settings = load_settings(root=root, env={})
+    settings.ensure_dirs()
+    write_samples(settings, days=20, instruments=["ES", "NQ"], end=date(2025, 11, 26))
+    proc = start_engine(root)
+    second = None
+    try:
+        wait_serving(settings, proc)
+        remote = RemoteEngine(settings, reconnect_seconds=0.1)
+        app = build_app(settings, remote, {"control": True})
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: f"attached pid {proc.pid}" in header(app), "the console to attach")
+            # r: a run in the engine, its events and output on this console
+            await pilot.press("r")
+            await wait_for(pilot, lambda: history.read_runs(settings), "the run to end")
+            [run] = history.read_runs(settings)
+            assert run["status"] == "success" and run["trigger"] == "manual"
+            await wait_for(pilot, lambda: app.flushed["events"] and not remote.busy, "the console to show it")
+            pane = app.query_one("#pane-translator", StagePane)
+            assert any(run["run_id"][:8] in line for line in pane.lines), "the translator pane shows the run"
+            assert app.received["lines"] > 0
+            # p: the engine's schedule pauses, and resumes
+            await pilot.press("p")
+            assert engine_snapshot(settings)["scheduler"] == "paused"
+            await pilot.press("p")
+            assert engine_snapshot(settings)["scheduler"] == "running"
+            # a: one stage; c: cancel it (asks first)
+            await pilot.press("a")
+            await wait_for(pilot, lambda: len(history.read_runs(settings)) == 2, "the analyzer run")
+            assert history.read_runs(settings)[-1]["trigger"] == "stage"
+            write_samples(settings, days=25, instruments=["CL", "GC", "NG"], end=date(2025, 11, 26))
+            await pilot.press("r")  # new exports: a run long enough to cancel
+            await wait_for(pilot, lambda: remote.busy, "the run to show as active")
+            await pilot.press("c")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: len(history.read_runs(settings)) == 3, "the third run to end")
+            assert history.read_runs(settings)[-1]["status"] == "cancelled"
+
+            # the engine goes away: the console says so, and attaches to the next one
+            stop_engine(proc)
+            await wait_for(pilot, lambda: "detached" in header(app), "the console to notice")
+            assert any("went away" in str(n.message) for n in app._notifications)
+            second = start_engine(root)
+            await wait_for(pilot, lambda: f"attached pid {second.pid}" in header(app), "the console to reattach")
+            # q: the attached console leaves at once; the engine stays
+            await pilot.press("q")
+            await wait_for(pilot, lambda: not app.is_running, "the console to quit")
+        assert second.poll() is None
+        assert engine_snapshot(settings)["scheduler"] == "running"
+    finally:
+        stop_engine(proc)
+        if second is not None:
+            stop_engine(second)
+
+
+def test_attach_without_an_engine_exits_4(tmp_path: Path) -> None:
+    got = subprocess.run([sys.executable, "-m", "qtsw_tui", "--root", str(tmp_path / "r"), "--attach"],
+                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert got.returncode == 4 and "no engine is running" in got.stderr
+
+
+def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: Path) -> None:
+    """An operator's console attached over SSH at 80x24, its terminal gone mid-run: the run
+    ends ``success`` in the engine, which still runs and still holds the lock."""
+    from processes import alive
+    from test_console_tmux import QTSW, TMUX, poll, tmux
+
+    from pipeline_core.lock import lock_holder
+
+    root = tmp_path / "root"
+    settings = load_settings(root=root, env={})
+    settings.ensure_dirs()
+    write_samples(settings, days=15, instruments=["ES", "NQ", "CL"], end=date(2025, 11, 26))
+    proc = start_engine(root)
+    sock, session = f"qtsw-test-{uuid.uuid4().hex[:8]}", "console"
+    env = clean_env(TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    env.pop("TMUX", None)
+    try:
+        wait_serving(settings, proc)
+        subprocess.run([TMUX, "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", session,
+                        "-x", "80", "-y", "24", f"{QTSW} --root {root}"], env=env, check=True, timeout=20)
+        first = poll(sock, session, lambda t: f"attached pid {proc.pid}" in t, "the console to attach")
+        assert max(len(line) for line in first.splitlines()) <= 80
+        tmux(sock, "send-keys", "-t", session, "r")
+        poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
+        pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
+        tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
+        deadline = time.monotonic() + 30
+        while alive(pane_pid):
+            assert time.monotonic() < deadline, "the console outlived its terminal"
+            time.sleep(0.1)
+        deadline = time.monotonic() + 90
+        while not history.read_runs(settings):
+            assert time.monotonic() < deadline, "the run never ended"
+            time.sleep(0.1)
+        [run] = history.read_runs(settings)
+        assert run["status"] == "success" and run["trigger"] == "manual"
+        assert proc.poll() is None
+        assert lock_holder(settings.lock_file)["pid"] == proc.pid
+    finally:
+        tmux(sock, "kill-server", check=False)
+        stop_engine(proc)
+
+
+async def test_a_hosting_console_serves_the_socket(tmp_path: Path) -> None:
+    from pipeline_core.engine import Engine
+
+    settings = load_settings(root=tmp_path / "root", env={})
+    settings.ensure_dirs()
+    app = build_app(settings, Engine(settings), {"control": True})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: socket_path(settings).exists(), "the socket")
+        await wait_for(pilot, lambda: header(app).splitlines()[1].startswith("hosting"), "the header")
+
+        def script() -> tuple[str, str]:  # a blocking client: off the console's loop, which serves it
+            with Connection(socket_path(settings)) as conn:
+                return conn.hello["hosted_by"], conn.command("run_now")["type"]
+
+        assert await anyio.to_thread.run_sync(script) == ("console", "accepted")
+        await wait_for(pilot, lambda: history.read_runs(settings), "the run")
+        await wait_for(pilot, lambda: app.flushed["events"] > 0, "the console to show its events")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the console to quit")
+    assert not socket_path(settings).exists()
