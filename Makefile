@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/analyze.py
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/console.py
+	$(BIN)/python bench/results.py
 
 clean:
 	rm -rf $(VENV) data logs .pytest_cache

@@ -11,7 +11,8 @@ one go, on the same machine:
     C client processes subscribed to the engine; p50 / p99 / max over all events and clients.
     Target p99 < 100 ms;
 (c) the engine's run time (its report's duration) with no client, and with C clients; the ratio
-    is the cost of serving them. Target within 5 %.
+    is the cost of serving them. Target within 5 %. On a shared machine the clients' own CPU
+    shows in the wall time too, so the engine process's CPU seconds per run are printed beside.
 
 ``python bench/attach.py [--events 100000] [--clients 5] [--repeat 2]``
 """
@@ -159,14 +160,23 @@ def _attach_time(root: Path) -> float:
     return float(json.loads(got.stdout.strip().splitlines()[-1])["attach_seconds"])
 
 
-def _run(conn: Any, settings: Any) -> float:
+def _cpu(pid: int) -> float:
+    """CPU seconds a process has used (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run(conn: Any, settings: Any, cpu: list[float] | None = None, pid: int = 0) -> float:
     from pipeline_core import history
 
+    c0 = _cpu(pid) if cpu is not None else 0.0
     before = len(history.read_runs(settings))
     reply = conn.command("run_now")
     assert reply["type"] == "accepted", reply
     while len(history.read_runs(settings)) == before:
         time.sleep(0.05)
+    if cpu is not None:
+        cpu.append(_cpu(pid) - c0)
     line = history.read_runs(settings)[-1]
     report = history.find_report(settings, line["run_id"])
     assert line["status"] == "success", line
@@ -205,14 +215,16 @@ def main() -> int:
         served: list[float] = []
         delays: list[float] = []
         busy_attach: list[float] = []
+        cpu_alone: list[float] = []
+        cpu_served: list[float] = []
         for _ in range(args.repeat):
-            alone.append(_run(conn, settings))
+            alone.append(_run(conn, settings, cpu_alone, engine.pid))
             clients = [subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings))],
                                         stdout=subprocess.PIPE, text=True, env=_env())
                        for _ in range(args.clients)]
             for c in clients:
                 assert c.stdout is not None and c.stdout.readline().strip() == "ready"
-            served.append(_run(conn, settings))
+            served.append(_run(conn, settings, cpu_served, engine.pid))
             for c in clients:
                 out, _ = c.communicate(timeout=300)
                 delays.extend(json.loads(out.strip().splitlines()[-1])["delays"])
@@ -237,7 +249,8 @@ def main() -> int:
 
     a, s = statistics.median(alone), statistics.median(served)
     print(f"events per run: {args.events + 8} (a translator reporting {args.events} metrics); "
-          f"{args.clients} clients; {args.repeat} runs each way")
+          f"{args.clients} clients; {args.repeat} runs each way; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
     print(f"(a) attach, idle engine:     median {statistics.median(idle_attach):.2f} s "
           f"(runs {', '.join(f'{x:.2f}' for x in idle_attach)})  target < 1 s")
     print(f"    attach, during a run:    median {statistics.median(busy_attach):.2f} s "
@@ -247,6 +260,9 @@ def main() -> int:
     print(f"(c) run time: alone {a:.2f} s (runs {', '.join(f'{x:.2f}' for x in alone)}), with "
           f"{args.clients} clients {s:.2f} s (runs {', '.join(f'{x:.2f}' for x in served)}); "
           f"ratio {s / a:.3f}  target <= 1.05")
+    ca, cs = statistics.median(cpu_alone), statistics.median(cpu_served)
+    print(f"    engine CPU per run (what serving costs it, whatever the machine's load): alone {ca:.2f} s, "
+          f"with {args.clients} clients {cs:.2f} s; ratio {cs / ca:.3f}")
     return 0
 
 

@@ -48,6 +48,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -249,7 +250,7 @@ class _Client:
         """A subscription message (``body`` without its ``n``); held back during the catch-up."""
         if not self.live:
             self.held.append(body)
-            if len(self.held) > CLIENT_QUEUE:
+            if len(self.held) > CLIENT_QUEUE_MAX:
                 self.fall_behind()
             return
         self._put(True, body)
@@ -297,6 +298,7 @@ class ControlServer:
         self.clients: set[_Client] = set()
         self.lagged = 0  # clients disconnected for falling behind
         self.errors = 0  # error replies sent
+        self.troubles = 0  # problems of the socket itself (reported on stderr)
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._recent: dict[str, deque[bytes]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
@@ -371,8 +373,13 @@ class ControlServer:
                 tg.start_soon(self._watch_snapshot)
                 task_status.started()
                 while True:
-                    stream = await listener.accept()
-                    tg.start_soon(self._handle, stream)
+                    try:
+                        stream = await listener.accept()
+                    except (OSError, anyio.BrokenResourceError) as exc:  # e.g. out of descriptors
+                        self._trouble(f"accepting a client: {exc}")
+                        await anyio.sleep(0.5)
+                        continue
+                    tg.start_soon(self._handle_safely, stream)
         finally:
             if self._unsubscribe is not None:
                 self._unsubscribe()
@@ -382,6 +389,20 @@ class ControlServer:
                     await listener.aclose()
             self._sock = None  # the listener closed it
             self.close()
+
+    def _trouble(self, text: str) -> None:
+        """A problem of the socket, never of the engine: one line on stderr (the journal)."""
+        self.troubles += 1
+        if self.troubles <= 10:
+            print(f"qtsw: control socket: {text}", file=sys.stderr, flush=True)
+
+    async def _handle_safely(self, stream: anyio.abc.SocketStream) -> None:
+        try:
+            await self._handle(stream)
+        except Exception as exc:  # noqa: BLE001 - one client's trouble must never reach the engine
+            self._trouble(f"a client: {type(exc).__name__}: {exc}")
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await stream.aclose()
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
@@ -417,6 +438,9 @@ class ControlServer:
                              f"(more than {CLIENT_QUEUE} messages queued); disconnected; "
                              "reconnect to catch up"}), socket.MSG_DONTWAIT)
             with anyio.CancelScope(shield=True):
+                # a turn of the loop first: the cancelled receive must let go of its future
+                # before the stream closes (anyio#1267 on asyncio Unix streams)
+                await anyio.lowlevel.checkpoint()
                 with contextlib.suppress(Exception):
                     await stream.aclose()
 
@@ -686,7 +710,11 @@ class ControlServer:
             if not any(c.subscribed for c in self.clients):
                 self._last_snapshot = None
                 continue
-            d = self._snapshot()
+            try:
+                d = self._snapshot()
+            except Exception as exc:  # noqa: BLE001 - the watchers wait for the next one
+                self._trouble(f"snapshot: {type(exc).__name__}: {exc}")
+                continue
             same = {k: v for k, v in d.items() if k != "now"}
             if same != self._last_snapshot:
                 self._last_snapshot = same

@@ -43,6 +43,7 @@ import anyio
 import anyio.lowlevel
 
 from pipeline_core import catalog, clock, history, lock, proc
+from pipeline_core.alerts import AlertMonitor
 from pipeline_core.events import (
     Event,
     EventWriter,
@@ -136,6 +137,7 @@ class _Run:
     error: str | None = None
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # stage → done/total/msg
+    report: dict[str, Any] | None = None  # the audit report, once written
     last_progress_event: dict[str, float] = field(default_factory=dict)  # key → monotonic
 
 
@@ -174,6 +176,7 @@ class Engine:
         self._serving = False
         self._schedule: MarkSchedule | None = None
         self._sched_writer: EventWriter | None = None
+        self._sched_lock = threading.RLock()
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop = False
         self._wake: anyio.Event | None = None
@@ -184,6 +187,7 @@ class Engine:
         self._launcher: proc.WarmLauncher | None = None
         self._prestarted = launcher  # started by the caller, used by the first serve or run
         self._since = clock.iso_now()
+        self.alerts = AlertMonitor(settings, now=self.now, emit=self._alert_emit)
 
     attached = False  # this process hosts the engine (a RemoteEngine is attached to one)
 
@@ -267,13 +271,21 @@ class Engine:
     # --- scheduler events -------------------------------------------------------------------
 
     def _sched_emit(self, event: str, msg: str, data: dict[str, Any] | None = None) -> Event:
-        if self._sched_writer is None:
-            self._sched_writer = EventWriter(
-                scheduler_event_path(self.settings.events_dir), SCHEDULER_RUN_ID
-            )
-        ev = self._sched_writer.emit("scheduler", event, msg, data)
+        with self._sched_lock:  # alert delivery threads write here too
+            if self._sched_writer is None:
+                self._sched_writer = EventWriter(
+                    scheduler_event_path(self.settings.events_dir), SCHEDULER_RUN_ID
+                )
+            ev = self._sched_writer.emit("scheduler", event, msg, data)
         self._publish(EventMessage(ev))
         return ev
+
+    def _alert_emit(self, msg: str, data: dict[str, Any]) -> None:
+        """An ``alert`` event in the scheduler's log. Also called from the notifier's threads:
+        written there directly (the writer is thread-safe), never waiting for the loop, which
+        may be busy or already gone."""
+        with contextlib.suppress(Exception):  # an alert that cannot be recorded stops nothing
+            self._sched_emit("alert", msg, data)
 
     # --- control ------------------------------------------------------------------------------
 
@@ -424,6 +436,7 @@ class Engine:
                 while not self._stop:
                     if self._schedule is not None:
                         self._look_at_clock()
+                    self._alert_tick()
                     delay = self.schedule_tick
                     if self._schedule is not None:
                         delay = min(delay, self._schedule.seconds_to_next() + 0.005)
@@ -439,10 +452,13 @@ class Engine:
             if self._schedule is not None:
                 with contextlib.suppress(Exception):
                     self._sched_emit("log", "Scheduler stopped", {"level": "info"})
-            if self._sched_writer is not None:
-                self._sched_writer.close()
-                self._sched_writer = None
             self._schedule = None
+            self.alerts.running_since = None
+            self.alerts.close(timeout=self.alerts.delivery_bound())
+            with self._sched_lock:
+                if self._sched_writer is not None:
+                    self._sched_writer.close()
+                    self._sched_writer = None
             self._serving = False
             self._wake = None
             self._stop = False
@@ -476,11 +492,21 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 await launcher.aclose()
 
+    def _alert_tick(self) -> None:
+        try:
+            self.alerts.tick(self.scheduler_state, self._run.state.started if self._run is not None else None)
+        except Exception:  # alerts never stop the scheduler
+            traceback.print_exc(file=sys.stderr)
+
     def _look_at_clock(self) -> None:
         assert self._schedule is not None
         due = self._schedule.poll()
         if due.mark is None:
             return
+        try:
+            self.alerts.marks(due.missed, due.mark)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
         for m in due.missed:
             self._sched_emit(
                 "log",
@@ -630,6 +656,7 @@ class Engine:
         rs.ended = self.now()
         rs.stage = None
         report = self._report(rs, run.details, full=run.full, error=run.error, duration=duration)
+        run.report = report
         report_file: Path | None = None
         try:
             report_file = history.write_report(self.settings, report, rs.started)
@@ -667,6 +694,11 @@ class Engine:
         run.writer.close()
         if run.writer.error is not None:
             self._record_failed(run, run.writer.error, run.writer.path)
+        try:
+            # after the run is recorded: alerts read its report, and never change or delay it
+            self.alerts.run_ended(report)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
 
     # --- stages -------------------------------------------------------------------------------
 

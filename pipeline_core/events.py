@@ -25,7 +25,9 @@ from pipeline_core.safetext import safe, safe_data
 
 SCHEMA_VERSION = 1
 STAGES = ("pipeline", "translator", "analyzer", "merger", "scheduler")
-EVENT_TYPES = ("start", "success", "failure", "log", "metric", "progress", "skipped", "cancelled")
+# ``alert``: an alert fired, recovered, was acknowledged, or could not be delivered
+# (``data.state``: firing | recovered | acknowledged | delivery_failed | error; see pipeline_core.alerts)
+EVENT_TYPES = ("start", "success", "failure", "log", "metric", "progress", "skipped", "cancelled", "alert")
 TERMINAL = ("success", "failure", "cancelled")
 
 

@@ -110,6 +110,23 @@ def find_report(settings: Settings, run_id: str) -> dict[str, Any] | None:
     return None
 
 
+def recent_reports(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    """The audit reports of the last ``limit`` runs (by start time), oldest first; unreadable
+    ones skipped."""
+    d = settings.reports_dir
+    if not d.is_dir() or limit <= 0:
+        return []
+    out = []
+    for p in sorted(d.glob("pipeline_report_*.json"))[-limit:]:
+        try:
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
 def run_events(settings: Settings, run_id: str) -> list[Event]:
     """The events of ``run_id`` in order (corrupt lines skipped)."""
     events, _ = read_events(run_event_path(settings.events_dir, run_id))
@@ -150,8 +167,9 @@ def count_files(folder: Path, pattern: str = "*") -> tuple[int, int]:
 
 
 def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
-    """What is where (``qtsw status``): files per folder, pending work, last runs, the lock holder."""
-    from pipeline_core import catalog
+    """What is where (``qtsw status``): files per folder, pending work, last runs, the lock holder,
+    the active alerts (channels masked)."""
+    from pipeline_core import alerts, catalog
     from pipeline_core.lock import lock_holder
     from pipeline_core.rawfiles import scan_raw
 
@@ -199,4 +217,5 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
             "stale": catalog.stale_results(settings),
         },
         "runs": read_runs(settings, limit=runs),
+        "alerts": alerts.status_view(settings),
     }

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from pipeline_core import clock, history
 from pipeline_core.control import (
@@ -215,9 +216,12 @@ class RemoteEngine:
                 chunk = await stream.receive(1 << 16)
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
-                for line in lines:
+                for i, line in enumerate(lines, 1):
                     if line.strip():
                         self._on_line(line)
+                    if i % 500 == 0:
+                        await anyio.lowlevel.checkpoint()  # the console draws during a flood
+                await anyio.lowlevel.checkpoint()  # a receive with data waiting does not yield
                 while self._queued and self.connected:
                     name, params = self._queued.pop(0)
                     self._accepted(self._command(name, **params))

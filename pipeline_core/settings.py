@@ -38,12 +38,15 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Instrument:
-    """A tradable symbol: its tick size and the target T, both in price points."""
+    """A tradable symbol: its tick size and the target T, both in price points, and what one
+    point is worth in dollars per contract (None when the table does not say: results then
+    show points only for it)."""
 
     symbol: str
     tick: float
     target: float
     base: str  # the symbol whose tick/target a micro uses; itself for a base symbol
+    point_value: float | None = None  # dollars per point per contract; a micro has its own
 
     def ticks(self, price: float) -> int:
         """A price in integer ticks (so float artefacts cannot flip a comparison)."""
@@ -63,21 +66,23 @@ class Session:
         return self.name.lstrip("S")
 
 
+# point_value: dollars per point per contract (exchange contract specs). A micro trades its
+# base's prices (same tick and target) but is a smaller contract: it has its own point value.
 DEFAULT_INSTRUMENTS: dict[str, dict[str, Any]] = {
-    "ES": {"tick": 0.25, "target": 10},
-    "NQ": {"tick": 0.25, "target": 50},
-    "YM": {"tick": 1.0, "target": 100},
-    "CL": {"tick": 0.01, "target": 0.50},
-    "NG": {"tick": 0.001, "target": 0.05},
-    "GC": {"tick": 0.1, "target": 5},
-    "RTY": {"tick": 0.10, "target": 10},
-    "MES": {"base": "ES"},
-    "MNQ": {"base": "NQ"},
-    "MYM": {"base": "YM"},
-    "MCL": {"base": "CL"},
-    "MNG": {"base": "NG"},
-    "MGC": {"base": "GC"},
-    "M2K": {"base": "RTY"},
+    "ES": {"tick": 0.25, "target": 10, "point_value": 50},
+    "NQ": {"tick": 0.25, "target": 50, "point_value": 20},
+    "YM": {"tick": 1.0, "target": 100, "point_value": 5},
+    "CL": {"tick": 0.01, "target": 0.50, "point_value": 1000},
+    "NG": {"tick": 0.001, "target": 0.05, "point_value": 10000},
+    "GC": {"tick": 0.1, "target": 5, "point_value": 100},
+    "RTY": {"tick": 0.10, "target": 10, "point_value": 50},
+    "MES": {"base": "ES", "point_value": 5},
+    "MNQ": {"base": "NQ", "point_value": 2},
+    "MYM": {"base": "YM", "point_value": 0.5},
+    "MCL": {"base": "CL", "point_value": 100},
+    "MNG": {"base": "NG", "point_value": 1000},
+    "MGC": {"base": "GC", "point_value": 10},
+    "M2K": {"base": "RTY", "point_value": 5},
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -119,6 +124,32 @@ DEFAULTS: dict[str, Any] = {
         "warm_start": True,
     },
     "keys": {},  # binding id -> key, e.g. {run_now = "R"}
+    "alerts": {
+        # apprise URLs: "mailto://…", or {url = "ntfy://…", min_severity = "critical"}
+        "urls": [],
+        "stale_minutes": 30.0,
+        "no_run_minutes": 45.0,
+        "repeat_minutes": 60.0,
+        "min_free_mb": 1024.0,
+        "slow_factor": 3.0,
+        "slow_min_seconds": 60.0,
+        "slow_history": 20,
+        "export_stale_seconds": 600.0,
+        "check_seconds": 60.0,
+        "timeout_seconds": 10.0,
+        "retries": 2,
+        "retry_backoff_seconds": 2.0,
+        "rules": {
+            "run_failed": True,
+            "quarantine": True,
+            "stale_data": True,
+            "export_stalled": True,
+            "no_run": True,
+            "missed_marks": True,
+            "slow_stage": True,
+            "low_disk": True,
+        },
+    },
 }
 
 # Environment variables: QTSW_<SECTION>_<KEY> for scalar settings, e.g. QTSW_ENGINE_WORKERS=2.
@@ -140,10 +171,59 @@ _SCALAR_KEYS = {
     ("timeouts", "progress_interval"),
     ("engine", "workers"),
     ("engine", "warm_start"),
+    ("alerts", "stale_minutes"),
+    ("alerts", "no_run_minutes"),
+    ("alerts", "repeat_minutes"),
+    ("alerts", "min_free_mb"),
+    ("alerts", "slow_factor"),
+    ("alerts", "slow_min_seconds"),
+    ("alerts", "slow_history"),
+    ("alerts", "export_stale_seconds"),
+    ("alerts", "check_seconds"),
+    ("alerts", "timeout_seconds"),
+    ("alerts", "retries"),
+    ("alerts", "retry_backoff_seconds"),
 }
 _LIST_KEYS = {("analysis", "trade_days"), ("engine", "schedule_minutes")}
 
 RAW_POLICIES = ("archive", "delete", "keep")
+SEVERITIES = ("info", "warning", "critical")  # lowest first
+ALERT_RULES = tuple(DEFAULTS["alerts"]["rules"])
+
+
+@dataclass(frozen=True)
+class AlertChannel:
+    """One place alerts go: an apprise URL (holding secrets: show it only through
+    ``pipeline_core.alerts.mask_url``) and the lowest severity it receives."""
+
+    url: str = field(repr=False)
+    min_severity: str = "info"
+
+    def wants(self, severity: str) -> bool:
+        return SEVERITIES.index(severity) >= SEVERITIES.index(self.min_severity)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """``[alerts]``: channels, the rules' thresholds and which rules are on."""
+
+    channels: tuple[AlertChannel, ...] = ()
+    stale_minutes: float = 30.0
+    no_run_minutes: float = 45.0
+    repeat_minutes: float = 60.0
+    min_free_mb: float = 1024.0
+    slow_factor: float = 3.0
+    slow_min_seconds: float = 60.0
+    slow_history: int = 20
+    export_stale_seconds: float = 600.0
+    check_seconds: float = 60.0
+    timeout_seconds: float = 10.0
+    retries: int = 2
+    retry_backoff_seconds: float = 2.0
+    rules: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(ALERT_RULES, True))
+
+    def enabled(self, rule: str) -> bool:
+        return bool(self.rules.get(rule, False))
 
 # The qtsw.toml that `qtsw init` writes: every setting at its default, commented out.
 STARTER_TOML = """\
@@ -214,6 +294,7 @@ class Settings:
     keys: dict[str, str] = field(default_factory=dict)
     warm_start: bool = True
     config_file: Path | None = None
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     # --- paths (SPEC §1) -------------------------------------------------------------
     @property
@@ -251,6 +332,17 @@ class Settings:
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.sqlite"
+
+    @property
+    def results_cache_path(self) -> Path:
+        """What the statistics read from every monthly file, kept between starts (a cache:
+        deleting it only costs one slower first read)."""
+        return self.data_dir / "cache" / "results.arrow"
+
+    @property
+    def exports_dir(self) -> Path:
+        """CSV files the console exports (results)."""
+        return self.root / "exports"
 
     @property
     def logs_dir(self) -> Path:
@@ -440,6 +532,10 @@ def load_settings(
                 value = [v.strip() for v in value.split(",") if v.strip()]
             raw[section][key] = value
             sources[f"{section}.{key}"] = f"environment variable {name}"
+    if env.get("QTSW_ALERTS_URLS") is not None:
+        # whitespace-separated; "critical=ntfy://…" sets the channel's minimum severity
+        raw["alerts"]["urls"] = env["QTSW_ALERTS_URLS"].split()
+        sources["alerts.urls"] = "environment variable QTSW_ALERTS_URLS"
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if section not in raw or not isinstance(raw[section], dict) or not key:
@@ -467,6 +563,7 @@ def env_name(section: str, key: str) -> str:
 # gives its stage processes (and the tests' fault injection).
 ENV_OTHER = {
     "QTSW_ROOT": "the data root",
+    "QTSW_ALERTS_URLS": "the alert channels (alerts.urls), whitespace-separated",
     "QTSW_CONFIG": "the settings file",
     "QTSW_RUN_ID": "set by the engine for its stages",
     "QTSW_PROC_TOKEN": "set by the engine for its stages",
@@ -475,6 +572,8 @@ ENV_OTHER = {
     "QTSW_FULL": "set by the engine for its stages",
     "QTSW_TRANSLATOR_PIECE_BYTES": "a test setting of the translator",
     "QTSW_CRASH_BEFORE_RENAME": "a test setting of atomic writes",
+    "QTSW_FAIL_WRITE": "a test setting: writes to matching paths fail as on a full disk",
+    "QTSW_PAUSE_AFTER_READ": "a test setting of the translator (a file changing while read)",
 }
 
 
@@ -507,7 +606,7 @@ def _merge(
 ) -> None:
     for key, value in new.items():
         full = f"{prefix}{key}"
-        if key not in base and prefix != "instruments." and prefix != "sessions." and prefix != "keys.":
+        if key not in base and prefix not in ("instruments.", "sessions.", "keys."):
             raise SettingsError(full, value, f"a known setting (known here: {', '.join(sorted(base))})", source)
         if isinstance(base.get(key), dict) and isinstance(value, Mapping) and full not in (
             "instruments",
@@ -561,6 +660,19 @@ def _number(key: str, value: Any, lo: float, hi: float, *, integer: bool = False
     return num
 
 
+def _positive(key: str, value: Any) -> float:
+    allowed = "a positive number (dollars per point per contract, e.g. 50 for ES)"
+    if isinstance(value, bool):
+        raise SettingsError(key, value, allowed)
+    try:
+        num = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(key, value, allowed) from None
+    if not (num > 0 and num < float("inf")):
+        raise SettingsError(key, value, allowed)
+    return num
+
+
 def _date(key: str, value: Any) -> date:
     if isinstance(value, datetime):
         value = value.date()
@@ -595,7 +707,11 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
             raise SettingsError(f"instruments.{sym}.base", base, "a base symbol defined with tick and target")
         tick = _number(f"instruments.{sym}.tick", spec.get("tick", src.get("tick")), 1e-9, 1e9)
         target = _number(f"instruments.{sym}.target", spec.get("target", src.get("target")), 1e-9, 1e9)
-        instruments[sym] = Instrument(sym, tick, target, base)
+        # Not inherited from the base (a micro is a smaller contract); a symbol of the built-in
+        # table keeps its built-in point value when the file's table does not give one.
+        pv_raw = spec.get("point_value", DEFAULT_INSTRUMENTS.get(sym, {}).get("point_value"))
+        point_value = None if pv_raw is None else _positive(f"instruments.{sym}.point_value", pv_raw)
+        instruments[sym] = Instrument(sym, tick, target, base, point_value)
 
     sessions = []
     for name, spec in raw["sessions"].items():
@@ -667,6 +783,60 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
         keys={str(k): str(v) for k, v in keys.items()},
         warm_start=_flag("engine.warm_start", eng["warm_start"]),
         config_file=config_path,
+        alerts=_alert_settings(raw["alerts"]),
+    )
+
+
+_SEVERITY_PREFIX = re.compile(r"^(info|warning|critical)=(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def _alert_settings(a: Mapping[str, Any]) -> AlertSettings:
+    urls = a["urls"]
+    if isinstance(urls, str):
+        urls = [urls]
+    if not isinstance(urls, list):
+        raise SettingsError("alerts.urls", "(a value)", "a list of apprise URLs")
+    channels = []
+    for i, entry in enumerate(urls):
+        # a value shown in an error is never the URL itself: it may hold a password or token
+        if isinstance(entry, Mapping):
+            url, sev = entry.get("url"), str(entry.get("min_severity", "info"))
+            unknown = sorted(set(entry) - {"url", "min_severity"})
+            if unknown:
+                raise SettingsError(f"alerts.urls[{i}]", ", ".join(unknown), "only the keys url and min_severity")
+        elif isinstance(entry, str):
+            m = _SEVERITY_PREFIX.match(entry)
+            url, sev = (entry[m.end():], m.group(1)) if m else (entry, "info")
+        else:
+            raise SettingsError(f"alerts.urls[{i}]", type(entry).__name__, "an apprise URL or {url = ..., min_severity = ...}")
+        if not isinstance(url, str) or "://" not in url:
+            raise SettingsError(f"alerts.urls[{i}]", "(not shown)", "an apprise URL such as mailto://… or ntfy://…")
+        if sev not in SEVERITIES:
+            raise SettingsError(f"alerts.urls[{i}].min_severity", sev, "one of " + ", ".join(SEVERITIES))
+        channels.append(AlertChannel(url.strip(), sev))
+    rules = a["rules"]
+    for name, on in rules.items():
+        if not isinstance(on, bool):
+            raise SettingsError(f"alerts.rules.{name}", on, "true or false")
+
+    def num(key: str, lo: float, hi: float, integer: bool = False) -> float:
+        return _number(f"alerts.{key}", a[key], lo, hi, integer=integer)
+
+    return AlertSettings(
+        channels=tuple(channels),
+        stale_minutes=num("stale_minutes", 1, 1e6),
+        no_run_minutes=num("no_run_minutes", 1, 1e6),
+        repeat_minutes=num("repeat_minutes", 0, 1e6),
+        min_free_mb=num("min_free_mb", 0, 1e9),
+        slow_factor=num("slow_factor", 1.0, 1e3),
+        slow_min_seconds=num("slow_min_seconds", 0, 1e7),
+        slow_history=int(num("slow_history", 3, 1000, integer=True)),
+        export_stale_seconds=num("export_stale_seconds", 1, 1e7),
+        check_seconds=num("check_seconds", 1, 86400),
+        timeout_seconds=num("timeout_seconds", 0.1, 600),
+        retries=int(num("retries", 0, 10, integer=True)),
+        retry_backoff_seconds=num("retry_backoff_seconds", 0, 3600),
+        rules={str(k): bool(v) for k, v in rules.items()},
     )
 
 

@@ -17,15 +17,17 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
+from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
@@ -35,14 +37,17 @@ from pipeline_core.runstate import STAGE_NAMES, EngineSnapshot, EventMessage, Ou
 from pipeline_core.settings import Settings
 from qtsw_tui.headless import event_text
 from qtsw_tui.nocolor import make_readable
+from qtsw_tui.screens.alerts import AlertsScreen
 from qtsw_tui.screens.confirm import ConfirmScreen
+from qtsw_tui.screens.event_detail import EventDetailScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
+from qtsw_tui.screens.quarantine import QuarantineScreen
 from qtsw_tui.screens.results import ResultsScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
-from qtsw_tui.widgets.format import clock_time, short_id
+from qtsw_tui.widgets.format import clock_time, key_label, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
 from qtsw_tui.widgets.stage_pane import StagePane
@@ -71,7 +76,8 @@ def binding_ids() -> set[str]:
     """Every binding id that ``[keys]`` in the settings may remap: the app's, its panels' and
     its screens' (Textual's keymap applies to bindings wherever they are declared)."""
     classes = (QtswApp, EventsPanel, EventTable, StagePane, ConfirmScreen, HelpScreen,
-               HistoryScreen, ResultsScreen, RunDetailScreen)
+               HistoryScreen, ResultsScreen, RunDetailScreen, EventDetailScreen, QuarantineScreen,
+               AlertsScreen)
     return {b.id for cls in classes for b in cls.BINDINGS if isinstance(b, Binding) and b.id}
 
 
@@ -80,7 +86,7 @@ class QtswApp(App[int]):
 
     CSS_PATH = "app.tcss"
     TITLE = "qtsw"
-    ENABLE_COMMAND_PALETTE = False
+    ENABLE_COMMAND_PALETTE = True  # ctrl+p: every action, with its key
 
     _STAGE_KEYS = Binding.Group("stage")
     BINDINGS = [
@@ -92,8 +98,10 @@ class QtswApp(App[int]):
         Binding("c", "cancel_run", "cancel", id="cancel_run"),
         Binding("h", "history", "history", id="history"),
         Binding("e", "events", "events", id="events"),
-        Binding("slash", "filter", "filter", id="filter"),
-        Binding("s", "results", "results", show=False, id="results"),
+        Binding("slash", "filter", "filter", show=False, id="filter"),  # shown in the events view
+        Binding("s", "results", "results", id="results"),
+        Binding("u", "quarantine", "quarantine", show=False, id="quarantine"),
+        Binding("exclamation_mark", "alerts", "alerts", show=False, id="alerts"),
         Binding("question_mark", "help", "help", id="help"),
         Binding("q", "request_quit", "quit", id="quit"),
         Binding("ctrl+q", "request_quit", "quit", show=False, id="quit_ctrl", priority=True),
@@ -109,7 +117,9 @@ class QtswApp(App[int]):
         "history": "run history (Enter: a run's stages, events and logs)",
         "events": "show the live event table",
         "filter": "filter the events: stage, event type or words",
-        "results": "monthly results per stream",
+        "results": "results: matrix in dollars, statistics, equity curve",
+        "quarantine": "quarantined files: why, and re-queue once fixed",
+        "alerts": "alerts: active and recent (a: acknowledge)",
         "help": "this help",
         "quit": "quit (asks first while a run is active)",
         "quit_ctrl": "quit",
@@ -138,6 +148,7 @@ class QtswApp(App[int]):
         self._watchdog: threading.Thread | None = None
         self.hung_up = False
         self.notified: list[tuple[str, str, str]] = []  # (severity, title, text) of failures shown
+        self.alerts_notified: list[tuple[str, str]] = []  # (severity, text) of alerts shown as they fired
         self._unsubscribe: Callable[[], None] | None = None
         self._events: deque[Event] = deque(maxlen=EVENT_CAPACITY)
         self._lines: dict[str, deque[str]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
@@ -162,7 +173,9 @@ class QtswApp(App[int]):
                     yield InstrumentProgressList(id="progress")
                     yield CountersPanel("reading…", id="counters")
             yield EventsPanel(capacity=EVENT_CAPACITY, window=EVENT_WINDOW, id="events")
-        yield Footer(compact=True)
+        # the palette (ctrl+p) is in the help screen: its footer entry would push "? help q quit"
+        # off an 80-column footer
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#progress").border_title = "Analyzer"
@@ -309,6 +322,11 @@ class QtswApp(App[int]):
 
     def _notify_failures(self, events: Sequence[Event]) -> None:
         for ev in events:
+            if ev.event == "alert" and ev.data.get("state") == "firing":
+                severity = "error" if ev.data.get("severity") == "critical" else "warning"
+                self.alerts_notified.append((severity, ev.msg))
+                self.notify(ev.msg, title="Alert (! to see)", severity=severity, timeout=20, markup=False)
+                continue
             if ev.event != "failure":
                 continue
             error = event_text(ev).strip() or "no error message"
@@ -325,6 +343,8 @@ class QtswApp(App[int]):
                 if not text.lower().startswith(ev.stage):
                     text = f"{ev.stage} {'partial' if partial else 'failed'}: {text}"
                 title = f"{ev.stage.title()} {'partial' if partial else 'failed'}"
+                if ev.stage == "translator" and "quarantined" in text:
+                    text += f" ({key_label(self, 'quarantine', 'u')}: the quarantine, why and re-queue)"
             self.notified.append((severity, title, text))
             self.notify(text, title=title, severity=severity, timeout=20, markup=False)
 
@@ -333,7 +353,16 @@ class QtswApp(App[int]):
         snap = self.engine.snapshot()
         self.snapshot = snap
         now = self.clock()
-        self.query_one("#header", StatusHeader).show(snap, now, self._host_label())
+        host = self._host_label()
+        monitor = getattr(self.engine, "alerts", None)  # an attached console has none of its own
+        alerts = sum(1 for a in monitor.active() if not a.acknowledged) if monitor else 0
+        header = self.query_one("#header", StatusHeader)
+        header.alerts = alerts
+        header.show(snap, now, host)
+        for screen in self.screen_stack[1:]:  # history and results keep the header
+            for other in screen.query(".screen-header").results(StatusHeader):
+                other.alerts = alerts
+                other.show(snap, now, host)
         run = snap.current
         for stage in STAGE_NAMES:
             pane = self.query_one(f"#pane-{stage}", StagePane)
@@ -441,6 +470,18 @@ class QtswApp(App[int]):
     def action_results(self) -> None:
         self.push_screen(ResultsScreen(self.settings))
 
+    def action_quarantine(self) -> None:
+        self.push_screen(QuarantineScreen(self.settings))
+
+    def action_alerts(self) -> None:
+        monitor = getattr(self.engine, "alerts", None)
+        if monitor is None:
+            self.notify("Alerts are listed by the console that hosts the engine, and by "
+                        "'qtsw status'.", title="Alerts", markup=False)
+            return
+        if not isinstance(self.screen, AlertsScreen):
+            self.push_screen(AlertsScreen(monitor))
+
     def action_events(self) -> None:
         main = self.query_one("#main")
         panel = self.query_one("#events", EventsPanel)
@@ -452,6 +493,27 @@ class QtswApp(App[int]):
             panel.catch_up()
             panel.table.focus()
 
+    def close_events_view(self) -> bool:
+        """Close the events view opened with ``e`` (below the wide layout it covers the panes);
+        False when it is not open as a view (the wide layout shows the table all the time)."""
+        main = self.query_one("#main")
+        if main.has_class("-wide") or not main.has_class("-events"):
+            return False
+        main.remove_class("-events")
+        self.set_focus(None)
+        return True
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The command palette (ctrl+p): every action of the console with its key, then
+        Textual's own (theme, keys, screenshot, quit)."""
+        if screen is self.screen_stack[0]:  # the main screen (the palette opened over it)
+            for shown, desc, binding in self._key_rows():
+                if binding.id == "quit_ctrl":
+                    continue
+                yield SystemCommand(desc[:1].upper() + desc[1:], f"key: {shown}",
+                                    partial(self.run_action, binding.action))
+        yield from super().get_system_commands(screen)
+
     def action_filter(self) -> None:
         main = self.query_one("#main")
         main.add_class("-events")
@@ -459,16 +521,25 @@ class QtswApp(App[int]):
         panel.catch_up()
         panel.open_filter()
 
-    def key_help(self) -> list[tuple[str, str]]:
-        """(key as currently bound, what it does) for every app binding."""
+    def _key_rows(self) -> list[tuple[str, str, Binding]]:
+        """(key as currently bound, what it does, binding) for every app binding."""
         out = []
         for binding in self.BINDINGS:
             if not isinstance(binding, Binding):
                 continue
             keys = self._keymap.get(binding.id or "", binding.key)
             shown = ", ".join(self.get_key_display(Binding(k.strip(), "")) for k in keys.split(","))
-            out.append((shown, self.DESCRIPTIONS.get(binding.id or "", binding.description)))
+            out.append((shown, self.DESCRIPTIONS.get(binding.id or "", binding.description), binding))
         return out
+
+    def key_help(self) -> list[tuple[str, str]]:
+        """(key as currently bound, what it does) for every app binding."""
+        rows = self._key_rows()
+        also = {b.action: shown for shown, _, b in rows if b.id == "quit_ctrl"}  # one row for quit
+        rows = [(shown + (f", {also[b.action]}" if b.id == "quit" and b.action in also else ""), desc)
+                for shown, desc, b in rows if b.id != "quit_ctrl"]
+        palette = self.get_key_display(Binding(self.COMMAND_PALETTE_BINDING, ""))
+        return [*rows, (palette, "command palette: every action by name, with its key")]
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.key_help()))

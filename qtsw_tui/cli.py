@@ -15,6 +15,8 @@
     qtsw rebuild --instrument X|--all rebuild a bar store from the raw archive, re-analyse it
     qtsw ctl run-now [--full]|stage NAME|pause|resume|cancel|status [--json]
                                       commands to the running engine, through its control socket
+    qtsw alert test [--url URL]       send a test message to each alert channel (exit 1 if any failed)
+    qtsw results [--year Y] [--stream S] [--csv|--json]   the stream x month matrix and statistics
 
 Also ``--root PATH`` (env ``QTSW_ROOT``), ``--config FILE``, ``--full``, ``--json`` (headless:
 raw event lines), ``--verbose`` (headless: stage output too).
@@ -39,7 +41,7 @@ from pipeline_core.usage import EXIT_FAILURE, UsageParser, describe_os_error, ro
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl")
+COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl", "alert", "results")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
   qtsw verify [--json]    check the data files against the catalogue
   qtsw rebuild --instrument X | --all
                           rebuild a bar store from the archived exports
+  qtsw ctl COMMAND        steer the engine running on the data root (run-now, pause …)
+  qtsw alert test         send a test message to each alert channel
+  qtsw results [--year Y] [--stream S] [--csv|--json]
+                          the stream x month matrix in dollars and the statistics
 
 exit codes: 0 success, 1 partial (or problems found), 2 failure (or a file that
 cannot be read or written), 3 cancelled, 4 could not start (bad arguments or
@@ -147,8 +153,14 @@ def _main(argv: list[str]) -> int:
         return int(sample.main(_globals(before) + after) or 0)
     if command == "status":
         return _status(_globals(before) + after)
+    if command == "results":
+        from qtsw_tui import resultscmd
+
+        return resultscmd.main(_globals(before) + after)
     if command == "ctl":
         return _ctl(_globals(before) + after)
+    if command == "alert":
+        return _alert(_globals(before) + after)
     if command in ("verify", "rebuild"):
         from qtsw_tui import repaircmd
 
@@ -324,6 +336,8 @@ def _headless(engine: Any, args: argparse.Namespace, not_before: Any) -> int:
                 raise
             _err(f"the run could not be recorded: {os_error.filename or ''}: {os_error.strerror or os_error}")
             return EXIT_CODES["failure"]
+        # the run is recorded; give its alerts their delivery before the process ends
+        engine.alerts.close(timeout=engine.alerts.delivery_bound())
         if rs is None:  # interrupted before the run began
             return EXIT_CODES["cancelled"]
         report = history.find_report(engine.settings, rs.run_id)
@@ -386,7 +400,11 @@ def _stop_signals() -> list[signal.Signals]:
     return sigs
 
 
-async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: Any, host: _Host) -> Any:
+async def _one_run(
+    engine: Any, stages: list[str] | None, full: bool, printer: Any, host: _Host | None = None
+) -> Any:
+    """One run of the engine (no schedule), cancelled on a stop signal; ``host``: the control
+    socket and service notices beside it (none for a rebuild's re-analysis)."""
     import anyio
 
     out: dict[str, Any] = {}
@@ -397,16 +415,19 @@ async def _one_run(engine: Any, stages: list[str] | None, full: bool, printer: A
                 task_status.started()
                 async for sig in signals:
                     printer.note(f"{sig.name}: cancelling the run")
-                    host.stopping()
+                    if host is not None:
+                        host.stopping()
                     if not engine.cancel():
                         tg.cancel_scope.cancel()
 
         await tg.start(watch_signals)  # handlers in place before anything can be interrupted
-        host.start(tg, schedule=False)
+        if host is not None:
+            host.start(tg, schedule=False)
         out["rs"] = await engine.run(
             "stage" if stages else "manual", stages=stages, full=full
         )
-        host.stopping()
+        if host is not None:
+            host.stopping()
         tg.cancel_scope.cancel()
     return out.get("rs")
 
@@ -446,8 +467,8 @@ def _ctl(argv: list[str]) -> int:
     p = _Parser(prog="qtsw ctl", description="Send a command to the engine running on the data "
                 "root, through its control socket. Exit codes: 0 accepted, 4 no engine running or "
                 "the command refused (the reason on stderr), 2 the engine answered something unexpected.")
-    p.add_argument("--root")
-    p.add_argument("--config")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_now = sub.add_parser("run-now", help="start a full run now")
     run_now.add_argument("--full", action="store_true", help="re-analyse everything")
@@ -584,6 +605,40 @@ def _init(argv: list[str]) -> int:
     return 0
 
 
+# --- qtsw alert test ---------------------------------------------------------------------------
+
+
+def _alert(argv: list[str]) -> int:
+    p = _Parser(prog="qtsw alert", description="Alert channels: 'qtsw alert test' sends a test message "
+                "to each channel of [alerts] urls (or to --url) and reports per channel; exit 0 when all "
+                "were sent, 1 when any failed or none is configured.")
+    p.add_argument("--root")
+    p.add_argument("--config")
+    p.add_argument("action", choices=["test"])
+    p.add_argument("--url", action="append", help="send to this apprise URL instead (repeatable)")
+    args = p.parse_args(argv)
+    from pipeline_core.alerts import send_test
+    from pipeline_core.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(root=args.root, config=args.config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_START
+    if not args.url and not settings.alerts.channels:
+        _err("no alert channel configured: set [alerts] urls in qtsw.toml or QTSW_ALERTS_URLS, or give --url")
+        return 1
+    results = send_test(settings, args.url)  # channels come back masked
+    for d in results:
+        if d.ok:
+            print(f"sent    #{d.number} {d.channel}", flush=True)
+        else:
+            print(f"FAILED  #{d.number} {d.channel}: {d.reason}", flush=True)
+    bad = sum(not d.ok for d in results)
+    print(f"{len(results) - bad} of {len(results)} channel(s) sent", flush=True)
+    return 1 if bad else 0
+
+
 # --- qtsw status --------------------------------------------------------------------------------
 
 
@@ -675,6 +730,14 @@ def format_status(st: dict[str, Any]) -> str:
     elif rset.get("current"):
         lines.append("  settings:   results match the current analysis settings ("
                      + ", ".join(f"{k} {v}" for k, v in rset["current"].items()) + ")")
+    al = st.get("alerts") or {}
+    active = al.get("active") or []
+    chans = ", ".join(f"{c['url']} (min {c['min_severity']})" for c in al.get("channels") or []) or "none (event log, console and status only)"
+    lines.append(f"  alerts:     {len(active)} active; channels: {chans}")
+    for a in active:
+        ack = " [acknowledged]" if a.get("acknowledged") else ""
+        since = str(a.get("first_seen", ""))[:16].replace("T", " ")
+        lines.append(f"    {a.get('severity', ''):<8}  since {since}  {a.get('message', '')}{ack}")
     runs = st["runs"]
     if not runs:
         lines.append("  last runs:  none")

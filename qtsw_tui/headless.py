@@ -30,6 +30,7 @@ EVENT_STYLES = {
     "progress": "blue",
     "metric": "magenta",
     "log": "",
+    "alert": "bold magenta",
 }
 LEVEL_STYLES = {"warning": "yellow", "error": "red"}
 
@@ -150,7 +151,9 @@ class HeadlessPrinter:
         style = EVENT_STYLES.get(ev.event, "")
         if ev.event == "log":
             style = LEVEL_STYLES.get(str(ev.data.get("level")), "")
-        if ev.event == "failure" and ev.data.get("status") == "partial":
+        elif ev.event == "alert":
+            style = {"recovered": "green", "acknowledged": "dim"}.get(str(ev.data.get("state")), "bold magenta")
+        if ev.stage == "pipeline" and ev.event == "failure" and ev.data.get("status") == "partial":
             style = "bold yellow"
         self._line(format_event(ev, text), style)
 

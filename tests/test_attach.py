@@ -134,9 +134,12 @@ async def test_attached_console_drives_the_engine_and_reattaches(tmp_path: Path)
 
 
 def test_attach_without_an_engine_exits_4(tmp_path: Path) -> None:
-    got = subprocess.run([sys.executable, "-m", "qtsw_tui", "--root", str(tmp_path / "r"), "--attach"],
-                         capture_output=True, text=True, env=clean_env(), timeout=60)
-    assert got.returncode == 4 and "no engine is running" in got.stderr
+    from processes import run_in_a_pty
+
+    load_settings(root=tmp_path / "r", env={}).ensure_dirs()  # a data root, with no engine on it
+    code, said = run_in_a_pty([sys.executable, "-m", "qtsw_tui", "--root", str(tmp_path / "r"), "--attach"],
+                              clean_env())
+    assert code == 4 and "no engine is running" in said, said
 
 
 def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: Path) -> None:

@@ -249,7 +249,7 @@ def test_the_console_and_status_show_the_store_size_in_the_same_unit(tmp_path: P
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("command", [[], ["init"], ["sample"], ["status"], ["verify"], ["rebuild"]])
+@pytest.mark.parametrize("command", [[], ["init"], ["sample"], ["status"], ["verify"], ["rebuild"], ["ctl"]])
 def test_help_speaks_to_users(command: list[str]) -> None:
     got = qtsw(*command, "--help")
     assert got.returncode == 0 and got.stderr == ""

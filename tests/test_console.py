@@ -23,15 +23,17 @@ from hypothesis import strategies as st
 from processes import processes_naming
 from rich.console import Console
 from textual.app import App
-from textual.widgets import DataTable, Input, Select
+from textual.widgets import DataTable, Input, Select, Static
 
-from pipeline_core import catalog, history
+from pipeline_core import catalog, history, results
 from pipeline_core.engine import Engine
 from pipeline_core.events import STAGES, TERMINAL, Event
+from pipeline_core.results import Period, ResultFilter
 from pipeline_core.runstate import OutputMessage
 from pipeline_core.sample import write_export_signal, write_samples
 from pipeline_core.settings import CHICAGO, Settings, load_settings
 from qtsw_tui.app import QtswApp, build_app
+from qtsw_tui.resultscmd import money
 from qtsw_tui.screens.confirm import ConfirmScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
@@ -396,13 +398,16 @@ async def test_run_now_fills_panes_bars_events_then_history_detail_results_and_f
         await pilot.press("s")
         assert isinstance(app.screen, ResultsScreen)
         res = app.screen
-        await wait_for(pilot, lambda: len(res.summaries) == 6, "six streams in the results")
-        assert res.month == (2025, 11)
-        rtable = table_rows(res.query_one("#results-table", DataTable))
-        assert [r[0] for r in rtable] == ["CL1", "CL2", "ES1", "ES2", "NQ1", "NQ2"]
-        for summary, row in zip(res.summaries, rtable, strict=True):
-            assert int(row[1]) == summary.counts["Win"]
-            assert float(row[8].replace(",", "")) == pytest.approx(summary.profit, abs=0.01)
+        await wait_for(pilot, lambda: res.view is not None, "the results")
+        assert res.month == Period(2025, 11)
+        rtable = [ln.replace("> ", "", 1).split()
+                  for ln in str(res.query_one("#results-matrix", Static).content).splitlines()[1:]]
+        assert [r[0] for r in rtable] == ["ES1", "ES2", "NQ1", "NQ2", "CL1", "CL2", "Total"]
+        sums = {s.stream: s for s in results.summarize_month(app.settings, 2025, 11)}
+        for row in rtable[:-1]:  # the November cell: the month's points of Final rows × point value
+            st = res.rs.stats(ResultFilter(), Period(2025, 11), row[0])
+            assert row[11] == (money(st.profit_dollars) if st.rows else ".")
+            assert st.wins + st.losses + st.be + st.time + st.no_trade == sums[row[0]].rows - sums[row[0]].provisional
         await pilot.press("escape")
         await pilot.press("q")
     assert app.return_value == 0
@@ -675,7 +680,7 @@ async def test_keys_are_remapped_from_settings_and_help_lists_them(tmp_path):
         # and the hints say so: the event table's status line and the help screen
         assert "x verbose" in str(app.query_one("#event-status").render())
         await pilot.press("question_mark")
-        assert any("x" == key for key, _ in app.screen.panel_rows)
+        assert ("x", "Events: verbose: show log, progress and metric events") in app.screen.panel_rows
         await pilot.press("escape")
         await pilot.press("q")
 
@@ -706,3 +711,139 @@ async def test_start_options_run_a_stage_at_start_without_the_schedule(tmp_path)
     run = history.read_runs(s)[0]
     assert run["trigger"] == "stage"
     assert run["stages"] == {"translator": "success", "analyzer": "skipped", "merger": "skipped"}
+
+
+def footer_keys(app: QtswApp) -> dict[str, str]:
+    """The keys the footer offers now: {key as shown: what it does}."""
+    return {app.get_key_display(b.binding): b.binding.description
+            for b in app.active_bindings.values() if b.binding.show}
+
+
+async def test_navigation_escape_palette_and_footer(tmp_path):
+    """Esc closes the events view (after clearing a filter first); ctrl+p lists every action
+    with its key and runs it; the footer offers s, and f and v where they work."""
+    s = make_settings(tmp_path / "root")
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.engine.scheduler_state == "running", "the schedule")
+        main = app.query_one("#main")
+        assert "s" in footer_keys(app) and "f" not in footer_keys(app)
+        await pilot.press("e")
+        assert main.has_class("-events")
+        keys = footer_keys(app)
+        assert keys.get("f") == "stage" and keys.get("v") == "verbose"
+        await pilot.press("slash", "x", "enter")  # a filter kept
+        panel = app.query_one("#events", EventsPanel)
+        assert panel.query_text == "x"
+        await pilot.press("escape")  # first the filter goes ...
+        assert panel.query_text == "" and main.has_class("-events")
+        await pilot.press("escape")  # ... then the view
+        assert not main.has_class("-events")
+        assert "f" not in footer_keys(app)
+
+        commands = {c.title: c.help for c in app.get_system_commands(app.screen)}
+        assert commands["Run the whole pipeline now"] == "key: r"
+        assert commands["Pause / resume the schedule (a running run continues)"] == "key: p"
+        assert commands["Results: matrix in dollars, statistics, equity curve"] == "key: s"
+        assert len([t for t in commands if t[0].isupper()]) >= 12
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CommandPalette", "the command palette")
+        await pilot.press(*"pause")
+        await pilot.pause(0.5)
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: app.engine.paused, "the palette's command to run", timeout=10)
+        await pilot.press("q")
+
+
+async def test_enter_opens_an_event_with_all_its_fields(tmp_path):
+    from qtsw_tui.screens.event_detail import EventDetailScreen
+
+    s = make_settings(tmp_path / "root")
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        panel = app.query_one("#events", EventsPanel)
+        await wait_for(pilot, lambda: panel.store.total >= 1, "the scheduler's start event")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: panel.table.row_count >= 1, "the event in the table")
+        await pilot.press("enter")
+        assert isinstance(app.screen, EventDetailScreen)
+        await wait_for(pilot, lambda: app.screen.event is not None, "the event read from its file")
+        shown = shown_text(app.screen.query_one("#event-fields"))
+        ev = app.screen.event
+        assert ev.stage == "scheduler" and ev.event == "start"
+        for field in ("time", "run", "stage", "event", "seq", "message", "file", "data"):
+            assert field in shown
+        for key in ev.data:  # every data field, with its value
+            assert f"{key}: " in shown
+        assert "Scheduler started" in shown and str(s.events_dir / "scheduler.jsonl") in shown
+        await pilot.press("escape")
+        assert not isinstance(app.screen, EventDetailScreen)
+        await pilot.press("q")
+
+
+async def test_quarantine_is_counted_shown_and_a_fixed_file_requeued(tmp_path):
+    """A rejected export: the counters count it, the toast points to the quarantine, the screen
+    says when, which rule at which line and why; after the file is fixed, r puts it back and the
+    next run translates it."""
+    from qtsw_tui.screens.quarantine import QuarantineScreen
+    from qtsw_tui.widgets.counters import CountersPanel
+
+    s = sample_root(tmp_path / "root", days=1, instruments=["ES"])
+    [raw] = s.raw_dir.glob("*.csv")
+    good = raw.read_text()
+    lines = good.splitlines()
+    bad = [ln.replace(",", ",abc,", 1) if i % 5 == 0 and i else ln for i, ln in enumerate(lines)]
+    raw.write_text("\n".join(bad) + "\n")  # one row in five broken: far over the bad-row limit
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        run = await run_and_wait(pilot, "t", 0, "the translator run")
+        assert run["stages"]["translator"] == "partial"
+        assert (s.quarantine_dir / raw.name).exists()
+        [toast] = [text for _, title, text in app.notified if title.startswith("Translator")]
+        assert "u: the quarantine" in toast
+        app.refresh_counters()
+        await wait_for(pilot, lambda: "1 quarantined" in str(app.query_one("#counters", CountersPanel).render()),
+                       "the counters to count it")
+        await pilot.press("u")
+        assert isinstance(app.screen, QuarantineScreen)
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.files) == 1, "the quarantined file")
+        [q] = screen.files
+        assert q.name == raw.name and q.rule and q.line not in ("", "-") and q.rejected_at is not None
+        detail = shown_text(screen.query_one("#quarantine-detail"), width=1000)
+        assert raw.name in detail and f"line {q.line}" in detail and "r re-queues it" in detail
+
+        (s.quarantine_dir / raw.name).write_text(good)  # the operator fixes the file
+        await pilot.press("r")
+        await wait_for(pilot, lambda: screen.files == [], "the quarantine to empty")
+        assert (s.raw_dir / raw.name).read_text() == good
+        assert not (s.quarantine_dir / f"{raw.name}.error.txt").exists()
+        await pilot.press("escape")
+        again = await run_and_wait(pilot, "t", 1, "the translator again")
+        assert again["stages"]["translator"] == "success"
+        assert not (s.raw_dir / raw.name).exists()  # translated and archived
+        await pilot.press("q")
+
+
+async def test_history_keeps_the_header(tmp_path):
+    """An active run stays in sight on the history screen."""
+    s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        await wait_for(pilot, lambda: (cur := app.engine.snapshot().current) is not None
+                       and cur.stage == "analyzer", "the analyzer to run")
+        hold = held_in_analyzer(s)
+        for key, screen_type in (("h", HistoryScreen),):
+            await pilot.press(key)
+            assert isinstance(app.screen, screen_type)
+            header = app.screen.query_one(".screen-header", StatusHeader)
+            await wait_for(pilot, lambda h=header: "stage analyzer" in str(h.render()), "the header on the screen")
+            assert "▶ run" in str(header.render())
+            await pilot.press("escape")
+        hold.close()
+        await wait_for(pilot, lambda: not app.engine.busy, "the run to end")
+        await pilot.press("h")
+        header = app.screen.query_one(".screen-header", StatusHeader)
+        await wait_for(pilot, lambda: "last ✓ success" in str(header.render()), "the run's end in the header")
+        await pilot.press("escape", "q")

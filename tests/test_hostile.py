@@ -198,7 +198,10 @@ def test_a_file_that_changes_while_read_is_not_stored_and_is_taken_next_run(tmp_
     try:
         deadline = time.monotonic() + 60
         while not (gate / "read").exists():
-            assert time.monotonic() < deadline and eng.poll() is None, "the translator never read the file"
+            if eng.poll() is not None or time.monotonic() > deadline:
+                eng.kill()
+                out, err = eng.communicate()
+                raise AssertionError(f"the translator never read the file: {out}{err}")
             time.sleep(0.01)
         assert (gate / "read").read_text() == path.name
         with open(path, "ab") as fh:  # the exporter goes on writing

@@ -42,7 +42,7 @@ def test_headless_modules_import_without_textual(tmp_path: Path) -> None:
     got = fresh(
         """
         import json, sys
-        import qtsw_tui.cli, qtsw_tui.headless
+        import qtsw_tui.cli, qtsw_tui.headless, qtsw_tui.resultscmd
         print(json.dumps({"textual": sorted(m for m in sys.modules if m.split(".")[0] == "textual")}))
         """,
         tmp_path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import run_in_a_pty
 
 from pipeline_core.lock import EngineLock, LockHeld, held_by_other, lock_holder, read_lock_info
 from pipeline_core.settings import Settings
@@ -104,10 +104,10 @@ def test_second_headless_engine_exits_4_and_a_new_one_starts_after_sigkill(root:
                                 env=clean_env(), timeout=60)
         assert second.returncode == 4
         assert f"pid {first.pid}" in second.stderr and "started" in second.stderr
-        # the console path takes the lock too, before any console is built (in a terminal:
-        # into a pipe the console refuses before that)
-        code, said = run_in_a_pty(qtsw("--root", str(root)), clean_env())
-        assert code == 4 and f"pid {first.pid}" in said
+        # a console attaches to it instead (tests/test_attach.py); scripts reach it too
+        status = subprocess.run(qtsw("--root", str(root), "ctl", "status", "--json"), capture_output=True,
+                                text=True, env=clean_env(), timeout=60)
+        assert status.returncode == 0 and json.loads(status.stdout)["engine"]["pid"] == first.pid
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     finally:

@@ -66,6 +66,45 @@ def test_instrument_table_is_data(root: Path) -> None:
     assert s.instrument("ES").target == 12
 
 
+def test_point_values_are_data_and_a_micro_has_its_own(root: Path) -> None:
+    s = load_settings(root=root, env={})
+    expected = {"ES": 50, "NQ": 20, "YM": 5, "CL": 1000, "NG": 10000, "GC": 100, "RTY": 50,
+                "MES": 5, "MNQ": 2, "MYM": 0.5, "MCL": 100, "MNG": 1000, "MGC": 10, "M2K": 5}
+    assert {sym: i.point_value for sym, i in s.instruments.items()} == expected
+    assert s.instrument("MES").tick == s.instrument("ES").tick  # prices from the base, not dollars
+
+    (root / "qtsw.toml").write_text(
+        "[instruments]\nES = {tick = 0.25, target = 10, point_value = 55}\n"
+        'MES = {base = "ES"}\nZB = {tick = 0.03125, target = 1, point_value = 1000}\n'
+        "ZN = {tick = 0.015625, target = 1}\n"
+    )
+    s = load_settings(root=root, env={})
+    assert s.instrument("ES").point_value == 55
+    assert s.instrument("MES").point_value == 5  # the built-in micro's, never its base's
+    assert s.instrument("ZB").point_value == 1000
+    assert s.instrument("ZN").point_value is None  # not said: results show points only
+
+
+def test_a_change_of_point_value_does_not_change_the_analysis_hash(root: Path) -> None:
+    before = load_settings(root=root, env={})
+    (root / "qtsw.toml").write_text(
+        "[instruments]\n"
+        + "".join(
+            f"{sym} = {{tick = {i.tick}, target = {i.target}, point_value = {i.point_value * 3}}}\n"
+            if sym == i.base
+            else f'{sym} = {{base = "{i.base}", point_value = {i.point_value * 7}}}\n'
+            for sym, i in before.instruments.items()
+        )
+    )
+    after = load_settings(root=root, env={})
+    assert after.instrument("ES").point_value == 150 and after.instrument("MES").point_value == 35
+    assert after.analysis_hash == before.analysis_hash
+    assert after.analysis_dict() == before.analysis_dict()
+    for sym in before.instruments:
+        assert after.analysis_dict_for(sym) == before.analysis_dict_for(sym)
+        assert after.analysis_hash_for(sym) == before.analysis_hash_for(sym)
+
+
 def test_analysis_hash_changes_with_analysis_settings_only(root: Path) -> None:
     a = load_settings(root=root, env={})
     b = load_settings(root=root, env={"QTSW_ENGINE_WORKERS": "7"})
@@ -84,6 +123,12 @@ def test_analysis_hash_changes_with_analysis_settings_only(root: Path) -> None:
         ('[engine]\nwarm_start = "sometimes"\n', "engine.warm_start", "true or false"),
         ('[input]\ndefault_timezone = "Mars/Olympus"\n', "input.default_timezone", "IANA"),
         ("[instruments]\nES = {tick = 0, target = 10}\n", "instruments.ES.tick", "number"),
+        ("[instruments]\nES = {tick = 0.25, target = 10, point_value = 0}\n", "instruments.ES.point_value",
+         "a positive number"),
+        ('[instruments]\nES = {tick = 0.25, target = 10, point_value = "fifty"}\n',
+         "instruments.ES.point_value", "a positive number"),
+        ('[instruments]\nES = {tick = 0.25, target = 10}\nMES = {base = "ES", point_value = -5}\n',
+         "instruments.MES.point_value", "a positive number"),
         ('[sessions]\nS1 = {range_start = "08:00", slots = ["07:30"]}\n', "sessions.S1.slots", "later"),
         ("[nonsense]\nx = 1\n", "nonsense", "known setting"),
     ],

@@ -39,7 +39,7 @@ def test_a_remap_is_stored_as_the_console_matches_it(root: Path) -> None:
         ('"events.verbose" = "r"\n', "keys.events.verbose", "(r is run_now's)"),
         ('"history.reload" = "escape"\n', "keys.history.reload", "history screen"),
         ('"confirm.yes" = "n"\n', "keys.confirm.yes", "confirm dialog"),
-        ('runnow = "x"\n', "keys.runnow", "a binding id: cancel_run"),
+        ('runnow = "x"\n', "keys.runnow", "a binding id: alerts, alerts.acknowledge"),
     ],
 )
 def test_a_bad_remap_stops_start_up_naming_key_value_and_rule(root: Path, toml: str, key: str, needle: str) -> None:
@@ -99,7 +99,8 @@ def test_the_key_table_matches_the_console() -> None:
 
     classes = (console.QtswApp, console.EventsPanel, console.EventTable, console.StagePane,
                console.ConfirmScreen, console.HelpScreen, console.HistoryScreen, console.ResultsScreen,
-               console.RunDetailScreen)
+               console.RunDetailScreen, console.EventDetailScreen, console.QuarantineScreen,
+               console.AlertsScreen)
     declared = {b.id: b.key for cls in classes for b in cls.BINDINGS if isinstance(b, Binding) and b.id}
     assert declared == keytable.DEFAULT_KEYS
     assert console.binding_ids() == set(keytable.DEFAULT_KEYS)

@@ -17,10 +17,16 @@ from qtsw_tui.widgets.format import key_label
 PANEL_KEYS: list[tuple[str, tuple[str, ...], str, str]] = [
     ("Events", ("events.stage",), "f", "cycle the stage filter"),
     ("Events", ("events.verbose",), "v", "verbose: show log, progress and metric events"),
-    ("Events", ("events.clear",), "Esc", "clear the filter"),
+    ("Events", ("events.clear",), "Esc", "clear the filter, else close the events view"),
+    ("Events", (), "Enter", "the event with all its fields"),
     ("Stage pane", ("pane.follow",), "End", "follow new output again"),
-    ("History", (), "Enter", "open the run's detail"),
     ("Results", ("results.prev", "results.next"), "[ / ]", "previous / next month"),
+    ("Results", ("results.prev_year", "results.next_year"), "{ / }", "previous / next year"),
+    ("Results", ("results.stream",), "n", "next stream (statistics and equity curve)"),
+    ("Results", ("results.session", "results.slot"), "f / o", "session / slot filter"),
+    ("Results", ("results.provisional",), "v", "provisional rows too (marked *)"),
+    ("Results", ("results.export",), "x", "export what is shown to CSV (exports/)"),
+    ("Results", (), "1 2 3", "matrix / statistics / equity curve"),
     ("Any screen", (), "Esc", "back"),
 ]
 

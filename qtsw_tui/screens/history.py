@@ -15,6 +15,7 @@ from pipeline_core import history
 from pipeline_core.settings import Settings
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.format import clock_time, duration, run_seconds, short_id, state_mark
+from qtsw_tui.widgets.header import StatusHeader
 
 HISTORY_LIMIT = 1000
 STAGE_LETTERS = (("translator", "T"), ("analyzer", "A"), ("merger", "M"))
@@ -51,6 +52,7 @@ class HistoryScreen(Screen[None]):
         self.runs: list[dict[str, Any]] = []
 
     def compose(self) -> ComposeResult:
+        yield StatusHeader(classes="screen-header")  # an active run stays in sight
         yield Static("Run history", id="screen-title")
         table = DataTable(id="history-table", cursor_type="row")
         table.add_column("Started", key="started", width=14)
@@ -61,7 +63,7 @@ class HistoryScreen(Screen[None]):
         table.add_column("Stages", key="stages", width=9)
         yield table
         yield Static("", id="history-status")
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.action_reload()

@@ -157,7 +157,7 @@ class RunDetailScreen(Screen[None]):
             with TabPane("Logs", id="tab-logs"), Vertical():
                 yield Select([], prompt="stage log", id="detail-log-choice", allow_blank=True)
                 yield Log(id="detail-log", max_lines=LOG_TAIL_LINES + 1, auto_scroll=True)
-        yield Footer(compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self._load()

@@ -12,7 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from pipeline_core import catalog, history, rawfiles, results
+from pipeline_core import catalog, history, quarantine, rawfiles, results
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.format import clock_time, size
 
@@ -34,6 +34,7 @@ class Counters:
     # streams whose monthly results were computed with other analysis settings (or belong to
     # an instrument the settings no longer name), each with why; until the next run has merged
     stale_results: dict[str, str] = field(default_factory=dict)
+    quarantined: int = 0
 
 
 def read_counters(settings: Settings) -> Counters:
@@ -49,14 +50,19 @@ def read_counters(settings: Settings) -> Counters:
         problems.append(f"raw: {exc}")
     _, store_bytes = history.count_files(settings.processed_dir, "*.parquet")
     try:
+        quarantined = len(quarantine.quarantined(settings))
+    except OSError as exc:
+        problems.append(f"quarantine: {exc}")
+        quarantined = 0
+    try:
         store_insts = len(catalog.store_instruments(settings))
         pending_an = len(catalog.pending_analysis(settings))
         pending_mg = len(catalog.pending_merges(settings))
-        stale = catalog.stale_results(settings)
+        stale_res = catalog.stale_results(settings)
     except Exception as exc:
         problems.append(f"state: {exc}")
         store_insts = pending_an = pending_mg = 0
-        stale = {}
+        stale_res = {}
     return Counters(
         raw_ready=ready,
         raw_waiting=waiting,
@@ -68,7 +74,8 @@ def read_counters(settings: Settings) -> Counters:
         pending_merges=pending_mg,
         monthly=results.monthly_counts(settings),
         problems=tuple(problems),
-        stale_results=stale,
+        stale_results=stale_res,
+        quarantined=quarantined,
     )
 
 
@@ -98,6 +105,8 @@ def counters_text(c: Counters, width: int = 32) -> Text:
         t.append(f" · {c.raw_waiting} waiting")
     if c.raw_stale:
         t.append(f" · {c.raw_stale} stale", style="bold yellow")
+    if c.quarantined:
+        t.append(f" · {c.quarantined} quarantined", style="bold yellow")
     row("Store")
     t.append(f"{size(c.store_bytes)} · {c.store_instruments} instr.")
     row("Pending")

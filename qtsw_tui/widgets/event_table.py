@@ -36,6 +36,7 @@ EVENT_STYLE = {
     "log": "",
     "metric": "blue",
     "progress": "dim",
+    "alert": "bold magenta",
 }
 LEVEL_STYLE = {"warning": "bold yellow", "error": "bold red"}
 
@@ -251,8 +252,8 @@ class EventsPanel(Vertical):
     """Live event table with its filter bar and a status line (shown / stored / total)."""
 
     BINDINGS = [
-        Binding("v", "toggle_verbose", "verbose", show=False, id="events.verbose"),
-        Binding("f", "cycle_stage", "stage filter", show=False, id="events.stage"),
+        Binding("v", "toggle_verbose", "verbose", id="events.verbose"),
+        Binding("f", "cycle_stage", "stage", id="events.stage"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="events.clear"),
     ]
     STAGE_CYCLE: tuple[str | None, ...] = (None, "pipeline", "translator", "analyzer", "merger", "scheduler")
@@ -398,11 +399,25 @@ class EventsPanel(Vertical):
     def action_clear_filter(self) -> None:
         box = self.query_one("#event-filter", Input)
         if not box.display and not self.query_text:
+            close = getattr(self.app, "close_events_view", None)
+            if close is not None and close():
+                return  # nothing to clear: Esc closes the events view
             raise SkipAction()  # nothing to clear: Esc goes on to the screen (back)
         box.value = ""
         box.display = False
         self.set_query("")
         self.table.focus()
+
+    @on(DataTable.RowSelected, "#event-table")
+    def _open_event(self, message: DataTable.RowSelected) -> None:
+        """Enter on a row: the event with all its fields."""
+        key = message.row_key.value
+        settings = getattr(self.app, "settings", None)
+        if key is None or settings is None:
+            return
+        from qtsw_tui.screens.event_detail import EventDetailScreen
+
+        self.app.push_screen(EventDetailScreen(settings, str(key)))
 
     @on(Input.Changed, "#event-filter")
     def _filter_changed(self, message: Input.Changed) -> None:

@@ -23,12 +23,14 @@ def stale_notice(streams: tuple[str, ...] | list[str]) -> str:
 
 
 def header_lines(
-    snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, host: str = "", stale: tuple[str, ...] = ()
+    snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, host: str = "", stale: tuple[str, ...] = (),
+    alerts: int = 0,
 ) -> tuple[Text, Text]:
     """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock);
     ``hint`` names the main keys while no run is active; ``host`` says who runs the engine
     (``hosting``, ``attached pid N since HH:MM``); ``stale``: the streams whose results are
-    from other analysis settings (said instead of the hint, or after the run's stages)."""
+    from other analysis settings (said instead of the hint, or after the run's stages);
+    ``alerts``: the active alerts not acknowledged (a badge, shown only when there are some)."""
     top = Text()
     top.append(now.strftime("%H:%M:%S"), style="bold")
     top.append(" CT", style="dim")
@@ -52,6 +54,8 @@ def header_lines(
             top.append(f" {ended:%H:%M}")
     else:
         top.append("-")
+    if alerts:  # first, and short: at 80 columns the line's end may be cut, never the alerts
+        top = Text.assemble((f"!{alerts}", "bold white on red"), " ", top)
 
     bottom = Text()
     run = snap.current
@@ -90,6 +94,7 @@ class StatusHeader(Static):
     _hint_text: str | None = None
     stale: tuple[str, ...] = ()  # from the counters: streams whose results are of other settings
     _host = ""  # who runs the engine, as last shown
+    alerts: int = 0  # active alerts not acknowledged
 
     def _hint(self) -> str:
         if self._hint_text is None:  # the keymap is fixed once the console runs
@@ -103,10 +108,17 @@ class StatusHeader(Static):
             )
         return self._hint_text
 
+    def on_mount(self) -> None:
+        # a header on a pushed screen shows the state at once, then follows the app's refreshes
+        snap, clock = getattr(self.app, "snapshot", None), getattr(self.app, "clock", None)
+        if snap is not None and clock is not None:
+            host = getattr(self.app, "_host_label", lambda: "")()
+            self.show(snap, clock(), host)
+
     def show(self, snap: EngineSnapshot, now: datetime, host: str | None = None) -> None:
         host = self._host if host is None else host
         self._host = host
-        text = Text("\n").join(header_lines(snap, now, self._hint(), host, self.stale))
+        text = Text("\n").join(header_lines(snap, now, self._hint(), host, self.stale, self.alerts))
         if text != self._shown:
             self._shown = text
             # two lines, height fixed by the stylesheet: repaint only, no layout pass
