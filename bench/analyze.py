@@ -9,12 +9,16 @@ baseline:
 * the reference loop on a one-year slice, the vectorised analysis on the same slice, and the
   speed ratio per instrument-year;
 * the incremental run after one new day of bars (translator upsert + change record first, not
-  timed): the analysis work in process, and the subprocess wall time.
+  timed): the analysis work in process, and the subprocess wall time;
+* the whole analyzer stage of the engine on 6 instruments x 3 months (``--full``), warm (stages
+  forked by the warm launcher) and plain (each a fresh interpreter), with the ratio: in an engine
+  already serving (its launcher ready, the scheduler's case) and as the whole command
+  ``qtsw --stage analyzer --full --no-ui``. Target: warm >= 5x faster than plain.
 
 The bar store (~7M tick-aligned random-walk bars with Globex hours, from
 ``pipeline_core.sample.generate_bars``) is written once under ``bench/_work/analyze/`` and reused.
 
-    .venv/bin/python bench/analyze.py [--years 20] [--ref-years 1] [--regenerate]
+    .venv/bin/python bench/analyze.py [--years 20] [--ref-years 1] [--regenerate] [--only-stage]
 
 Targets on 2 cores: full 20-year analysis <= 3 s including load; >= 200x faster per
 instrument-year than the reference loop; one new day <= 0.2 s of analysis work.
@@ -120,12 +124,112 @@ def stage(settings: Settings, *args: str) -> tuple[float, dict]:
     return wall, msgs[-1].body["counts"]
 
 
+SIX = ["ES", "NQ", "YM", "CL", "NG", "GC"]
+SIX_WORK = PROJECT / "bench" / "_work" / "analyze_six"
+
+
+def qtsw_env(warm: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
+    env["QTSW_ENGINE_WARM_START"] = "true" if warm else "false"
+    return env
+
+
+def six_instrument_root() -> Path:
+    """6 instruments x 3 months of bars in a bar store (the translator's work), built once."""
+    root = SIX_WORK / "root"
+    if (SIX_WORK / "READY").exists():
+        return root
+    shutil.rmtree(SIX_WORK, ignore_errors=True)
+    root.mkdir(parents=True)
+    qtsw = [sys.executable, "-m", "qtsw_tui", "--root", str(root)]
+    for args in (["sample", "--days", "63", "--end", LAST_DAY.isoformat(), "--instruments", ",".join(SIX)],
+                 ["--stage", "translator", "--no-ui"]):
+        got = subprocess.run([*qtsw, *args], capture_output=True, text=True, env=qtsw_env(False))
+        if got.returncode != 0:
+            raise SystemExit(f"building {root} failed: {got.stdout}\n{got.stderr}")
+    (SIX_WORK / "READY").write_text("")
+    return root
+
+
+def analyzer_stage_serving(root: Path, warm: bool) -> tuple[float, float]:
+    """The analyzer stage (``full``) in an engine already serving: (stage seconds from the
+    report, sum of the instruments' in-process analysis seconds)."""
+    import anyio
+
+    from pipeline_core import history
+    from pipeline_core.engine import Engine
+
+    s = load_settings(root=root, env=qtsw_env(warm))
+    engine = Engine(s)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: engine.serve(schedule=False))
+            while warm and engine.launcher is None:
+                await anyio.sleep(0.01)
+            if engine.launcher is not None and not await engine.launcher.wait_ready():
+                raise SystemExit(f"no warm launcher: {engine.launcher.disabled}")
+            engine.request_run("stage", stages=["analyzer"], full=True)
+            await anyio.sleep(0)
+            while engine.busy:
+                await anyio.sleep(0.002)
+            engine.stop()
+
+    anyio.run(main)
+    line = history.read_runs(s, limit=1)[-1]
+    report = history.find_report(s, line["run_id"])
+    st = report["stages"]["analyzer"]
+    if st["status"] != "success":
+        raise SystemExit(f"the analyzer stage ended {st['status']}: {st.get('error')}")
+    work = sum(float((d.get("counts") or {}).get("analysis_seconds") or 0) for d in st["instruments"].values())
+    return st["duration_seconds"], work
+
+
+def analyzer_stage_command(root: Path, warm: bool) -> tuple[float, float]:
+    """``qtsw --stage analyzer --full --no-ui``: (wall seconds, the stage's seconds in its report)."""
+    from pipeline_core import history
+
+    t = time.perf_counter()
+    got = subprocess.run([sys.executable, "-m", "qtsw_tui", "--root", str(root), "--stage", "analyzer",
+                          "--full", "--no-ui"], capture_output=True, text=True, env=qtsw_env(warm))
+    wall = time.perf_counter() - t
+    if got.returncode != 0:
+        raise SystemExit(f"the analyzer stage failed ({got.returncode}):\n{got.stdout}\n{got.stderr}")
+    s = load_settings(root=root, env={})
+    report = history.find_report(s, history.read_runs(s, limit=1)[-1]["run_id"])
+    return wall, report["stages"]["analyzer"]["duration_seconds"]
+
+
+def bench_analyzer_stage(repeat: int = 3) -> None:
+    root = six_instrument_root()
+    print(f"\nthe whole analyzer stage, {len(SIX)} instruments x 3 months, --full (median of {repeat}):")
+    serving: dict[str, tuple[float, float]] = {}
+    command: dict[str, tuple[float, float]] = {}
+    for name, warm in (("warm", True), ("plain", False)):
+        runs = sorted(analyzer_stage_serving(root, warm) for _ in range(repeat))
+        serving[name] = runs[len(runs) // 2]
+        runs = sorted(analyzer_stage_command(root, warm) for _ in range(repeat))
+        command[name] = runs[len(runs) // 2]
+    w, p = serving["warm"][0], serving["plain"][0]
+    print(f"  in a serving engine: warm {w:.2f} s, plain {p:.2f} s -> plain/warm {p / w:.1f}x (target >= 5x); "
+          f"of which analysis in the stages {serving['warm'][1]:.2f} s")
+    w, p = command["warm"][0], command["plain"][0]
+    print(f"  whole command qtsw --stage analyzer --full --no-ui: warm {w:.2f} s, plain {p:.2f} s -> "
+          f"plain/warm {p / w:.1f}x; the stage itself warm {command['warm'][1]:.2f} s, "
+          f"plain {command['plain'][1]:.2f} s -> {command['plain'][1] / command['warm'][1]:.1f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--years", type=int, default=20)
     ap.add_argument("--ref-years", type=int, default=1, help="years of bars for the reference loop")
     ap.add_argument("--regenerate", action="store_true", help="rewrite the bar store")
+    ap.add_argument("--only-stage", action="store_true",
+                    help="only the whole analyzer stage on six instruments, warm and plain")
     args = ap.parse_args(argv)
+    if args.only_stage:
+        bench_analyzer_stage()
+        return 0
 
     settings = bench_settings()
     ensure_store(settings, args.years, args.regenerate)
@@ -219,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.copy2(backup, year_file)
         reset(settings)
+    bench_analyzer_stage()
     return 0
 
 

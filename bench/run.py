@@ -1,13 +1,18 @@
 """Benchmark: the wall time of whole runs, as the operator gets them (``qtsw --run-now --no-ui``).
 
 (a) a run with nothing to do, on a data root holding two years of history for six instruments;
-(b) a run that ingests one new day of bars for those six instruments on top of that history.
+(b) a run that ingests one new day of bars for those six instruments on top of that history;
+(c) a stage start: from asking for the stage to its first output line (the merger, in process);
+(d) the run of (b) in an engine that is already serving (the scheduler's case: its launcher is
+    warm before the run starts), timed in process.
 
-Each figure is the wall time of the real command (interpreter start included), with the stage
-breakdown from the run's audit report, and its ratio to two baselines measured in the same
-run: a bare interpreter start (``python -c pass``) and the start cost of a stage process
-(``python -c "import pipeline_core.protocol, pandas, pyarrow.parquet"``).
-Targets on 2 cores: (a) under 2 s, (b) under 10 s.
+Each figure is measured twice in the same run: with warm starts (stages forked by the warm
+launcher, ``engine.warm_start = true``, the default) and plain (each stage a fresh interpreter),
+with the ratio plain / warm. The whole-command figures are also given against two baselines
+measured in the same run: a bare interpreter start (``python -c pass``) and the start cost of a
+stage process (``python -c "import pipeline_core.protocol, pandas, pyarrow.parquet"``).
+Targets on 2 cores: (a) under 2 s (warm: under 0.2 s), (b) under 10 s (warm: under 0.8 s),
+(c) warm under 30 ms.
 
 The two-year history is built once under ``bench/_work/run/`` (git-ignored) and reused.
 ``python bench/run.py [--years 2] [--repeat 3]``
@@ -32,16 +37,101 @@ END = date(2025, 11, 26)  # last trade date of the history
 INSTRUMENTS = ["ES", "NQ", "YM", "CL", "NG", "GC"]
 
 
-def env() -> dict[str, str]:
+MODES = (("warm", True), ("plain", False))
+
+
+def env(warm: bool = True) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
     e["PYTHONUNBUFFERED"] = "1"
+    e["QTSW_ENGINE_WARM_START"] = "true" if warm else "false"
     return e
 
 
-def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def timed(argv: list[str], warm: bool = True) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
-    out = subprocess.run(argv, capture_output=True, text=True, env=env())
+    out = subprocess.run(argv, capture_output=True, text=True, env=env(warm))
     return time.perf_counter() - t0, out
+
+
+def ratio(warm: float, plain: float) -> str:
+    return f"plain/warm {plain / warm:.1f}x" if warm > 0 else "plain/warm -"
+
+
+async def stage_first_line(root: Path, launcher: object | None) -> tuple[float, float]:
+    """(seconds to the stage's first line, seconds to its end) of one merger stage process."""
+    from pipeline_core import proc
+
+    first: list[float] = []
+
+    def seen(*_: object) -> None:
+        if not first:
+            first.append(time.perf_counter())
+
+    argv = proc.python_command("pipeline_core.merger", "--root", str(root), "--run-id", "bench")
+    t0 = time.perf_counter()
+    out = await proc.run_stage(argv, log_path=WORK / "stage_start.log", timeout=60, grace=5,
+                               silence_warning=300, on_output=seen, on_message=seen,
+                               launcher=launcher)  # type: ignore[arg-type]
+    t1 = time.perf_counter()
+    if out.status != "success":
+        sys.exit(f"(c) the merger failed: {out.error}")
+    return first[0] - t0, t1 - t0
+
+
+def stage_starts(root: Path, n: int) -> dict[str, tuple[float, float]]:
+    import anyio
+
+    from pipeline_core import proc
+
+    async def main() -> dict[str, tuple[float, float]]:
+        launcher = proc.WarmLauncher(root=root)
+        launcher.start()
+        try:
+            if not await launcher.wait_ready():
+                sys.exit(f"(c) no warm launcher: {launcher.disabled}")
+            got = {}
+            for name, warm in MODES:
+                runs = [await stage_first_line(root, launcher if warm else None) for _ in range(n)]
+                got[name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+            return got
+        finally:
+            await launcher.aclose()
+
+    return anyio.run(main)
+
+
+def serving_run(root: Path, warm: bool) -> tuple[float, dict]:
+    """One run in an engine that is already serving (its launcher ready): wall time, report."""
+    import anyio
+
+    from pipeline_core.engine import Engine
+    from pipeline_core.settings import load_settings
+
+    s = load_settings(root=root, env={}, overrides={"engine.warm_start": warm})
+    engine = Engine(s)
+    out: dict[str, float] = {}
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: engine.serve(schedule=False))
+            while engine.launcher is None and warm:
+                await anyio.sleep(0.01)
+            if engine.launcher is not None and not await engine.launcher.wait_ready():
+                sys.exit(f"(d) no warm launcher: {engine.launcher.disabled}")
+            await anyio.sleep(0.05)
+            t0 = time.perf_counter()
+            engine.request_run("manual")
+            await anyio.sleep(0)
+            while engine.busy:
+                await anyio.sleep(0.002)
+            out["secs"] = time.perf_counter() - t0
+            engine.stop()
+
+    anyio.run(main)
+    report = last_report(root)
+    if report["status"] != "success":
+        sys.exit(f"(d) the run ended {report['status']}: {report.get('error')}")
+    return out["secs"], report
 
 
 def qtsw(root: Path, *args: str) -> list[str]:
@@ -129,40 +219,73 @@ def main() -> None:
 
     # (a) nothing to do
     root_a = fresh_copy(history_root, "a_nothing")
-    times_a = []
-    for _ in range(args.repeat):
-        secs, got = timed(qtsw(root_a, "--run-now", "--no-ui"))
-        if got.returncode != 0:
-            sys.exit(f"(a) failed: {got.stdout}\n{got.stderr}")
-        times_a.append(secs)
-    a = statistics.median(times_a)
-    print(f"(a) nothing to do:   {a:.2f} s wall (median of {args.repeat}; target < 2 s) = "
-          f"{a / bare:.1f}x bare start, {a / stage_start:.1f}x a stage start")
-    print(f"    {breakdown(last_report(root_a))}")
+    a: dict[str, float] = {}
+    for name, warm in MODES:
+        times_a = []
+        for _ in range(args.repeat):
+            secs, got = timed(qtsw(root_a, "--run-now", "--no-ui"), warm)
+            if got.returncode != 0:
+                sys.exit(f"(a) failed: {got.stdout}\n{got.stderr}")
+            times_a.append(secs)
+        a[name] = statistics.median(times_a)
+        print(f"(a) nothing to do, {name}: {a[name]:.2f} s wall (median of {args.repeat}; target < 2 s"
+              f"{', warm < 0.2 s' if warm else ''}) = {a[name] / bare:.1f}x bare start, "
+              f"{a[name] / stage_start:.1f}x a stage start")
+        print(f"    {breakdown(last_report(root_a))}")
+    print(f"    {ratio(a['warm'], a['plain'])}")
 
     # (b) one new day for six instruments
     from pipeline_core.sample import trading_days, write_samples
     from pipeline_core.settings import load_settings
 
     new_day = next(d for d in trading_days(date(END.year + 1, 12, 31), 400) if d > END)
-    times_b = []
-    report_b = None
-    for i in range(args.repeat):
-        root_b = fresh_copy(history_root, f"b_new_day_{i}")
-        s = load_settings(root=root_b, env={})
-        write_samples(s, days=1, instruments=INSTRUMENTS, seed=11, end=new_day)
-        secs, got = timed(qtsw(root_b, "--run-now", "--no-ui"))
-        if got.returncode != 0:
-            sys.exit(f"(b) failed ({got.returncode}):\n{got.stdout}\n{got.stderr}")
-        times_b.append(secs)
-        report_b = last_report(root_b)
-        shutil.rmtree(root_b) if i < args.repeat - 1 else None
-    b = statistics.median(times_b)
-    print(f"(b) one new day x {len(INSTRUMENTS)}: {b:.2f} s wall (median of {args.repeat}; target < 10 s) = "
-          f"{b / bare:.1f}x bare start, {b / stage_start:.1f}x a stage start")
-    assert report_b is not None
-    print(f"    {breakdown(report_b)}")
 
+    def with_new_day(name: str) -> Path:
+        root = fresh_copy(history_root, name)
+        s = load_settings(root=root, env={})
+        write_samples(s, days=1, instruments=INSTRUMENTS, seed=11, end=new_day)
+        return root
+
+    b: dict[str, float] = {}
+    for name, warm in MODES:
+        times_b = []
+        report_b = None
+        for i in range(args.repeat):
+            root_b = with_new_day(f"b_new_day_{name}_{i}")
+            secs, got = timed(qtsw(root_b, "--run-now", "--no-ui"), warm)
+            if got.returncode != 0:
+                sys.exit(f"(b) failed ({got.returncode}):\n{got.stdout}\n{got.stderr}")
+            times_b.append(secs)
+            report_b = last_report(root_b)
+            shutil.rmtree(root_b)
+        b[name] = statistics.median(times_b)
+        print(f"(b) one new day x {len(INSTRUMENTS)}, {name}: {b[name]:.2f} s wall (median of {args.repeat}; "
+              f"target < 10 s{', warm < 0.8 s' if warm else ''}) = {b[name] / bare:.1f}x bare start, "
+              f"{b[name] / stage_start:.1f}x a stage start")
+        assert report_b is not None
+        print(f"    {breakdown(report_b)}")
+    print(f"    {ratio(b['warm'], b['plain'])}")
+
+    # (c) a stage start: asked for -> its first line (the merger on a root with nothing to merge)
+    c = stage_starts(root_a, max(5, args.repeat * 3))
+    print(f"(c) a stage start, to its first line: warm {c['warm'][0] * 1000:.0f} ms (target < 30 ms), "
+          f"plain {c['plain'][0] * 1000:.0f} ms, {ratio(c['warm'][0], c['plain'][0])}; the whole stage: "
+          f"warm {c['warm'][1] * 1000:.0f} ms, plain {c['plain'][1] * 1000:.0f} ms, "
+          f"{ratio(c['warm'][1], c['plain'][1])}")
+
+    # (d) the run of (b) in an engine already serving (the scheduler's case)
+    d: dict[str, float] = {}
+    for name, warm in MODES:
+        runs = []
+        for i in range(args.repeat):
+            root_d = with_new_day(f"d_new_day_{name}_{i}")
+            runs.append(serving_run(root_d, warm))
+            shutil.rmtree(root_d)
+        d[name], report_d = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+        print(f"(d) one new day x {len(INSTRUMENTS)} in a serving engine, {name}: {d[name]:.2f} s "
+              f"(median of {args.repeat})")
+        print(f"    {breakdown(report_d)}")
+    print(f"    {ratio(d['warm'], d['plain'])}")
 
 if __name__ == "__main__":
     main()

@@ -146,7 +146,9 @@ class Engine:
 
     ``now`` is the Chicago clock (injectable for tests and snapshots); ``full`` makes runs
     re-analyse everything by default; ``stage_command(stage, instrument) -> argv`` replaces the
-    stage subprocess command (tests use small scripts). Stage processes always get the
+    stage subprocess command (tests use small scripts); ``launcher`` is a warm launcher the
+    caller already started (the command line does: it imports while the engine does), used by
+    the first serve or run; later ones start their own. Stage processes always get the
     environment variables ``QTSW_RUN_ID``, ``QTSW_STAGE``, ``QTSW_INSTRUMENT`` and ``QTSW_FULL``.
     """
 
@@ -157,6 +159,7 @@ class Engine:
         now: Callable[[], datetime] = clock.now,
         full: bool = False,
         stage_command: StageCommand | None = None,
+        launcher: proc.WarmLauncher | None = None,
     ) -> None:
         self.settings = settings
         self.now = now
@@ -181,6 +184,8 @@ class Engine:
         self._loop_thread: int | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._subscriber_errors = 0
+        self._launcher: proc.WarmLauncher | None = None
+        self._prestarted = launcher  # started by the caller, used by the first serve or run
         self._since = clock.iso_now()
         self.alerts = AlertMonitor(settings, now=self.now, emit=self._alert_emit)
 
@@ -328,6 +333,7 @@ class Engine:
         """Do one run to its end in the caller's task and return its final state."""
         bound_here = self._loop_thread is None
         self._bind_loop()
+        own_launcher = not self._serving and self._launcher_open()
         try:
             self.recover()
             if self.busy:
@@ -337,6 +343,8 @@ class Engine:
             await self._execute(run)
             return run.state
         finally:
+            if own_launcher:
+                await self._launcher_close()
             if bound_here and not self._serving:
                 self._unbind_loop()
 
@@ -404,6 +412,7 @@ class Engine:
         self._bind_loop()
         self._wake = anyio.Event()
         try:
+            self._launcher_open()
             self.recover()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -438,6 +447,7 @@ class Engine:
                 self._cancel()
                 # leaving the task group waits for the cancelled run to be recorded
         finally:
+            await self._launcher_close()
             self._tg = None
             if self._schedule is not None:
                 with contextlib.suppress(Exception):
@@ -453,6 +463,34 @@ class Engine:
             self._wake = None
             self._stop = False
             self._unbind_loop()
+
+    @property
+    def launcher(self) -> proc.WarmLauncher | None:
+        """The warm launcher of the current serve or run (None when off or between runs)."""
+        return self._launcher
+
+    # --- the warm launcher ---------------------------------------------------------------------
+
+    def _launcher_open(self) -> bool:
+        """Start the warm launcher (``engine.warm_start``) for this serve or run; True if this
+        call started it. It imports in the background while the engine plans."""
+        if not self.settings.warm_start or self._launcher is not None:
+            return False
+        if self._prestarted is not None:
+            self._launcher, self._prestarted = self._prestarted, None
+            return True
+        self._launcher = proc.WarmLauncher.for_settings(self.settings)
+        try:
+            self._launcher.start()
+        except OSError as exc:  # no launcher: stages start as plain subprocesses
+            self._launcher.disabled = f"it could not be started: {exc.strerror or exc}"
+        return True
+
+    async def _launcher_close(self) -> None:
+        launcher, self._launcher = self._launcher, None
+        if launcher is not None:
+            with anyio.CancelScope(shield=True):
+                await launcher.aclose()
 
     def _alert_tick(self) -> None:
         try:
@@ -797,6 +835,11 @@ class Engine:
         def on_message(msg: Message) -> None:
             self._on_message(run, stage, instrument, msg)
 
+        def on_launcher(text: str, data: dict[str, Any]) -> None:
+            label = f"{instrument}: " if instrument else ""
+            self._emit(run, stage, "log", f"{label}{text}",
+                       {"level": "warning", "instrument": instrument, **data})
+
         def on_log_error(exc: OSError) -> None:
             self._record_failed(run, exc, log_path)
             self._emit(run, stage, "log", f"{who}: its log {log_path} cannot be written: {exc.strerror or exc}",
@@ -820,6 +863,8 @@ class Engine:
             on_silence=on_silence,
             on_note=on_note,
             on_log_error=on_log_error,
+            launcher=self._launcher,
+            on_launcher=on_launcher,
         )
 
     def _on_message(self, run: _Run, stage: str, instrument: str | None, msg: Message) -> None:

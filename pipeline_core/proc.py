@@ -16,13 +16,21 @@ Whatever happens — normal end, timeout, cancellation, an exception in the engi
 ``finally`` of :func:`run_stage` terminates the process group (SIGTERM, then SIGKILL after the
 grace period) and then sweeps for processes that left the group but still carry the stage's
 token in their environment. Cancelling a task does not kill its child; this code does.
+
+A stage is started either as a plain subprocess (a fresh interpreter) or, given a
+:class:`WarmLauncher`, forked by the warm launcher (:mod:`pipeline_core.launcher`), which has
+already imported what the stages need. Only the start and the exit status differ (the launcher
+reports the status of a process the engine is not the parent of); the output, the judging,
+timeouts and the kill of the group are the same code for both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +43,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from pipeline_core import launcher as warm
 from pipeline_core import protocol
 from pipeline_core.osfiles import fail_point
 from pipeline_core.safetext import safe
@@ -212,6 +221,390 @@ def kill_run_processes(run_id: str) -> list[int]:
     return pids
 
 
+def _noop(*_args: Any) -> None:
+    return None
+
+
+# --- the warm launcher, the engine's side ------------------------------------------------------
+
+LAUNCHER_READY_SECONDS = 60.0  # importing numpy, pyarrow, pandas and the stages, under load
+LAUNCHER_REPLY_SECONDS = 10.0  # a fork and a reply
+LAUNCHER_MAX_RESTARTS = 3  # launchers that died or failed in a row before warm starts are given up
+
+Report = Callable[[str, dict[str, Any]], None]
+
+
+class _PipeChunks:
+    """The stage's stdout pipe as an async iterator of byte chunks (like a process's stdout)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def __aiter__(self) -> _PipeChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self.fd < 0:
+                raise anyio.ClosedResourceError
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+                continue
+            if not data:
+                raise StopAsyncIteration
+            return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class WarmProcess:
+    """A stage forked by the warm launcher: its pid, its stdout, and its exit status as the
+    launcher reports it (the engine is not its parent and cannot wait for it itself)."""
+
+    def __init__(self, pid: int, stdout_fd: int, reply: socket.socket) -> None:
+        self.pid = pid
+        self.stdout = _PipeChunks(stdout_fd)
+        self.returncode: int | None = None
+        self.launcher_lost = False  # the launcher ended before it could report the exit
+        self._reply = reply
+        self._done = False
+        self._lock = anyio.Lock()
+
+    async def wait(self) -> int | None:
+        """The exit code (negative: killed by that signal); None when the launcher ended first."""
+        async with self._lock:
+            while not self._done:
+                try:
+                    data = self._reply.recv(65536)
+                except BlockingIOError:
+                    await anyio.wait_readable(self._reply)
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self.launcher_lost = True
+                    self._done = True
+                    break
+                with contextlib.suppress(ValueError):
+                    msg = json.loads(data)
+                    if msg.get("op") == "exited":
+                        self.returncode = int(msg["code"])
+                        self._done = True
+        if self.launcher_lost:
+            # it died with the launcher (PR_SET_PDEATHSIG); wait until it is really gone
+            deadline = time.monotonic() + 5.0
+            while pid_alive(self.pid) and time.monotonic() < deadline:
+                await anyio.sleep(POLL_SECONDS)
+        return self.returncode
+
+    async def aclose(self) -> None:
+        self.stdout.close()
+        self._reply.close()
+
+
+class WarmLauncher:
+    """The engine's handle on its warm launcher (:mod:`pipeline_core.launcher`).
+
+    :meth:`start` starts the launcher process in the background; :meth:`spawn` starts a stage
+    through it, or returns why it cannot, in which case the caller starts a plain subprocess.
+    Whatever is not as it should be is said through ``report(text, data)`` (the engine turns it
+    into a run event): a launcher that died or never got ready (a new one is started), package
+    files changed on disk since it started (a new one is started; the old one ends when its
+    stages do), or warm starts given up after :data:`LAUNCHER_MAX_RESTARTS` failures in a row
+    (every stage is then a plain subprocess). :meth:`aclose` ends the launcher; it also ends
+    by itself when the engine's process does.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: Path | None = None,
+        grace: float = 5.0,
+        log_path: Path | None = None,
+        fingerprint: Callable[[], str] = warm.package_fingerprint,
+    ) -> None:
+        self.root = root
+        self.fingerprint = fingerprint  # of the package's code on disk
+        self.grace = grace
+        self.log_path = log_path
+        self.started = 0  # launcher processes started
+        self.forked = 0  # stages started through it
+        self.disabled: str | None = None  # why warm starts were given up
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: socket.socket | None = None
+        self._info: dict[str, Any] | None = None  # its ready message
+        self._code: str | None = None  # the fingerprint when it was started
+        self._failures = 0
+        self._retired: list[tuple[subprocess.Popen[bytes], socket.socket]] = []
+        self._said: set[str] = set()
+        self._lock: anyio.Lock | None = None  # one task at a time starts or checks the launcher
+        self._lock_loop: object = None  # a lock belongs to one event loop; tests use several
+
+    @classmethod
+    def for_settings(cls, settings: Any) -> WarmLauncher:
+        """The launcher of an engine on these settings (not started yet)."""
+        return cls(root=settings.root, grace=settings.timeouts["grace"],
+                   log_path=settings.logs_dir / "launcher.log")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def ready(self) -> bool:
+        return self._info is not None and self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start a launcher process (it imports in the background; no waiting here)."""
+        if self._proc is not None or self.disabled:
+            return
+        # taken before the launcher imports: a file edited after this is seen as a change
+        self._code = self.fingerprint()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [sys.executable, "-X", "utf8", "-u", "-m", "pipeline_core.launcher",
+                "--fd", str(theirs.fileno()), "--parent", str(os.getpid()), "--grace", f"{self.grace:g}"]
+        if self.root is not None:
+            argv += ["--root", str(self.root)]
+        env = dict(os.environ)
+        env.update({"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"})
+        err: Any = subprocess.DEVNULL
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                err = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                pass_fds=[theirs.fileno()], env=env, start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            if err is not subprocess.DEVNULL:
+                err.close()
+        ours.setblocking(False)
+        self._ctl = ours
+        self._info = None
+        self.started += 1
+
+    def _say(self, report: Report, text: str, **data: Any) -> None:
+        report(text, {"launcher_pid": self.pid, **data})
+
+    def _failed(self, report: Report, what: str, *, stage_plain: bool = False) -> None:
+        """The launcher is unusable: end it; start another, or give up after too many.
+        ``stage_plain``: the stage being started goes on as a plain subprocess."""
+        old = self.pid
+        self._kill()
+        self._failures += 1
+        this = "; this stage starts as a plain subprocess" if stage_plain else ""
+        if self._failures < LAUNCHER_MAX_RESTARTS:
+            try:
+                self.start()
+            except OSError as exc:
+                what += f"; a new one cannot be started ({exc.strerror or exc})"
+                self._failures = LAUNCHER_MAX_RESTARTS
+            else:
+                report(f"warm launcher: {what}; starting a new one{this}",
+                       {"launcher_pid": old, "fallback": "restart"})
+                return
+        self.disabled = f"{what} ({self._failures} times in a row)"
+        self._said.add("disabled")
+        report(f"warm launcher: {what}; giving up warm starts after {self._failures} failures in a row: "
+               "stages start as plain subprocesses", {"launcher_pid": old, "fallback": "plain"})
+
+    async def _read_ctl(self, timeout: float) -> dict[str, Any] | None:
+        """The next message on the control socket; None at its end (the launcher is gone)."""
+        assert self._ctl is not None
+        with anyio.move_on_after(timeout):
+            while True:
+                try:
+                    data = self._ctl.recv(65536)
+                except BlockingIOError:
+                    await anyio.wait_readable(self._ctl)
+                    continue
+                except OSError:
+                    return None
+                if not data:
+                    return None
+                with contextlib.suppress(ValueError):
+                    return dict(json.loads(data))
+        return None
+
+    async def _ensure(self, report: Report) -> bool:
+        """A live, ready launcher whose code is the package's code on disk now."""
+        for _ in range(LAUNCHER_MAX_RESTARTS + 1):
+            if self.disabled:
+                return False
+            if self._proc is None:
+                self.start()
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                self._failed(report, f"the launcher (pid {self._proc.pid}) ended ({_describe_exit(code)})")
+                continue
+            if self._info is None:
+                msg = await self._read_ctl(LAUNCHER_READY_SECONDS)
+                if msg is None or msg.get("op") != "ready":
+                    with anyio.move_on_after(2.0):  # it closed the socket: let it finish exiting
+                        while self._proc.poll() is None:
+                            await anyio.sleep(POLL_SECONDS)
+                    code = self._proc.poll()
+                    why = (f"ended while starting ({_describe_exit(code)}; see {self.log_path})"
+                           if code is not None else f"not ready within {LAUNCHER_READY_SECONDS:g} s")
+                    self._failed(report, f"the launcher (pid {self._proc.pid}) {why}")
+                    continue
+                self._info = msg
+            if self._code != self.fingerprint():
+                self._say(report, "warm launcher: package files changed on disk since it started; "
+                          "starting a new one", fallback="restart")
+                self._retire()
+                self.start()
+                continue
+            return True
+        return False
+
+    async def wait_ready(self, report: Report = _noop) -> bool:
+        """Wait until the launcher has imported everything (starting it if need be); False if
+        warm starts are not available."""
+        token = anyio.lowlevel.current_token()
+        if self._lock is None or self._lock_loop != token:
+            self._lock, self._lock_loop = anyio.Lock(), token
+        async with self._lock:
+            return await self._ensure(report)
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], report: Report = _noop
+    ) -> WarmProcess | str:
+        """Fork a stage through the launcher; the :class:`WarmProcess`, or why not (then the
+        caller starts it as a plain subprocess)."""
+        if self.disabled:
+            if "disabled" not in self._said:
+                self._said.add("disabled")
+                report(f"warm launcher: {self.disabled}; stages start as plain subprocesses",
+                       {"fallback": "plain"})
+            return f"warm starts given up: {self.disabled}"
+        target = warm.parse_argv(argv, sys.executable)
+        if isinstance(target, str):
+            if target not in self._said:
+                self._said.add(target)
+                report(f"warm launcher: cannot start {argv[0]} warm ({target}); plain subprocess",
+                       {"fallback": "plain"})
+            return target
+        if not await self.wait_ready(report):
+            return "no warm launcher"
+        ctl = self._ctl
+        assert ctl is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        r, w = os.pipe()
+        request = json.dumps({"op": "start", "argv": list(argv), "env": dict(env), "cwd": os.getcwd()}).encode()
+        reply: dict[str, Any] | None = None
+        why = ""
+        # Shielded: once asked, the launcher forks; we must learn the pid to be able to kill it.
+        with anyio.CancelScope(shield=True):
+            try:
+                await _send_fds(ctl, request, [w, theirs.fileno()])
+            except OSError as exc:
+                why = f"the launcher cannot be reached ({exc.strerror or exc})"
+            finally:
+                os.close(w)
+                theirs.close()
+            ours.setblocking(False)
+            with anyio.move_on_after(LAUNCHER_REPLY_SECONDS):
+                while not why:
+                    try:
+                        data = ours.recv(65536)
+                    except BlockingIOError:
+                        await anyio.wait_readable(ours)
+                        continue
+                    except OSError:
+                        data = b""
+                    reply = json.loads(data) if data else {"op": "error", "error": "the launcher closed the reply"}
+                    break
+            if reply is None or reply.get("op") != "started":
+                os.close(r)
+                ours.close()
+                if not why:
+                    why = (f"no reply within {LAUNCHER_REPLY_SECONDS:g} s" if reply is None
+                           else f"it did not start the stage: {reply.get('error')}")
+                async with self._lock:  # type: ignore[union-attr]
+                    if self._ctl is ctl:  # (not replaced meanwhile by another stage's start)
+                        self._failed(report, f"the launcher (pid {self.pid}) {why}", stage_plain=True)
+                return why
+        self._failures = 0
+        self.forked += 1
+        return WarmProcess(int(reply["pid"]), r, ours)
+
+    def _retire(self) -> None:
+        """Let the current launcher end once its running stages have; a new one takes over."""
+        if self._proc is None or self._ctl is None:
+            return
+        with contextlib.suppress(OSError):
+            self._ctl.send(json.dumps({"op": "retire"}).encode())
+        self._retired.append((self._proc, self._ctl))
+        self._proc, self._ctl, self._info = None, None, None
+        self._reap_retired()
+
+    def _reap_retired(self) -> None:
+        keep = []
+        for p, ctl in self._retired:
+            if p.poll() is None:
+                keep.append((p, ctl))
+            else:
+                ctl.close()
+        self._retired = keep
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(5.0)
+        if self._ctl is not None:
+            self._ctl.close()
+        self._proc, self._ctl, self._info = None, None, None
+
+    async def aclose(self) -> None:
+        """End the launcher(s): close the control socket (it then ends its stages, if any are
+        still running, and exits); one still importing is killed at once."""
+        procs = list(self._retired)
+        if self._proc is not None and self._ctl is not None:
+            if self._info is None:
+                with contextlib.suppress(OSError):
+                    self._proc.kill()  # still importing: nothing of ours runs in it
+            procs.append((self._proc, self._ctl))
+        self._proc, self._ctl, self._info = None, None, None
+        self._retired = []
+        for _p, ctl in procs:
+            ctl.close()
+        deadline = time.monotonic() + self.grace + 5.0
+        with anyio.CancelScope(shield=True):
+            while any(p.poll() is None for p, _ in procs) and time.monotonic() < deadline:
+                await anyio.sleep(POLL_SECONDS)
+        for p, _ in procs:
+            if p.poll() is None:
+                with contextlib.suppress(OSError):
+                    p.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(5.0)
+
+
+async def _send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    while True:
+        try:
+            socket.send_fds(sock, [data], fds)
+            return
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+
+
 # --- running a stage ------------------------------------------------------------------------
 
 
@@ -265,10 +658,6 @@ class _StageLog:
                 fh.close()
 
 
-def _noop(*_args: Any) -> None:
-    return None
-
-
 async def run_stage(
     argv: Sequence[str],
     *,
@@ -283,14 +672,18 @@ async def run_stage(
     on_silence: Callable[[float], None] = _noop,
     on_note: Callable[[str], None] = _noop,
     on_log_error: Callable[[OSError], None] = _noop,
+    launcher: WarmLauncher | None = None,
+    on_launcher: Report = _noop,
 ) -> StageOutcome:
     """Run one stage process to its end and judge it.
 
     ``argv`` is the command; free-text lines go to ``log_path`` and ``on_output``; structured
     messages to ``on_message``; ``on_silence(seconds)`` fires after ``silence_warning`` seconds
     without output (and again after each further period); ``on_note`` receives what the engine
-    itself did (timeout, kill). Returns the :class:`StageOutcome`. Raises the cancellation
-    exception when the caller is cancelled — after the process group is gone.
+    itself did (timeout, kill). With a ``launcher`` the process is forked by it (when it can;
+    otherwise, and after what ``on_launcher(text, data)`` is told, a plain subprocess); all the
+    rest is the same. Returns the :class:`StageOutcome`. Raises the cancellation exception when
+    the caller is cancelled — after the process group is gone.
     """
     full_env = stage_env(env)
     token = full_env[TOKEN_VAR]
@@ -302,7 +695,7 @@ async def run_stage(
     exited = anyio.Event()
     eof = anyio.Event()
     result_seen = anyio.Event()
-    proc: anyio.abc.Process | None = None
+    proc: anyio.abc.Process | WarmProcess | None = None
 
     def note(text: str) -> None:
         log.write(f"[qtsw] {text}\n")
@@ -385,14 +778,19 @@ async def run_stage(
 
     timed_out = hung = cancelled = False
     try:
-        proc = await anyio.open_process(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            start_new_session=True,
-        )
+        if launcher is not None:
+            got = await launcher.spawn(argv, full_env, on_launcher)
+            if isinstance(got, WarmProcess):
+                proc = got
+        if proc is None:
+            proc = await anyio.open_process(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
+            )
         pgid = proc.pid  # a new session: the child leads its own process group
         on_start(proc.pid)
         async with anyio.create_task_group() as tg:
@@ -451,10 +849,13 @@ async def run_stage(
                     exit_code = await proc.wait()
                 with contextlib.suppress(Exception):
                     await proc.aclose()
+            if isinstance(proc, WarmProcess) and proc.launcher_lost:
+                note(f"the warm launcher ended while the stage ran: process group {proc.pid} "
+                     "was killed with it; its exit status is unknown")
             log.flush()
             log.close()
 
-    return judge(
+    out = judge(
         exit_code,
         result,
         timed_out=timed_out,
@@ -464,6 +865,9 @@ async def run_stage(
         pid=proc.pid,
         duration=time.monotonic() - started,
     )
+    if isinstance(proc, WarmProcess) and proc.launcher_lost and out.status == "failure":
+        out.error = f"the warm launcher ended while the stage ran (stage killed); {out.error}"
+    return out
 
 
 def _describe_exit(code: int | None) -> str:

@@ -119,6 +119,9 @@ DEFAULTS: dict[str, Any] = {
     "engine": {
         "workers": 0,  # 0 = CPU count
         "schedule_minutes": [0, 15, 30, 45],
+        # start stages by forking a warm launcher that has already imported them (SPEC §11.2);
+        # false: every stage is a fresh interpreter
+        "warm_start": True,
     },
     "keys": {},  # binding id -> key, e.g. {run_now = "R"}
     "alerts": {
@@ -167,6 +170,7 @@ _SCALAR_KEYS = {
     ("timeouts", "silence_warning"),
     ("timeouts", "progress_interval"),
     ("engine", "workers"),
+    ("engine", "warm_start"),
     ("alerts", "stale_minutes"),
     ("alerts", "no_run_minutes"),
     ("alerts", "repeat_minutes"),
@@ -288,6 +292,7 @@ class Settings:
     workers: int
     schedule_minutes: tuple[int, ...]
     keys: dict[str, str] = field(default_factory=dict)
+    warm_start: bool = True
     config_file: Path | None = None
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
@@ -630,6 +635,17 @@ def _time(key: str, value: Any) -> time:
     return time(int(m.group(1)), int(m.group(2)))
 
 
+def _flag(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(key, value, "true or false")
+
+
 def _number(key: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> float:
     try:
         num = int(value) if integer else float(value)
@@ -765,6 +781,7 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
         workers=int(_number("engine.workers", eng["workers"], 0, 256, integer=True)),
         schedule_minutes=minutes,
         keys={str(k): str(v) for k, v in keys.items()},
+        warm_start=_flag("engine.warm_start", eng["warm_start"]),
         config_file=config_path,
         alerts=_alert_settings(raw["alerts"]),
     )

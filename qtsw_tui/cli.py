@@ -202,7 +202,6 @@ def _main(argv: list[str]) -> int:
             _err(str(exc))
             return EXIT_CANNOT_START
 
-    from pipeline_core.engine import Engine
     from pipeline_core.lock import EngineLock, LockHeld
 
     if args.attach:
@@ -222,13 +221,30 @@ def _main(argv: list[str]) -> int:
         _err(f"cannot take the engine lock: {describe_os_error(exc)}")
         return EXIT_CANNOT_START
     try:
-        engine = Engine(settings, full=args.full)
+        # the warm launcher imports the stages while this process imports the engine
+        launcher = _start_launcher(settings)
+        from pipeline_core.engine import Engine
+
+        engine = Engine(settings, full=args.full, launcher=launcher)
         engine.not_before = not_before
         if not args.no_ui:
             return _console(settings, engine, args, not_before)
         return _headless(engine, args, not_before)
     finally:
         lock.release()
+
+
+def _start_launcher(settings: Any) -> Any:
+    if not settings.warm_start:
+        return None
+    from pipeline_core.proc import WarmLauncher
+
+    launcher = WarmLauncher.for_settings(settings)
+    try:
+        launcher.start()
+    except OSError:
+        return None  # the engine tries again, and says so if it cannot
+    return launcher
 
 
 # --- the console ------------------------------------------------------------------------------

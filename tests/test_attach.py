@@ -8,6 +8,7 @@ console says so and reattaches to the next one. Waits poll with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import anyio.to_thread
 import pytest
 from test_control import clean_env, start_engine, stop_engine
 
-from pipeline_core import history
+from pipeline_core import catalog, history
 from pipeline_core.control import Connection, NoEngine, socket_path
 from pipeline_core.remote import RemoteEngine
 from pipeline_core.sample import write_samples
@@ -101,11 +102,17 @@ async def test_attached_console_drives_the_engine_and_reattaches(tmp_path: Path)
             await wait_for(pilot, lambda: len(history.read_runs(settings)) == 2, "the analyzer run")
             assert history.read_runs(settings)[-1]["trigger"] == "stage"
             write_samples(settings, days=25, instruments=["CL", "GC", "NG"], end=date(2025, 11, 26))
-            await pilot.press("r")  # new exports: a run long enough to cancel
+            # new exports, and the catalogue's write lock held: the run waits at its first record
+            # until the cancel has landed (with warm stage starts it is otherwise soon over)
+            hold = contextlib.ExitStack()
+            hold.enter_context(catalog.hold_writes(settings))
+            await pilot.press("r")
             await wait_for(pilot, lambda: remote.busy, "the run to show as active")
             await pilot.press("c")
             await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
             await pilot.press("y")
+            await wait_for(pilot, lambda: not remote.busy, "the cancel to land")
+            hold.close()
             await wait_for(pilot, lambda: len(history.read_runs(settings)) == 3, "the third run to end")
             assert history.read_runs(settings)[-1]["status"] == "cancelled"
 

@@ -7,6 +7,7 @@ One engine serves the module (starting one costs a second); every test leaves it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -28,7 +29,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from pipeline_core import clock, history
+from pipeline_core import catalog, clock, history
 from pipeline_core.control import (
     MAX_LINE,
     PROTOCOL_VERSION,
@@ -238,6 +239,10 @@ def test_two_clients_subscribed_mid_run_see_the_same_events(served: Served) -> N
     with served.connect() as a, served.connect() as b:
         served.wait_idle(a)
         a.subscribe()
+        # the analyzer processes wait at their end for the catalogue's write lock, so the run is
+        # certainly still going when b subscribes (warm stage starts make a run short)
+        hold = contextlib.ExitStack()
+        hold.enter_context(catalog.hold_writes(served.settings))
         run_id = a.command("run_now", full=True)["run_id"]
         got_a: list[dict[str, Any]] = []
 
@@ -251,6 +256,7 @@ def test_two_clients_subscribed_mid_run_see_the_same_events(served: Served) -> N
 
         wait_for(mid_run, "the analyzer to report")
         reply = b.subscribe()
+        hold.close()
         assert reply == {"type": "subscribed", "id": b._ids, "run_id": run_id}
         got_a += read_until_run_ends(a, run_id)
         got_b = read_until_run_ends(b, run_id)
@@ -279,6 +285,8 @@ def test_a_client_that_never_reads_is_disconnected_and_slows_nothing(served: Ser
         lazy.subscribe()  # and then never reads
         watcher = served.connect()
         watcher.subscribe()
+        hold = contextlib.ExitStack()  # the run goes on (held in the analyzer) during the flood
+        hold.enter_context(catalog.hold_writes(served.settings))
         run_id = conn.command("run_now", full=True)["run_id"]
         # a client that does read, all along, in a thread of its own
         seen: dict[str, Any] = {}
@@ -295,6 +303,7 @@ def test_a_client_that_never_reads_is_disconnected_and_slows_nothing(served: Ser
                 assert msg is not None and msg["type"] == "accepted"
                 answered += 1
         assert answered == flood
+        hold.close()
         # the reading client kept up with all of it and saw the run end well
         reading.join(90)
         got = seen["got"]
@@ -480,6 +489,8 @@ def test_qtsw_ctl_commands_and_exit_codes(served: Served, tmp_path: Path) -> Non
         assert got.returncode == 4 and "no run is active" in got.stderr
 
         conn.subscribe()
+        hold = contextlib.ExitStack()  # the run stays in the analyzer until the cancel lands
+        hold.enter_context(catalog.hold_writes(served.settings))
         got = ctl(root, "run-now", "--full")
         assert got.returncode == 0 and got.stdout.startswith("accepted: run-now (run "), got.stderr
         run_id = conn.snapshot()["current"]["run_id"]
@@ -488,6 +499,7 @@ def test_qtsw_ctl_commands_and_exit_codes(served: Served, tmp_path: Path) -> Non
         assert got.returncode == 4 and f"a run is active: {run_id[:8]}" in got.stderr
         got = ctl(root, "cancel")
         assert got.returncode == 0, got.stderr
+        hold.close()
         assert read_until_run_ends(conn, run_id)[-1]["event"]["event"] == "cancelled"
         got = ctl(root, "stage", "merger")
         assert got.returncode == 0, got.stderr

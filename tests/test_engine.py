@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from processes import alive
+from processes import alive, processes_naming
 
 from pipeline_core import history
 from pipeline_core.engine import Engine, analyzer_status, worst
@@ -43,6 +43,8 @@ FAKE_STAGE = textwrap.dedent(
     mode = behaviour.get(f"{stage}:{inst}", behaviour.get(stage, "ok"))
     with open(root / "pids.txt", "a") as fh:
         fh.write(f"{os.getpid()}\n")
+    with open(root / "parents.txt", "a") as fh:
+        fh.write(f"{os.getppid()}\n")
     with open(root / "intervals.txt", "a") as fh:
         fh.write(f"start {inst} {time.monotonic()}\n")
     rep = Reporter()
@@ -239,12 +241,18 @@ def test_full_run_then_nothing_to_do(root: Path, tmp_path: Path) -> None:
     assert left_alive(root) == []
 
 
-def test_one_instrument_failing_makes_the_run_partial(root: Path, tmp_path: Path) -> None:
-    s = make_settings(root)
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "plain"])
+def test_one_instrument_failing_makes_the_run_partial(root: Path, tmp_path: Path, warm: bool) -> None:
+    s = make_settings(root, engine__warm_start=warm)
     add_store(s, "ES", "NQ", "GC")
     behave(root, analyzer_NQ="fail")
     engine = Engine(s, stage_command=fake_command(root, tmp_path))
     rs = run_engine(engine)
+    parents = {int(x) for x in (root / "parents.txt").read_text().split()}
+    if warm:  # forked by the launcher, which ended with the run
+        assert os.getpid() not in parents and len(parents) == 1 and not alive(parents.pop())
+    else:
+        assert parents == {os.getpid()}
     assert rs.status == "partial"
     assert rs.stages["analyzer"].state == "partial"
     assert {i: p.state for i, p in rs.instruments.items()} == {"ES": "success", "NQ": "failure", "GC": "success"}
@@ -322,8 +330,9 @@ def test_workers_bound_concurrency(root: Path, tmp_path: Path) -> None:
     assert peak == 2
 
 
-def test_cancel_during_analyzer(root: Path, tmp_path: Path) -> None:
-    s = make_settings(root)
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "plain"])
+def test_cancel_during_analyzer(root: Path, tmp_path: Path, warm: bool) -> None:
+    s = make_settings(root, engine__warm_start=warm)
     add_store(s, "ES", "NQ", "GC")
     behave(root, analyzer_ES="grandchild", analyzer_NQ="hang", analyzer_GC="hang")
     engine = Engine(s, stage_command=fake_command(root, tmp_path))
@@ -362,8 +371,46 @@ def test_cancel_during_analyzer(root: Path, tmp_path: Path) -> None:
     assert engine.cancel() is False and not engine.busy
 
 
-def test_analyzer_timeout_kills_group_and_others_complete(root: Path, tmp_path: Path) -> None:
-    s = make_settings(root, timeouts__analyzer=1.0, timeouts__grace=0.3)
+def test_launcher_killed_mid_run_fails_its_stage_and_a_new_one_starts_the_next(root: Path, tmp_path: Path) -> None:
+    s = make_settings(root, engine__workers=1)
+    add_store(s, "ES", "NQ")
+    behave(root, analyzer_ES="grandchild")
+    engine = Engine(s, stage_command=fake_command(root, tmp_path))
+    result = {}
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def go() -> None:
+                result["rs"] = await engine.run()
+
+            tg.start_soon(go)
+            with anyio.fail_after(20):
+                while not (root / "running-analyzer-ES").exists():
+                    await anyio.sleep(0.02)
+            assert engine._launcher is not None and engine._launcher.pid is not None
+            result["launcher"] = engine._launcher.pid
+            os.kill(engine._launcher.pid, signal.SIGKILL)
+
+    anyio.run(main)
+    rs = result["rs"]
+    assert rs.status == "partial"
+    assert rs.instruments["ES"].state == "failure"
+    assert "the warm launcher ended while the stage ran" in (rs.instruments["ES"].error or "")
+    assert rs.instruments["NQ"].state == "success" and rs.stages["merger"].state == "success"
+    assert left_alive(root) == [], "the stage, and its grandchild that ignores SIGTERM, are gone"
+    events = check_run_file(s, rs.run_id)
+    said = [e for e in events if "fallback" in e.data]
+    assert len(said) == 1 and said[0].data["level"] == "warning" and said[0].data["fallback"] == "restart"
+    assert said[0].data["launcher_pid"] == result["launcher"] and "SIGKILL" in said[0].msg
+    parents = [int(x) for x in (root / "parents.txt").read_text().split()]
+    assert parents[0] == result["launcher"] and parents[-1] not in (result["launcher"], os.getpid())
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "plain"])
+def test_analyzer_timeout_kills_group_and_others_complete(root: Path, tmp_path: Path, warm: bool) -> None:
+    # a plain stage needs a fresh interpreter and pyarrow: more than 1 s on a loaded machine
+    s = make_settings(root, timeouts__analyzer=1.0 if warm else 3.0, timeouts__grace=0.3, engine__warm_start=warm)
     add_store(s, "ES", "NQ")
     behave(root, analyzer_ES="grandchild")
     rs = run_engine(Engine(s, stage_command=fake_command(root, tmp_path)))
@@ -443,21 +490,23 @@ ENGINE_SCRIPT = textwrap.dedent(
     from pipeline_core.engine import Engine
     from pipeline_core.settings import load_settings
     root, script = Path(sys.argv[1]), sys.argv[2]
-    s = load_settings(root=root, env={}, overrides={"engine.workers": 2})
+    s = load_settings(root=root, env={}, overrides={"engine.workers": 2, "engine.warm_start": sys.argv[3] == "warm"})
     cmd = lambda st, i: [sys.executable, script, st, i or "-", str(root)]
     anyio.run(Engine(s, stage_command=cmd).run)
     """
 )
 
 
-def test_engine_killed_mid_run_is_closed_as_failure_on_restart(root: Path, tmp_path: Path) -> None:
-    s = make_settings(root)
+@pytest.mark.parametrize("warm", [True, False], ids=["warm", "plain"])
+def test_engine_killed_mid_run_is_closed_as_failure_on_restart(root: Path, tmp_path: Path, warm: bool) -> None:
+    s = make_settings(root, engine__warm_start=warm)
     add_store(s, "ES", "NQ")
     behave(root, analyzer_ES="grandchild", analyzer_NQ="hang")
     fake_command(root, tmp_path)  # writes the stage script
     eng_script = tmp_path / "engine_main.py"
     eng_script.write_text(ENGINE_SCRIPT)
-    engine_proc = subprocess.Popen([sys.executable, str(eng_script), str(root), str(tmp_path / "fake_stage.py")])
+    engine_proc = subprocess.Popen([sys.executable, str(eng_script), str(root), str(tmp_path / "fake_stage.py"),
+                                    "warm" if warm else "plain"])
     try:
         deadline = time.monotonic() + 20
         while not ((root / "running-analyzer-ES").exists() and (root / "running-analyzer-NQ").exists()):
@@ -469,7 +518,16 @@ def test_engine_killed_mid_run_is_closed_as_failure_on_restart(root: Path, tmp_p
         if engine_proc.poll() is None:
             engine_proc.kill()
     orphans = [int(x) for x in (root / "pids.txt").read_text().split()]
-    assert any(alive(p) for p in orphans)  # the dead engine's stages are still running
+    if warm:
+        # the launcher follows its engine (PR_SET_PDEATHSIG) and ends the stages it forked: the
+        # SIGTERM-ignoring grandchild too, with SIGKILL after the grace period
+        assert left_alive(root, 10.0) == [], "the warm stages end with their engine"
+        deadline = time.monotonic() + 10
+        while processes_naming(root) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert processes_naming(root) == [], "the launcher ends with its engine"
+    else:
+        assert any(alive(p) for p in orphans)  # the dead engine's stages are still running
 
     behave(root)  # from now on the stages behave
     engine = Engine(s, stage_command=fake_command(root, tmp_path))

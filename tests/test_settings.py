@@ -120,6 +120,7 @@ def test_analysis_hash_changes_with_analysis_settings_only(root: Path) -> None:
         ('[analysis]\nentry_cutoff = "25:00"\n', "analysis.entry_cutoff", "HH:MM"),
         ('[analysis]\ntrade_days = ["Mon", "Sat"]\n', "analysis.trade_days", "Mon to Fri"),
         ("[engine]\nworkers = -1\n", "engine.workers", "whole number"),
+        ('[engine]\nwarm_start = "sometimes"\n', "engine.warm_start", "true or false"),
         ('[input]\ndefault_timezone = "Mars/Olympus"\n', "input.default_timezone", "IANA"),
         ("[instruments]\nES = {tick = 0, target = 10}\n", "instruments.ES.tick", "number"),
         ("[instruments]\nES = {tick = 0.25, target = 10, point_value = 0}\n", "instruments.ES.point_value",
@@ -139,6 +140,14 @@ def test_invalid_value_names_key_value_and_rule(root: Path, toml: str, key: str,
     assert err.value.key == key
     assert allowed in str(err.value)
     assert key in str(err.value)
+
+
+def test_warm_start_is_on_by_default_and_can_be_turned_off(root: Path) -> None:
+    assert load_settings(root=root, env={}).warm_start is True
+    assert load_settings(root=root, env={"QTSW_ENGINE_WARM_START": "false"}).warm_start is False
+    (root / "qtsw.toml").write_text("[engine]\nwarm_start = false\n")
+    assert load_settings(root=root, env={}).warm_start is False
+    assert load_settings(root=root, env={"QTSW_ENGINE_WARM_START": "1"}).warm_start is True
 
 
 def test_invalid_environment_value(root: Path) -> None:
