@@ -104,7 +104,9 @@ def test_second_headless_engine_exits_4_and_a_new_one_starts_after_sigkill(root:
                                 env=clean_env(), timeout=60)
         assert second.returncode == 4
         assert f"pid {first.pid}" in second.stderr and "started" in second.stderr
-        # a console attaches to it instead (tests/test_attach.py); scripts reach it too
+        # a console attaches to it instead (tests/test_attach.py); scripts reach it too, once
+        # it serves its socket (a moment after it took the lock)
+        wait_for(lambda: (root / "logs" / "qtsw.sock").exists(), what="the engine's control socket")
         status = subprocess.run(qtsw("--root", str(root), "ctl", "status", "--json"), capture_output=True,
                                 text=True, env=clean_env(), timeout=60)
         assert status.returncode == 0 and json.loads(status.stdout)["engine"]["pid"] == first.pid
