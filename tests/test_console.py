@@ -772,7 +772,7 @@ async def test_enter_opens_an_event_with_all_its_fields(tmp_path):
         await wait_for(pilot, lambda: app.screen.event is not None
                        and app.screen.event.msg[:16] in shown_text(app.screen.query_one("#event-fields")),
                        "the event read from its file and shown")
-        shown = shown_text(app.screen.query_one("#event-fields"))
+        shown = shown_text(app.screen.query_one("#event-fields"), width=400)  # a long path: one line
         ev = app.screen.event
         # the scheduler's start, or an event of the scheduler's log that came after it (an alert)
         assert ev.stage == "scheduler"
