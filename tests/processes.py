@@ -3,6 +3,7 @@ with a terminal of its own."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from pathlib import Path
@@ -66,3 +67,14 @@ def run_in_a_pty(cmd: list[str], env: dict[str, str], timeout: float = 60) -> tu
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def lock_free(path: Path) -> bool:
+    """Nobody holds the engine lock (taken and released at once to find out)."""
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True

@@ -9,7 +9,6 @@ The private tmux server is killed at the end whatever happens.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import uuid
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from processes import alive, processes_naming
+from processes import alive, lock_free, processes_naming
 
 from pipeline_core import catalog
 from pipeline_core.sample import write_samples
@@ -47,17 +46,6 @@ def poll(sock: str, session: str, cond, what: str, timeout: float = 60.0) -> str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; the screen shows:\n{text}")
         time.sleep(0.1)
-
-
-def lock_free(path: Path) -> bool:
-    """Nobody holds the engine lock (taken and released at once to find out)."""
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return True
 
 
 def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):

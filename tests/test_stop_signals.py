@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from processes import alive
+from processes import alive, lock_free
 
 QTSW = [sys.executable, "-m", "qtsw_tui"]
 STOP_WITHIN = 5.0  # seconds from the signal to the process's end
@@ -29,17 +29,6 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_") and k != "TMUX"}
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def lock_free(path: Path) -> bool:
-    """Nobody holds the engine lock (taken and released at once to find out)."""
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return True
 
 
 def wait_exit(proc: subprocess.Popen[bytes], within: float) -> int | None:
