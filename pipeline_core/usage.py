@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 EXIT_USAGE = 4  # bad arguments, bad settings, a data root that cannot be used: could not start
 EXIT_FAILURE = 2
@@ -45,3 +45,20 @@ def root_problem(root: Path) -> str | None:
     if not stat.S_ISDIR(st.st_mode):
         return f"data root {root} is not a folder"
     return None
+
+
+def command_settings(root: str | None, config: str | None, *, existing: bool = True) -> Any:
+    """A command's settings and (``existing``) its data root checked (:func:`root_problem`);
+    None when either cannot be had, said on stderr in one line (the caller exits 4)."""
+    from pipeline_core.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(root=root, config=config)
+    except SettingsError as exc:
+        print(f"qtsw: {exc}", file=sys.stderr, flush=True)
+        return None
+    problem = root_problem(settings.root) if existing else None
+    if problem:
+        print(f"qtsw: {problem}", file=sys.stderr, flush=True)
+        return None
+    return settings

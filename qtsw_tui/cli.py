@@ -37,7 +37,13 @@ import signal
 import sys
 from typing import Any
 
-from pipeline_core.usage import EXIT_FAILURE, UsageParser, describe_os_error, root_problem
+from pipeline_core.usage import (
+    EXIT_FAILURE,
+    UsageParser,
+    command_settings,
+    describe_os_error,
+    root_problem,
+)
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
@@ -176,16 +182,9 @@ def _main(argv: list[str]) -> int:
             return EXIT_CANNOT_START
 
     from pipeline_core import clock
-    from pipeline_core.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings(root=args.root, config=args.config)
-    except SettingsError as exc:
-        _err(str(exc))
-        return EXIT_CANNOT_START
-    problem = root_problem(settings.root)
-    if problem:
-        _err(problem)
+    settings = command_settings(args.root, args.config)
+    if settings is None:
         return EXIT_CANNOT_START
     try:
         settings.ensure_dirs()
@@ -605,23 +604,6 @@ def _init(argv: list[str]) -> int:
     return 0
 
 
-def _load_settings(root: str | None, config: str | None, *, existing: bool = True) -> Any:
-    """A command's settings, and (``existing``) its data root checked; None when either cannot
-    be had (said on stderr in one line)."""
-    from pipeline_core.settings import SettingsError, load_settings
-
-    try:
-        settings = load_settings(root=root, config=config)
-    except SettingsError as exc:
-        _err(str(exc))
-        return None
-    problem = root_problem(settings.root) if existing else None
-    if problem:
-        _err(problem)
-        return None
-    return settings
-
-
 # --- qtsw alert test ---------------------------------------------------------------------------
 
 
@@ -636,7 +618,7 @@ def _alert(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from pipeline_core.alerts import send_test
 
-    settings = _load_settings(args.root, args.config, existing=False)
+    settings = command_settings(args.root, args.config, existing=False)
     if settings is None:
         return EXIT_CANNOT_START
     if not args.url and not settings.alerts.channels:
@@ -665,7 +647,7 @@ def _status(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
     p.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent runs to list (default: 5)")
     args = p.parse_args(argv)
-    settings = _load_settings(args.root, args.config)
+    settings = command_settings(args.root, args.config)
     if settings is None:
         return EXIT_CANNOT_START
     from pipeline_core.catalog import CatalogError

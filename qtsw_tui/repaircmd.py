@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from pipeline_core.usage import root_problem
+from pipeline_core.usage import command_settings
 
 EXIT_CANNOT_START = 4
 
@@ -29,22 +29,6 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from pipeline_core.settings import SettingsError, load_settings
-
-    """The settings of an existing data root; None (said on stderr) if it cannot be had."""
-    try:
-        settings = load_settings(root=args.root, config=args.config)
-    except SettingsError as exc:
-        print(f"qtsw: {exc}", file=sys.stderr)
-        return None
-    problem = root_problem(settings.root)
-    if problem:
-        print(f"qtsw: {problem}", file=sys.stderr)
-        return None
-    return settings
-
-
 def verify_main(argv: list[str]) -> int:
     """``qtsw verify [--json]``."""
     p = _parser(
@@ -55,7 +39,7 @@ def verify_main(argv: list[str]) -> int:
     )
     p.add_argument("--json", action="store_true", help="print the problems as JSON")
     args = p.parse_args(argv)
-    settings = _settings(args)
+    settings = command_settings(args.root, args.config)
     if settings is None:
         return EXIT_CANNOT_START
     from pipeline_core import repair
@@ -89,7 +73,7 @@ def rebuild_main(argv: list[str]) -> int:
     which.add_argument("--instrument", metavar="SYMBOL", help="the instrument to rebuild, e.g. ES")
     which.add_argument("--all", action="store_true", help="every instrument in the catalogue")
     args = p.parse_args(argv)
-    settings = _settings(args)
+    settings = command_settings(args.root, args.config)
     if settings is None:
         return EXIT_CANNOT_START
     from pipeline_core import catalog, repair

@@ -162,7 +162,7 @@ def _set(text: str | None) -> frozenset[str] | None:
 def main(argv: list[str]) -> int:
     """``qtsw results [--year Y] [--month M] [--stream S] [--session S1] [--slot HH:MM]
     [--provisional] [--csv|--json]``."""
-    from pipeline_core.usage import UsageParser, root_problem
+    from pipeline_core.usage import UsageParser, command_settings
 
     p = UsageParser(
         prog="qtsw results",
@@ -186,16 +186,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from pipeline_core.safetext import safe
-    from pipeline_core.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings(root=args.root, config=args.config)
-    except SettingsError as exc:
-        print(f"qtsw: {exc}", file=sys.stderr)
-        return EXIT_CANNOT_START
-    problem = root_problem(settings.root)
-    if problem:  # a mistyped --root is said, not shown as a root without results
-        print(f"qtsw: {problem}", file=sys.stderr)
+    # a mistyped --root is said, not shown as a root without results
+    settings = command_settings(args.root, args.config)
+    if settings is None:
         return EXIT_CANNOT_START
     rs = results.load_results(settings)
     flt = ResultFilter(_set(args.stream), _set(args.session), _set(args.slot), args.provisional)
