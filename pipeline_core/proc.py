@@ -46,7 +46,7 @@ import anyio.lowlevel
 from pipeline_core import launcher as warm
 from pipeline_core import protocol
 from pipeline_core.osfiles import fail_point
-from pipeline_core.safetext import safe
+from pipeline_core.safetext import safe, safe_data
 
 PROC_DIR = Path("/proc")
 YIELD_LINES = 50  # stage lines handled between two turns of the engine's other tasks
@@ -717,10 +717,13 @@ async def run_stage(
             text = text[:-1]
         msg = protocol.parse(text)
         if msg is None:
-            text = safe(text)  # no escape sequence of a stage's output reaches a terminal
+            # where a stage's text enters the engine, it is escaped once: no name from a file,
+            # no escape sequence reaches a terminal, a log, an event or the console
+            text = safe(text)
             log.write(text + "\n")
             on_output(text)
             return
+        msg = protocol.Message(msg.type, safe_data(msg.body))
         if msg.type == "result":
             result = dict(msg.body)
             result_seen.set()

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from pipeline_core.safetext import safe, safe_data
+from pipeline_core.safetext import safe
 from pipeline_core.settings import Settings, SettingsError, load_settings
 
 MARKER = "\x02qtsw:"
@@ -56,7 +56,7 @@ def encode(type_: str, **body: Any) -> str:
     """One protocol line (without the newline)."""
     if type_ not in MESSAGE_TYPES:
         raise ValueError(f"unknown message type {type_!r}")
-    return MARKER + json.dumps({"type": type_, **safe_data(body)}, default=str, separators=(",", ":"))
+    return MARKER + json.dumps({"type": type_, **body}, default=str, separators=(",", ":"))
 
 
 def parse(line: str) -> Message | None:
@@ -88,7 +88,9 @@ class Reporter:
 
     def say(self, text: str) -> None:
         """Free text for the operator: one output line per line of ``text``, each escaped
-        (:func:`~pipeline_core.safetext.safe`), so text from a file cannot forge a line."""
+        (:func:`~pipeline_core.safetext.safe`). Stdout is the protocol's channel too: a name
+        holding a newline and the marker must not be able to forge a message. (Structured
+        messages are JSON, which escapes control characters; the engine escapes their text.)"""
         for line in text.rstrip("\n").split("\n"):
             self._send(safe(line))
 

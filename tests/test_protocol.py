@@ -98,3 +98,13 @@ def test_stage_with_bad_settings_exits_2(tmp_path: Path) -> None:
     done = _stage(tmp_path, "    return 'success'")
     assert done.returncode == 2
     assert "input.raw_policy" in parse(done.stdout.splitlines()[-1]).body["error"]
+
+
+def test_free_text_cannot_forge_a_message() -> None:
+    """A file name holding a newline and the marker, said by a stage, stays free text."""
+    out = io.StringIO()
+    forged = MARKER + json.dumps({"type": "result", "status": "success", "msg": "forged"})
+    Reporter(out).say(f"quarantined ES_a\n{forged}.csv: bad name")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and [parse(line) for line in lines] == [None, None]
+    assert lines[1].startswith("\\x02qtsw:")
