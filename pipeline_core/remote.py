@@ -46,8 +46,10 @@ class RemoteEngine:
 
     attached = True
 
-    def __init__(self, settings: Settings, *, reconnect_seconds: float = RECONNECT_SECONDS) -> None:
+    def __init__(self, settings: Settings, *, reconnect_seconds: float = RECONNECT_SECONDS,
+                 read_only: bool = False) -> None:
         self.settings = settings
+        self.read_only = read_only  # watch only: every command is refused here, never sent
         self.path = socket_path(settings)
         self.reconnect_seconds = reconnect_seconds
         self.hello: dict[str, Any] | None = None  # the engine's hello while attached
@@ -110,6 +112,8 @@ class RemoteEngine:
     def _command(self, name: str, **params: Any) -> dict[str, Any]:
         """Send a command and wait for its answer (an engine on this machine answers at once).
         Before the first attachment (``qtsw --run-now`` with an engine running) it is queued."""
+        if self.read_only:
+            return {"type": "refused", "reason": "this console is read-only"}
         if not self.connected:
             if self.attachments == 0 and self.problem is None and not self._stop:
                 self._queued.append((name, params))

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from functools import partial
+from functools import partial, wraps
 from typing import TYPE_CHECKING, Any
 
 from textual import work
@@ -70,6 +70,25 @@ HANGUP_EXIT = 128 + signal.SIGHUP  # the console's exit status after losing its 
 EXIT_GRACE = 3.0  # after a stop signal and the engine's stop, how long the console may take to exit
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
+
+
+READ_ONLY_NOTE = ("read-only: this web console watches the engine but cannot run, pause or cancel; "
+                  "start 'qtsw web --allow-control' to allow it, or use 'qtsw' in a terminal")
+
+
+def steers_the_engine(action: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks an action that steers the engine (run, stage, pause/resume, cancel). The one place
+    where a read-only console (``qtsw web`` without ``--allow-control``) refuses them: every
+    way to such an action — its key, a remapped key, the command palette — ends here."""
+
+    @wraps(action)
+    def gated(self: QtswApp, *args: Any) -> Any:
+        if self.read_only:
+            self.notify(READ_ONLY_NOTE, title="Read-only", severity="warning", timeout=8, markup=False)
+            return None
+        return action(self, *args)
+
+    return gated
 
 
 def binding_ids() -> set[str]:
@@ -157,6 +176,10 @@ class QtswApp(App[int]):
         self._unfrozen_events = 0
         self._was_connected = False
         self._attached_once = False
+        self._told_no_engine = False
+        # ``qtsw web``: the console is in a browser tab; read-only unless started with control
+        self.web = bool(self.options.get("web"))
+        self.read_only = bool(self.options.get("read_only"))
         # checked when the settings loaded (pipeline_core.keys): known ids, keys a terminal
         # sends, no two bindings on one key where both are active
         self.set_keymap(dict(settings.keys))
@@ -378,20 +401,33 @@ class QtswApp(App[int]):
         """Who runs the engine, for the header; says so when an attached engine comes or goes."""
         info = self.engine.host_info()
         connected = bool(info.get("connected"))
+        web = ("web read-only · " if self.read_only else "web control · ") if self.web else ""
         if info.get("mode") != "attached":
-            return "hosting"
+            return web + "hosting"
         if connected != self._was_connected:
             self._was_connected = connected
             if connected:
+                if self._told_no_engine:
+                    self.clear_notifications()  # the note on how to start one has served
                 self.notify(f"Attached to the engine, pid {info.get('pid')}.", title="Engine")
             elif self._attached_once:
                 self.notify(f"The engine went away ({info.get('problem') or 'connection lost'}); "
                             "reattaching when it is back.", title="Engine", severity="warning", timeout=20)
             self._attached_once = self._attached_once or connected
+        if not connected and not self._attached_once and info.get("problem") and not self._told_no_engine:
+            # a console that has never seen an engine (a browser tab opened before it started)
+            self._told_no_engine = True
+            root = self.settings.root
+            self.notify(f"No engine is running on data root {root}. Start one with "
+                        f"'qtsw --no-ui --root {root}' (or the qtsw systemd service); this console "
+                        "attaches by itself once it is up.", title="No engine", severity="warning",
+                        timeout=24 * 3600, markup=False)
         if not connected:
-            return "detached: waiting for an engine"
+            if not self._attached_once:
+                return web + "no engine running: waiting for one (qtsw --no-ui)"
+            return web + "detached: waiting for an engine"
         since = clock_time(info.get("since"), "%H:%M")
-        return f"attached pid {info.get('pid')} since {since}"
+        return f"{web}attached pid {info.get('pid')} since {since}"
 
     @work(thread=True, exclusive=True, group="counters", exit_on_error=False, name="counters")
     def refresh_counters(self) -> None:
@@ -426,16 +462,19 @@ class QtswApp(App[int]):
     def _refusal(self) -> str:
         return getattr(self.engine, "last_refusal", "") or "a run is already active"
 
+    @steers_the_engine
     def action_run_now(self) -> None:
         if self._serving() and not self.engine.request_run("manual"):
             self.notify(f"Not started: {self._refusal()}.", severity="warning")
         self.refresh_status()
 
+    @steers_the_engine
     def action_run_stage(self, stage: str) -> None:
         if self._serving() and not self.engine.request_run("stage", stages=[stage]):
             self.notify(f"{stage.title()} not started: {self._refusal()}.", severity="warning")
         self.refresh_status()
 
+    @steers_the_engine
     def action_toggle_pause(self) -> None:
         if self.engine.paused:
             self.engine.resume()
@@ -445,6 +484,7 @@ class QtswApp(App[int]):
             self.notify("Schedule paused: no scheduled runs until resumed (r still runs).")
         self.refresh_status()
 
+    @steers_the_engine
     def action_cancel_run(self) -> None:
         if not self.engine.busy:
             self.notify("No run is active.")

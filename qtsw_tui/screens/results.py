@@ -7,6 +7,7 @@ only the columns it needs and each monthly file once); the screen only fills its
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,7 @@ class ResultsScreen(Screen[None]):
         self.view: View | None = None
         self.stale: dict[str, str] = {}
         self.exported: Path | None = None  # the last CSV written by ``x``
+        self.delivered = ""  # the last CSV handed to the browser by ``x`` (qtsw web)
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="results-top"):
@@ -432,6 +434,14 @@ class ResultsScreen(Screen[None]):
             return
         text = csv_text(self.rs, self.flt, self.year)
         name = f"results_{self.year}_{clock.now():%Y%m%d_%H%M%S}.csv"
+        if self.app.is_web:
+            # in a browser (qtsw web) the file goes to the person looking at it, not to the
+            # server's disk: the browser downloads it
+            self.app.deliver_text(io.StringIO(text), save_filename=name, mime_type="text/csv",
+                                  encoding="utf-8")
+            self.delivered = name
+            self.notify(f"{name}: your browser downloads it", title="Results", markup=False)
+            return
         path = self.settings.exports_dir / name
         try:
             write_bytes_atomic(path, text.encode())
