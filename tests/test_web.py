@@ -29,7 +29,7 @@ from test_control import clean_env, start_engine, stop_engine
 from pipeline_core import history
 from pipeline_core.control import Connection, NoEngine, socket_path
 from pipeline_core.sample import write_samples
-from pipeline_core.settings import Settings, load_settings
+from pipeline_core.settings import load_settings
 
 DEADLINE = 60.0
 CHROMIUM_ARGS = [
@@ -61,8 +61,8 @@ def poll(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
         time.sleep(0.05)
 
 
-def start_web(root: Path, *extra: str) -> subprocess.Popen[str]:
-    """``qtsw web`` on a free port, once it accepts connections; ``.url``, ``.out`` (its output)."""
+def launch_web(root: Path, *extra: str) -> subprocess.Popen[str]:
+    """``qtsw web`` on a free port; ``.url``, ``.port``, ``.out`` (its output); see :func:`listening`."""
     port = free_port()
     out = root.parent / f"web-{port}.out"
     with open(out, "wb") as fh:
@@ -70,12 +70,16 @@ def start_web(root: Path, *extra: str) -> subprocess.Popen[str]:
                                  "--port", str(port), *extra],
                                 stdout=fh, stderr=subprocess.STDOUT, text=True, env=clean_env())
     proc.url = f"http://127.0.0.1:{port}/"  # type: ignore[attr-defined]
+    proc.port = port  # type: ignore[attr-defined]
     proc.out = out  # type: ignore[attr-defined]
+    return proc
 
+
+def listening(proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
     def up() -> bool:
-        assert proc.poll() is None, f"qtsw web exited {proc.returncode}: {out.read_text()}"
+        assert proc.poll() is None, f"qtsw web exited {proc.returncode}: {proc.out.read_text()}"  # type: ignore[attr-defined]
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection(("127.0.0.1", proc.port), timeout=1).close()  # type: ignore[attr-defined]
             return True
         except OSError:
             return False
@@ -107,7 +111,115 @@ def consoles_of(web: subprocess.Popen[str]) -> list[int]:
     return out
 
 
-# --- the browser ------------------------------------------------------------------------------
+# --- without a browser --------------------------------------------------------------------------
+
+
+def test_web_refuses_what_it_must(tmp_path: Path) -> None:
+    """Another address without --public, a missing data root, a port in use: one line, exit 4."""
+    root = tmp_path / "root"
+    load_settings(root=root, env={}).ensure_dirs()
+    def run(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "qtsw_tui", "web", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=clean_env())
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        hosts = ("0.0.0.0", "::", "10.1.2.3")  # refused before anything listens
+        runs = [run("--root", str(root), "--host", host) for host in hosts]
+        missing = run("--root", str(tmp_path / "missing"))
+        in_use = run("--root", str(root), "--port", str(port))
+        said = {p: p.communicate(timeout=30) for p in [*runs, missing, in_use]}
+    for host, proc in zip(hosts, runs, strict=True):
+        out, err = said[proc]
+        assert proc.returncode == 4 and out == "", (host, err)
+        [line] = err.splitlines()
+        assert host in line and "--public" in line and "ssh -L" in line, line
+    out, err = said[missing]
+    assert missing.returncode == 4 and str(tmp_path / "missing") in err and len(err.splitlines()) == 1
+    out, err = said[in_use]
+    assert in_use.returncode == 4, err
+    [line] = err.splitlines()
+    assert f"port {port}" in line and "in use" in line and "--port" in line, line
+
+
+def http_status(port: int, path: str, headers: dict[str, str]) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.anyio
+async def test_read_only_console_refuses_to_steer_and_waits_for_an_engine(tmp_path: Path) -> None:
+    """A tab's console in Pilot: with no engine it says how to start one; every key that
+    steers the engine is refused with a note saying read-only, the rest works; it attaches
+    by itself once an engine is up, and stays read-only."""
+    from pipeline_core.remote import RemoteEngine
+    from qtsw_tui.app import build_app
+    from qtsw_tui.screens.results import ResultsScreen
+    from qtsw_tui.widgets.header import StatusHeader
+
+    root = tmp_path / "root"
+    settings = load_settings(root=root, env={})
+    settings.ensure_dirs()
+    write_samples(settings, days=3, instruments=["ES"], end=date(2025, 11, 26))
+    app = build_app(settings, RemoteEngine(settings, reconnect_seconds=0.1, read_only=True),
+                    {"web": True, "read_only": True})
+
+    def header() -> str:
+        return str(app.query_one("#header", StatusHeader).render())
+
+    def notes() -> list[str]:
+        return [str(n.message) for n in app._notifications]
+
+    async def until(cond: Callable[[], object], what: str) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; header {header()!r}"
+            await pilot.pause(0.05)
+
+    engine = None
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(lambda: any("No engine is running" in n for n in notes()), "the no-engine note")
+            [note] = [n for n in notes() if "No engine is running" in n]
+            assert f"qtsw --no-ui --root {root}" in note and "systemd" in note
+            assert "web read-only · no engine running" in header()
+            assert "r run now" not in header()  # the hint names what works here
+            for key in ("r", "t", "a", "m", "p", "c"):
+                app.clear_notifications()
+                await pilot.press(key)
+                assert any(n.startswith("read-only") and "--allow-control" in n for n in notes()), key
+            await pilot.press("s")
+            await until(lambda: isinstance(app.screen, ResultsScreen), "the results screen")
+            await pilot.press("escape")
+            engine = start_engine(root)
+            await until(lambda: f"web read-only · attached pid {engine.pid}" in header(), "the console to attach")
+            assert not any("No engine is running" in n for n in notes()), "the note has gone"
+            app.clear_notifications()
+            await pilot.press("r")
+            assert any(n.startswith("read-only") for n in notes())
+            assert app.engine.request_run("manual") is False  # its engine connection refuses too
+            assert "read-only" in app.engine.last_refusal
+        assert history.read_runs(settings) == []
+    finally:
+        if engine is not None:
+            stop_engine(engine)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- the browser (last in this file: Playwright's sync API holds this thread's event loop while
+# its module-wide browser is open, so the Pilot test runs before) ------------------------------------------------------------------------------
 
 
 class Tab:
@@ -204,35 +316,62 @@ def context(browser: Any) -> Iterator[Any]:
         ctx.close()
 
 
+class Served:
+    """A data root with sample exports, and on it: ``qtsw web`` read-only and with control,
+    both started before the engine (they serve with none, saying so), then the engine."""
+
+    def __init__(self, root: Path) -> None:
+        self.settings = load_settings(root=root, env={})
+        self.settings.ensure_dirs()
+        write_samples(self.settings, days=5, instruments=["ES"], end=date(2025, 11, 26))
+        self.read_only = listening(launch_web(root))
+        self.control = launch_web(root, "--allow-control")
+        self.engine = start_engine(root)
+
+
 @pytest.fixture(scope="module")
-def engine_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, subprocess.Popen[str]]]:
-    root = tmp_path_factory.mktemp("web") / "root"
-    settings = load_settings(root=root, env={})
-    settings.ensure_dirs()
-    write_samples(settings, days=5, instruments=["ES"], end=date(2025, 11, 26))
-    proc = start_engine(root)
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    it = Served(tmp_path_factory.mktemp("web") / "root")
     try:
         def serving() -> bool:
-            assert proc.poll() is None, "the engine exited"
+            assert it.engine.poll() is None, "the engine exited"
             try:
-                Connection(socket_path(settings)).close()
+                Connection(socket_path(it.settings)).close()
                 return True
             except NoEngine:
                 return False
 
         poll(serving, "the engine's socket", 30)
-        yield settings, proc
+        listening(it.control)
+        yield it
     finally:
-        stop_engine(proc)
+        end(it.read_only)
+        end(it.control)
+        stop_engine(it.engine)
+
+
+def check_origin_and_host(port: int) -> None:
+    """A page of another site cannot open a console (its Origin is not this server's), and a
+    name other than a loopback one (a DNS-rebinding page) gets nothing."""
+    here = f"127.0.0.1:{port}"
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    assert http_status(port, "/", {"Host": here}) == 200
+    assert http_status(port, "/", {"Host": f"localhost:{port}"}) == 200  # the end of an ssh -L
+    assert http_status(port, "/", {"Host": f"attacker.example:{port}"}) == 403
+    assert http_status(port, "/ws", {**upgrade, "Host": here, "Origin": "http://attacker.example"}) == 403
+    assert http_status(port, "/ws", {**upgrade, "Host": here}) == 403  # no Origin: no page of ours
 
 
 STAGES = ("Translator", "Analyzer", "Merger")
 
 
-def test_browser_console_is_read_only(engine_root: tuple[Settings, Any], context: Any) -> None:
-    settings, engine = engine_root
-    web = start_web(settings.root)
+def test_browser_console_is_read_only(served: Served, context: Any) -> None:
+    settings, engine, web = served.settings, served.engine, served.read_only
+    said = web.out.read_text()  # type: ignore[attr-defined]
+    assert "no engine is running on data root" in said and f"qtsw --no-ui --root {settings.root}" in said
     try:
+        check_origin_and_host(web.port)  # type: ignore[attr-defined]
         tab, other = Tab(context, web.url), Tab(context, web.url)  # two tabs: two consoles
         shown = tab.wait_for(lambda t: f"attached pid {engine.pid}" in t and all(s in t for s in STAGES),
                              "the header and the stage panes")
@@ -260,11 +399,9 @@ def test_browser_console_is_read_only(engine_root: tuple[Settings, Any], context
     assert engine.poll() is None, "the engine runs on"
 
 
-def test_browser_console_with_control_runs_and_downloads(engine_root: tuple[Settings, Any],
-                                                         context: Any) -> None:
-    settings, engine = engine_root
+def test_browser_console_with_control_runs_and_downloads(served: Served, context: Any) -> None:
+    settings, engine, web = served.settings, served.engine, served.control
     before = len(history.read_runs(settings))
-    web = start_web(settings.root, "--allow-control")
     try:
         tab = Tab(context, web.url)
         tab.wait_for(lambda t: f"web control · attached pid {engine.pid}" in t, "the console to attach")
@@ -274,6 +411,7 @@ def test_browser_console_with_control_runs_and_downloads(engine_root: tuple[Sett
         # save as CSV: the browser downloads the file; nothing is written on the server's disk
         tab.press("s")
         tab.wait_for(lambda t: all(w in t for w in ("Stream", "Total", "ES1")), "the results of the run")
+
         def exports() -> list[Path]:
             return sorted(settings.exports_dir.iterdir()) if settings.exports_dir.exists() else []
 
