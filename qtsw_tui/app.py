@@ -72,8 +72,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
 
 
-READ_ONLY_NOTE = ("read-only: this web console watches the engine but cannot run, pause or cancel; "
-                  "start 'qtsw web --allow-control' to allow it, or use 'qtsw' in a terminal")
+READ_ONLY_NOTE = ("read-only: this web console shows the engine but cannot start a run or a stage, "
+                  "pause or cancel; restart 'qtsw web' with --allow-control for that, or use "
+                  "'qtsw' or 'qtsw ctl' in a terminal")
 
 
 def steers_the_engine(action: Callable[..., Any]) -> Callable[..., Any]:

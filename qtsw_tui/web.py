@@ -13,6 +13,8 @@ What a security reviewer asks of a web port, and what this one does:
   must come from a page of this server (its ``Origin`` is the address it was served from),
   and without ``--public`` only requests addressed to a loopback name are answered (a
   DNS-rebinding page reaches 127.0.0.1 under its own name, and is refused).
+- The page loads nothing from elsewhere and may not be framed by another site
+  (:data:`PAGE_HEADERS`).
 - At most :data:`MAX_TABS` consoles at once; each ends with its tab, and all of them end when
   ``qtsw web`` does (SIGTERM/SIGINT, or the process killed: each console asks the kernel for
   SIGTERM when its parent goes).
@@ -34,6 +36,18 @@ from typing import Any
 
 from pipeline_core.usage import EXIT_USAGE, UsageParser, command_settings
 
+# The page loads only from this server (textual-serve's page also asks for a web font from
+# elsewhere: refused, no request leaves), and no other site may frame it (a framed console
+# would take keys a person meant for that site: clickjacking).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 MAX_TABS = 16  # consoles (processes) open at once; one more tab is refused
 SHUTDOWN_SECONDS = 10.0  # how long stopping waits for the tabs' consoles to end
 
@@ -201,7 +215,9 @@ def make_server(args: argparse.Namespace, settings: Any) -> Any:
             # the page's links go back to the address the browser used (127.0.0.1, or the
             # local end of an ssh -L tunnel on another port); set and read with no await between
             self.public_url = f"{request.scheme}://{request.host}"
-            return await super().handle_index(request)
+            page = await super().handle_index(request)
+            page.headers.update(PAGE_HEADERS)
+            return page
 
         async def handle_download(self, request: web.Request) -> Any:
             refusal = self._refusal(request)

@@ -144,15 +144,21 @@ def test_web_refuses_what_it_must(tmp_path: Path) -> None:
     assert f"port {port}" in line and "in use" in line and "--port" in line, line
 
 
-def http_status(port: int, path: str, headers: dict[str, str]) -> int:
+def http_get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """(status, headers) of a GET to ``qtsw web`` with exactly these headers."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", path, headers=headers)
-        return conn.getresponse().status
+        got = conn.getresponse()
+        return got.status, dict(got.getheaders())
     finally:
         conn.close()
+
+
+def http_status(port: int, path: str, headers: dict[str, str]) -> int:
+    return http_get(port, path, headers)[0]
 
 
 @pytest.mark.anyio
@@ -231,7 +237,9 @@ class Tab:
         self.screen = pyte.Screen(80, 24)
         self.stream = pyte.ByteStream(self.screen)
         self.messages: list[Any] = []
+        self.logged: list[str] = []  # what the page says in its console (a refused load, an error)
         self.page = context.new_page()
+        self.page.on("console", lambda message: self.logged.append(message.text))
         self.page.on("websocket", self._websocket)
         self.page.goto(url, wait_until="domcontentloaded")
 
@@ -356,7 +364,9 @@ def check_origin_and_host(port: int) -> None:
     here = f"127.0.0.1:{port}"
     upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-    assert http_status(port, "/", {"Host": here}) == 200
+    status, page = http_get(port, "/", {"Host": here})
+    assert status == 200
+    assert page["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in page["Content-Security-Policy"]
     assert http_status(port, "/", {"Host": f"localhost:{port}"}) == 200  # the end of an ssh -L
     assert http_status(port, "/", {"Host": f"attacker.example:{port}"}) == 403
     assert http_status(port, "/ws", {**upgrade, "Host": here, "Origin": "http://attacker.example"}) == 403
@@ -376,6 +386,9 @@ def test_browser_console_is_read_only(served: Served, context: Any) -> None:
         shown = tab.wait_for(lambda t: f"attached pid {engine.pid}" in t and all(s in t for s in STAGES),
                              "the header and the stage panes")
         assert "web read-only" in shown
+        # the page loaded nothing from elsewhere: its only refusal is the web font it asks for
+        refused = [m for m in tab.logged if "Content Security Policy" in m]
+        assert all("fonts.googleapis.com" in m for m in refused), refused
         tab.press("r")
         tab.wait_for(lambda t: "read-only" in t and "--allow-control" in t, "the refusal")
         assert history.read_runs(settings) == []
