@@ -358,6 +358,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         stop_engine(it.engine)
 
 
+def test_public_serves_with_a_warning(tmp_path: Path) -> None:
+    """--public: served on every address with a warning on stderr; any name reaches it, and a
+    console still opens only from a page of its own."""
+    root = tmp_path / "root"
+    load_settings(root=root, env={}).ensure_dirs()
+    web = listening(launch_web(root, "--host", "0.0.0.0", "--public"))
+    try:
+        port = web.port  # type: ignore[attr-defined]
+        assert http_status(port, "/", {"Host": f"qtsw.example:{port}"}) == 200
+        upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        assert http_status(port, "/ws", {**upgrade, "Host": f"qtsw.example:{port}",
+                                         "Origin": "http://attacker.example"}) == 403
+    finally:
+        assert end(web, signal.SIGINT) == 0
+    said = web.out.read_text()  # type: ignore[attr-defined]
+    [warning] = [line for line in said.splitlines() if "WARNING" in line]
+    assert "NO authentication" in warning and f"ssh -L {port}:127.0.0.1:{port}" in warning, warning
+
+
 def check_origin_and_host(port: int) -> None:
     """A page of another site cannot open a console (its Origin is not this server's), and a
     name other than a loopback one (a DNS-rebinding page) gets nothing."""
