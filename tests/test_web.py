@@ -311,7 +311,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def context(browser: Any) -> Iterator[Any]:
-    ctx = browser.new_context(viewport={"width": 1200, "height": 800}, accept_downloads=True)
+    ctx = browser.new_context(viewport={"width": 1000, "height": 640}, accept_downloads=True)
 
     def local_only(route: Any) -> None:  # the page asks for a web font elsewhere: not from here
         host = urlparse(route.request.url).hostname
