@@ -47,6 +47,7 @@ from qtsw_tui.screens.results import ResultsScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
+from qtsw_tui.widgets.footer_fit import FittedScreen
 from qtsw_tui.widgets.format import clock_time, key_label, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
@@ -162,6 +163,9 @@ class QtswApp(App[int]):
         self.set_keymap(dict(settings.keys))
 
     # --- layout ---------------------------------------------------------------------------------
+    def get_default_screen(self) -> Screen:
+        return FittedScreen(id="_default")  # the footer keeps "? help q quit" (the events view's keys)
+
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="header")
         with Vertical(id="main"):
@@ -279,10 +283,10 @@ class QtswApp(App[int]):
                 self.received["events"] += 1
                 if ev.stage in self._lines and ev.event in ("start", "skipped"):
                     # a run's mark in the stage's pane; a skipped stage says why
-                    why = f" · skipped: {ev.data.get('reason') or ev.msg}" if ev.event == "skipped" else ""
-                    self._lines[ev.stage].append(
-                        f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)}{why} ──"
-                    )
+                    buf = self._lines[ev.stage]
+                    buf.append(f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)} ──")
+                    if ev.event == "skipped":  # on its own line(s), wrapped to the pane
+                        buf.append(f"skipped: {ev.data.get('reason') or ev.msg}")
         except Exception:  # noqa: BLE001 - a display problem must never reach the engine
             pass
 

@@ -8,15 +8,15 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from qtsw_tui.widgets.footer_fit import FittedScreen
 from qtsw_tui.widgets.format import clock_time
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-class AlertsScreen(Screen[None]):
+class AlertsScreen(FittedScreen):
     """Active and recent alerts of the engine's alert monitor."""
 
     BINDINGS = [

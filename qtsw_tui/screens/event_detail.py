@@ -11,11 +11,11 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from pipeline_core.events import Event, read_events, run_event_path, scheduler_event_path
 from pipeline_core.settings import Settings
+from qtsw_tui.widgets.footer_fit import FittedScreen
 from qtsw_tui.widgets.format import event_clock
 
 
@@ -58,7 +58,7 @@ def event_fields(ev: Event, path: Path | None = None) -> Text:
     return t
 
 
-class EventDetailScreen(Screen[None]):
+class EventDetailScreen(FittedScreen):
     """An event with all its fields: time, run, stage, type, message and every data field."""
 
     BINDINGS = [

@@ -8,12 +8,12 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from pipeline_core import history
 from pipeline_core.settings import Settings
 from qtsw_tui.screens.run_detail import RunDetailScreen
+from qtsw_tui.widgets.footer_fit import FittedScreen
 from qtsw_tui.widgets.format import clock_time, duration, run_seconds, short_id, state_mark
 from qtsw_tui.widgets.header import StatusHeader
 
@@ -38,7 +38,7 @@ def status_cell(status: str | None) -> Text:
     return Text(f"{mark} {status or '?'}", style=style)
 
 
-class HistoryScreen(Screen[None]):
+class HistoryScreen(FittedScreen):
     """The past runs; ``Enter`` opens one (stages, durations, errors, events, logs)."""
 
     BINDINGS = [

@@ -8,16 +8,16 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from pipeline_core.quarantine import QuarantinedFile, quarantined, requeue
 from pipeline_core.settings import Settings
 from pipeline_core.usage import describe_os_error
+from qtsw_tui.widgets.footer_fit import FittedScreen
 from qtsw_tui.widgets.format import key_label
 
 
-class QuarantineScreen(Screen[None]):
+class QuarantineScreen(FittedScreen):
     """The quarantined files, newest first; the selected one's full reason below."""
 
     BINDINGS = [

@@ -17,7 +17,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
@@ -43,8 +42,9 @@ from qtsw_tui.resultscmd import (
     money,
     stat_cells,
 )
+from qtsw_tui.widgets.footer_fit import FittedScreen
 from qtsw_tui.widgets.format import key_label
-from qtsw_tui.widgets.header import stale_notice
+from qtsw_tui.widgets.header import StatusHeader, stale_notice
 
 PLOT_POINTS = 400  # an equity curve is drawn from at most this many dates (bucket ends)
 
@@ -150,7 +150,7 @@ def thin_curve(curve: Curve, points: int = PLOT_POINTS) -> tuple[np.ndarray, np.
     return curve.days[ends], curve.equity[ends], np.minimum.reduceat(curve.drawdown, edges[:-1])
 
 
-class ResultsScreen(Screen[None]):
+class ResultsScreen(FittedScreen):
     """The matrix of a year, statistics and the equity curve; keys step and filter."""
 
     BINDINGS = [
@@ -183,6 +183,7 @@ class ResultsScreen(Screen[None]):
         self.exported: Path | None = None  # the last CSV written by ``x``
 
     def compose(self) -> ComposeResult:
+        yield StatusHeader(classes="screen-header")  # an active run stays in sight
         with Horizontal(id="results-top"):
             yield Static("Results", id="screen-title")
         with TabbedContent(id="results-tabs", initial="tab-matrix"):
