@@ -186,9 +186,10 @@ class QtswApp(App[int]):
         self.query_one("#counters").border_title = "Counters"
         self.query_one("#events").border_title = "Events"
         self._unsubscribe = self.engine.subscribe(self.receive)
-        self.set_interval(FLUSH_SECONDS, self.flush, name="flush")
-        self.set_interval(STATUS_SECONDS, self.refresh_status, name="status")
-        self.set_interval(COUNTERS_SECONDS, self.refresh_counters, name="counters")
+        # the timers keep ticking while the console shuts down and its screens are taken apart
+        self.set_interval(FLUSH_SECONDS, self._while_running(self.flush), name="flush")
+        self.set_interval(STATUS_SECONDS, self._while_running(self.refresh_status), name="status")
+        self.set_interval(COUNTERS_SECONDS, self._while_running(self.refresh_counters), name="counters")
         self.serve_worker = self._serve()
         self.refresh_status()
         self.refresh_counters()
@@ -217,6 +218,13 @@ class QtswApp(App[int]):
             self.engine.request_run("stage", stages=[self.options["stage"]], full=full)
         elif self.options.get("run_now"):
             self.engine.request_run("manual", full=full)
+
+    def _while_running(self, tick: Callable[[], None]) -> Callable[[], None]:
+        def guarded() -> None:
+            if self.is_running:
+                tick()
+
+        return guarded
 
     def on_resize(self, event: Resize) -> None:
         self._layout_for(event.size.width, event.size.height)
