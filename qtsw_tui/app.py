@@ -28,7 +28,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from pipeline_core import clock as chicago
@@ -47,7 +46,7 @@ from qtsw_tui.screens.results import ResultsScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
-from qtsw_tui.widgets.footer_fit import FittedScreen
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time, key_label, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
@@ -163,9 +162,6 @@ class QtswApp(App[int]):
         self.set_keymap(dict(settings.keys))
 
     # --- layout ---------------------------------------------------------------------------------
-    def get_default_screen(self) -> Screen:
-        return FittedScreen(id="_default")  # the footer keeps "? help q quit" (the events view's keys)
-
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="header")
         with Vertical(id="main"):
@@ -179,7 +175,7 @@ class QtswApp(App[int]):
             yield EventsPanel(capacity=EVENT_CAPACITY, window=EVENT_WINDOW, id="events")
         # the palette (ctrl+p) is in the help screen: its footer entry would push "? help q quit"
         # off an 80-column footer
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#progress").border_title = "Analyzer"

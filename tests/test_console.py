@@ -53,6 +53,7 @@ from qtsw_tui.widgets.event_table import (
     newest_matching,
     record,
 )
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import countdown, duration, event_clock, size
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
@@ -759,13 +760,13 @@ async def test_navigation_escape_palette_and_footer(tmp_path):
 
 def footer_shown(app: QtswApp) -> dict[str, tuple[int, int]]:
     """The footer keys drawn on the screen now: {key: (left column, right column)}."""
-    from textual.widgets._footer import FooterKey
-
+    footer = app.screen.query_one(KeyFooter)
+    assert footer.region.width == app.size.width
+    line = footer.render().plain
     out = {}
-    for fk in app.screen.query(FooterKey):
-        region = fk.region
-        if region.width:
-            out[fk.key_display] = (region.x, region.right)
+    for k in footer.shown:
+        assert line[k.start:k.end].startswith(k.display)
+        out[k.display] = (k.start, k.end)
     return out
 
 

@@ -8,12 +8,13 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Static
+from textual.screen import Screen
+from textual.widgets import DataTable, Static
 
 from pipeline_core import history
 from pipeline_core.settings import Settings
 from qtsw_tui.screens.run_detail import RunDetailScreen
-from qtsw_tui.widgets.footer_fit import FittedScreen
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time, duration, run_seconds, short_id, state_mark
 from qtsw_tui.widgets.header import StatusHeader
 
@@ -38,7 +39,7 @@ def status_cell(status: str | None) -> Text:
     return Text(f"{mark} {status or '?'}", style=style)
 
 
-class HistoryScreen(FittedScreen):
+class HistoryScreen(Screen[None]):
     """The past runs; ``Enter`` opens one (stages, durations, errors, events, logs)."""
 
     BINDINGS = [
@@ -63,7 +64,7 @@ class HistoryScreen(FittedScreen):
         table.add_column("Stages", key="stages", width=9)
         yield table
         yield Static("", id="history-status")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.action_reload()

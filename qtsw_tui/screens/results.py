@@ -17,7 +17,8 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.screen import Screen
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
 from pipeline_core import catalog, clock, results
@@ -42,7 +43,7 @@ from qtsw_tui.resultscmd import (
     money,
     stat_cells,
 )
-from qtsw_tui.widgets.footer_fit import FittedScreen
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import key_label
 from qtsw_tui.widgets.header import StatusHeader, stale_notice
 
@@ -150,7 +151,7 @@ def thin_curve(curve: Curve, points: int = PLOT_POINTS) -> tuple[np.ndarray, np.
     return curve.days[ends], curve.equity[ends], np.minimum.reduceat(curve.drawdown, edges[:-1])
 
 
-class ResultsScreen(FittedScreen):
+class ResultsScreen(Screen[None]):
     """The matrix of a year, statistics and the equity curve; keys step and filter."""
 
     BINDINGS = [
@@ -199,7 +200,7 @@ class ResultsScreen(FittedScreen):
                 yield PlotextPlot(id="results-equity")
                 yield Static("", id="results-equity-note")
         yield Static("reading the monthly results …", id="results-status")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._load()

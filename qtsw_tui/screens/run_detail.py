@@ -12,14 +12,15 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Footer, Log, Select, Static, TabbedContent, TabPane
+from textual.screen import Screen
+from textual.widgets import Log, Select, Static, TabbedContent, TabPane
 
 from pipeline_core import history
 from pipeline_core.events import Event
 from pipeline_core.runstate import STAGE_NAMES
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.event_table import EventsPanel
-from qtsw_tui.widgets.footer_fit import FittedScreen
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time, duration, parse_time, run_seconds, state_mark
 
 LOG_TAIL_BYTES = 2_000_000  # the widget shows the end of a stage log; the file is the store
@@ -150,7 +151,7 @@ def summary_text(record: dict[str, Any], report: dict[str, Any] | None) -> Text:
     return t
 
 
-class RunDetailScreen(FittedScreen):
+class RunDetailScreen(Screen[None]):
     """A past (or just finished) run: stages, events and stage logs."""
 
     BINDINGS = [
@@ -176,7 +177,7 @@ class RunDetailScreen(FittedScreen):
             with TabPane("Logs", id="tab-logs"), Vertical():
                 yield Select([], prompt="stage log", id="detail-log-choice", allow_blank=True)
                 yield Log(id="detail-log", max_lines=LOG_TAIL_LINES + 1, auto_scroll=True)
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._load()
