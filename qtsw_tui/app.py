@@ -28,7 +28,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from pipeline_core import clock as chicago
@@ -47,6 +46,7 @@ from qtsw_tui.screens.results import ResultsScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time, key_label, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
@@ -199,16 +199,17 @@ class QtswApp(App[int]):
             yield EventsPanel(capacity=EVENT_CAPACITY, window=EVENT_WINDOW, id="events")
         # the palette (ctrl+p) is in the help screen: its footer entry would push "? help q quit"
         # off an 80-column footer
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#progress").border_title = "Analyzer"
         self.query_one("#counters").border_title = "Counters"
         self.query_one("#events").border_title = "Events"
         self._unsubscribe = self.engine.subscribe(self.receive)
-        self.set_interval(FLUSH_SECONDS, self.flush, name="flush")
-        self.set_interval(STATUS_SECONDS, self.refresh_status, name="status")
-        self.set_interval(COUNTERS_SECONDS, self.refresh_counters, name="counters")
+        # the timers keep ticking while the console shuts down and its screens are taken apart
+        self.set_interval(FLUSH_SECONDS, self._while_running(self.flush), name="flush")
+        self.set_interval(STATUS_SECONDS, self._while_running(self.refresh_status), name="status")
+        self.set_interval(COUNTERS_SECONDS, self._while_running(self.refresh_counters), name="counters")
         self.serve_worker = self._serve()
         self.refresh_status()
         self.refresh_counters()
@@ -237,6 +238,13 @@ class QtswApp(App[int]):
             self.engine.request_run("stage", stages=[self.options["stage"]], full=full)
         elif self.options.get("run_now"):
             self.engine.request_run("manual", full=full)
+
+    def _while_running(self, tick: Callable[[], None]) -> Callable[[], None]:
+        def guarded() -> None:
+            if self.is_running:
+                tick()
+
+        return guarded
 
     def on_resize(self, event: Resize) -> None:
         self._layout_for(event.size.width, event.size.height)
@@ -303,10 +311,10 @@ class QtswApp(App[int]):
                 self.received["events"] += 1
                 if ev.stage in self._lines and ev.event in ("start", "skipped"):
                     # a run's mark in the stage's pane; a skipped stage says why
-                    why = f" · skipped: {ev.data.get('reason') or ev.msg}" if ev.event == "skipped" else ""
-                    self._lines[ev.stage].append(
-                        f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)}{why} ──"
-                    )
+                    buf = self._lines[ev.stage]
+                    buf.append(f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)} ──")
+                    if ev.event == "skipped":  # on its own line(s), wrapped to the pane
+                        buf.append(f"skipped: {ev.data.get('reason') or ev.msg}")
         except Exception:  # noqa: BLE001 - a display problem must never reach the engine
             pass
 
