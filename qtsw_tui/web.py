@@ -157,7 +157,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not is_loopback(args.host) and not args.public:
         _say(f"refusing to listen on {args.host}: other machines could reach a console with no "
-             "login; use 'ssh -L 8000:127.0.0.1:8000 HOST' instead, or add --public", err=True)
+             f"login; use 'ssh -L {args.port}:127.0.0.1:{args.port} HOST' instead, or add --public",
+             err=True)
         return EXIT_USAGE
     settings = command_settings(args.root, args.config)
     if settings is None:
