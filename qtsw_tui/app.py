@@ -77,10 +77,15 @@ READ_ONLY_NOTE = ("read-only: this web console shows the engine but cannot start
                   "'qtsw' or 'qtsw ctl' in a terminal")
 
 
+STEERING_ACTIONS: set[str] = set()  # the actions marked with @steers_the_engine
+
+
 def steers_the_engine(action: Callable[..., Any]) -> Callable[..., Any]:
     """Marks an action that steers the engine (run, stage, pause/resume, cancel). The one place
     where a read-only console (``qtsw web`` without ``--allow-control``) refuses them: every
-    way to such an action — its key, a remapped key, the command palette — ends here."""
+    way to such an action — its key, a remapped key, the command palette, a click on the
+    footer — ends here."""
+    STEERING_ACTIONS.add(action.__name__.removeprefix("action_"))
 
     @wraps(action)
     def gated(self: QtswApp, *args: Any) -> Any:
@@ -181,6 +186,8 @@ class QtswApp(App[int]):
         # ``qtsw web``: the console is in a browser tab; read-only unless started with control
         self.web = bool(self.options.get("web"))
         self.read_only = bool(self.options.get("read_only"))
+        # what the footer does not offer (the keys still answer, with the read-only note)
+        self.refused_actions = frozenset(STEERING_ACTIONS) if self.read_only else frozenset()
         # checked when the settings loaded (pipeline_core.keys): known ids, keys a terminal
         # sends, no two bindings on one key where both are active
         self.set_keymap(dict(settings.keys))

@@ -169,6 +169,7 @@ async def test_read_only_console_refuses_to_steer_and_waits_for_an_engine(tmp_pa
     from pipeline_core.remote import RemoteEngine
     from qtsw_tui.app import build_app
     from qtsw_tui.screens.results import ResultsScreen
+    from qtsw_tui.widgets.footer_fit import KeyFooter
     from qtsw_tui.widgets.header import StatusHeader
 
     root = tmp_path / "root"
@@ -198,6 +199,8 @@ async def test_read_only_console_refuses_to_steer_and_waits_for_an_engine(tmp_pa
             assert f"qtsw --no-ui --root {root}" in note and "systemd" in note
             assert "web read-only · no engine running" in header()
             assert "r run now" not in header()  # the hint names what works here
+            footer = str(app.query_one(KeyFooter).render())
+            assert "pause" not in footer and "cancel" not in footer and "help" in footer, footer
             for key in ("r", "t", "a", "m", "p", "c"):
                 app.clear_notifications()
                 await pilot.press(key)

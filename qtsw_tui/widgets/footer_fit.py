@@ -97,7 +97,9 @@ def fit_bindings(
 ) -> list[Item]:
     """The footer's items, console-wide keys left out (in :data:`GIVE_WAY` order) until they fit
     in ``width``. ``own`` tells a binding of the screen or its widgets (never left out)."""
-    shown = [ab for ab in bindings.values() if ab.binding.show]
+    # a read-only console (qtsw web) answers its steering keys with a note, but does not offer them
+    refused = getattr(app, "refused_actions", frozenset())
+    shown = [ab for ab in bindings.values() if ab.binding.show and _base(ab.binding.action) not in refused]
     for action in [*GIVE_WAY, None]:
         items = _items([(ab.binding, ab.enabled) for ab in shown], app.get_key_display)
         if action is None or width <= 0 or len(footer_line(items)[0]) <= width:
