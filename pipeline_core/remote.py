@@ -71,7 +71,10 @@ class RemoteEngine:
     def connected(self) -> bool:
         return self.hello is not None
 
-    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+    def subscribe(self, fn: Subscriber, *, catch_up: bool = False) -> Callable[[], None]:
+        """Hand ``fn`` every event and output line from the engine. Each attachment starts with
+        the engine's catch-up (the active or last run's events and its panes' recent lines), so
+        ``catch_up`` asks for nothing more."""
         self._subs.append(fn)
 
         def unsubscribe() -> None:

@@ -70,6 +70,9 @@ def header_lines(
         bottom.append(short_id(run.run_id), style="bold")
         bottom.append(f" {run.trigger}", style="dim")
         bottom.append(f"  {duration(seconds_between(run.started, now))}")
+        est = snap.estimate
+        if est is not None:  # from recent runs: before the stage, so 80 columns keep it
+            bottom.append(f" {int(est.fraction * 100)}% ~{duration(est.seconds_left)} left", style="cyan")
         if run.stage:
             st = run.stages.get(run.stage)
             bottom.append("  stage ", style="dim")
