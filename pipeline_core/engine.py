@@ -1335,6 +1335,10 @@ def _state_from_events(events: Sequence[Event]) -> tuple[RunState, dict[str, dic
             st.counts = dict(ev.data.get("counts") or {})
             details[ev.stage] = {k: ev.data[k] for k in ("duration_seconds", "exit_code", "timed_out")
                                  if k in ev.data}
+            if ev.stage == "analyzer" and st.state in (SUCCESS, CANCELLED):
+                for ip in rs.instruments.values():  # an instrument whose own end was not recorded
+                    if ip.state in (WAITING, RUNNING):
+                        ip.state, ip.ended = st.state, ip.ended or ts
             if ev.stage in open_stages:
                 open_stages.remove(ev.stage)
         elif ev.event == "progress" and not ev.data.get("heartbeat"):
