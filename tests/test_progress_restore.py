@@ -172,6 +172,8 @@ async def test_progress_bars_fill_clear_and_the_header_estimates_the_time_left(t
             assert engine.request_run("manual", full=True)
             await wait_for(pilot, lambda: engine.busy and "analyzer" in header(app), "the analyzer at work")
             await wait_for(pilot, lambda: "% ~" in header(app) and " left" in header(app), "the estimate")
+            run_line = header(app).splitlines()[1]
+            assert len(run_line) <= 78 and "analyzer" in run_line, run_line  # 80 columns, padded
             assert pane(app, "translator").progress is None  # skipped this time: no bar
             est = engine.snapshot().estimate
             assert est is not None and est.runs == 1 and 0.0 <= est.fraction < 1.0
@@ -218,3 +220,23 @@ def test_the_estimate_goes_by_recent_runs_and_the_stage_in_hand() -> None:
     # the analyzer is half done after 20 s: 20 s more; the merger: 20 s half the time
     assert est is not None and est.seconds_left == 30.0 and est.fraction == 0.5 and est.runs == 4
     assert estimate_run(run, {}, 0, now) is None  # nothing to go by
+
+
+def test_the_run_line_keeps_its_stage_at_80_columns() -> None:
+    from pipeline_core.runstate import EngineSnapshot, RunEstimate
+    from qtsw_tui.widgets.header import header_lines
+
+    t0 = datetime(2025, 12, 1, 10, 0, tzinfo=CHICAGO)
+    now = t0 + timedelta(seconds=125)
+    run = RunState("abcd1234-0000", "schedule", t0, stages={n: StageState(n) for n in STAGES}, stage="analyzer")
+    run.stages["translator"].state = "success"
+    run.stages["analyzer"].state, run.stages["analyzer"].started = "running", t0 + timedelta(seconds=3)
+    snap = EngineSnapshot(now=now, scheduler="running", next_mark=None, current=run, last_run=None,
+                          estimate=RunEstimate(0.45, 3725, 3))
+    wide = header_lines(snap, now, host="hosting")[1].plain
+    assert "schedule" in wide and "45% ~1:02:05 left" in wide and "stage analyzer 2:02" in wide
+    line = header_lines(snap, now, host="hosting", width=78)[1].plain
+    assert "45% ~1:02:05 left" in line and "analyzer 2:02" in line and len(line) <= 78, line
+    # attached, the longer host label: the estimate still comes before anything that is cut
+    line = header_lines(snap, now, host="attached pid 123456 since 10:00", width=78)[1].plain
+    assert line.index("45% ~1:02:05 left") + len("45% ~1:02:05 left") <= 78, line
