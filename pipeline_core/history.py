@@ -15,11 +15,13 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from pipeline_core import clock
 from pipeline_core.events import Event, read_events, run_event_path
 from pipeline_core.fsutil import append_jsonl, write_json_atomic
+from pipeline_core.runstate import STAGE_NAMES, StageTypical
 from pipeline_core.settings import Settings
 
 _TAIL_BLOCK = 64 * 1024
@@ -221,19 +223,15 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
     }
 
 
-def stage_typical(settings: Settings, limit: int = 10) -> tuple[dict[str, Any], int]:
+def stage_typical(settings: Settings, limit: int = 10) -> tuple[dict[str, StageTypical], int]:
     """What recent runs say about each stage's duration, for the active run's estimate:
     ``({stage: StageTypical}, runs)`` from the audit reports of the last ``limit`` runs that
     ended ``success`` or ``partial``. A stage skipped because the run did not ask for it does
     not count; one skipped for lack of work counts as a run where it had none."""
-    from statistics import median
-
-    from pipeline_core.runstate import STAGE_NAMES, StageTypical
-
     reports = [r for r in recent_reports(settings, limit * 3)
                if r.get("status") in ("success", "partial") and isinstance(r.get("stages"), dict)]
     reports = reports[-limit:]
-    out: dict[str, Any] = {}
+    out: dict[str, StageTypical] = {}
     for name in STAGE_NAMES:
         ran: list[float] = []
         asked = 0

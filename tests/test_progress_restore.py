@@ -240,3 +240,25 @@ def test_the_run_line_keeps_its_stage_at_80_columns() -> None:
     # attached, the longer host label: the estimate still comes before anything that is cut
     line = header_lines(snap, now, host="attached pid 123456 since 10:00", width=78)[1].plain
     assert line.index("45% ~1:02:05 left") + len("45% ~1:02:05 left") <= 78, line
+
+
+def test_typical_stage_times_come_from_recent_good_runs(tmp_path: Path) -> None:
+    settings = load_settings(root=tmp_path / "root", env={})
+    settings.ensure_dirs()
+
+    def report(i: int, status: str, stages: dict) -> None:
+        started = datetime(2025, 12, 1, 10, i, tzinfo=CHICAGO)
+        history.write_report(settings, {"run_id": f"{i:08d}-run", "status": status, "stages": stages}, started)
+
+    ran = {"status": "success", "duration_seconds": 2.0}
+    report(0, "success", {"translator": ran, "analyzer": {"status": "success", "duration_seconds": 10.0},
+                          "merger": {"status": "skipped", "reason": "no analyzer output awaiting merge"}})
+    report(1, "success", {"translator": {"status": "skipped", "reason": "not requested (single-stage run of analyzer)"},
+                          "analyzer": {"status": "success", "duration_seconds": 20.0},
+                          "merger": {"status": "success", "duration_seconds": 4.0}})
+    report(2, "failure", {"translator": {"status": "failure", "duration_seconds": 99.0}})  # not a measure
+    typical, runs = history.stage_typical(settings)
+    assert runs == 2
+    assert typical["translator"] == StageTypical(2.0, 1.0)  # the run that did not ask for it does not count
+    assert typical["analyzer"] == StageTypical(15.0, 1.0)
+    assert typical["merger"] == StageTypical(4.0, 0.5)  # it had work in one run of two
