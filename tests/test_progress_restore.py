@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import subprocess
 import sys
 import time
@@ -262,3 +263,21 @@ def test_typical_stage_times_come_from_recent_good_runs(tmp_path: Path) -> None:
     assert typical["translator"] == StageTypical(2.0, 1.0)  # the run that did not ask for it does not count
     assert typical["analyzer"] == StageTypical(15.0, 1.0)
     assert typical["merger"] == StageTypical(4.0, 0.5)  # it had work in one run of two
+
+
+def test_the_snapshot_carries_progress_the_last_run_and_the_estimate_over_the_socket() -> None:
+    from pipeline_core.control import snapshot_from_dict, snapshot_to_dict
+    from pipeline_core.runstate import EngineSnapshot, RunEstimate
+
+    t0 = datetime(2025, 12, 1, 10, 0, tzinfo=CHICAGO)
+    run = RunState("r1", "manual", t0, stages={n: StageState(n) for n in STAGES}, stage="translator")
+    tr = run.stages["translator"]
+    tr.state, tr.started, tr.done, tr.total, tr.unit = "running", t0, 300, 1000, "bytes"
+    last = RunState("r0", "schedule", t0 - timedelta(minutes=15), status="success", ended=t0 - timedelta(minutes=14),
+                    stages={n: StageState(n, state="success", done=5, total=5) for n in STAGES},
+                    instruments={"ES": InstrumentProgress("ES", state="success", done=3, total=3)})
+    snap = EngineSnapshot(now=t0, scheduler="running", next_mark=None, current=run, last_run={"run_id": "r0"},
+                          last_state=last, estimate=RunEstimate(0.3, 12.0, 4))
+    back = snapshot_from_dict(json.loads(json.dumps(snapshot_to_dict(snap))))
+    assert back.current == run and back.last_state == last and back.estimate == snap.estimate
+    assert back.current.stages["translator"].fraction == 0.3
