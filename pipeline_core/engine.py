@@ -16,7 +16,11 @@ written to its event file (one writer: this engine), then summarised in an audit
 without one is a run whose engine died — :meth:`Engine.recover` closes it as a failure.
 
 Watchers (the console, the headless printer) :meth:`Engine.subscribe` to every event written
-and every free-text line a stage prints, and read :meth:`Engine.snapshot` on a timer.
+and every free-text line a stage prints, and read :meth:`Engine.snapshot` on a timer. The
+snapshot carries the active run (with each stage's progress and an estimate of the time left
+from recent runs) or, while none is active, the last run's state, rebuilt from its event file
+after a restart; a console subscribes with ``catch_up`` to see the last run's events and the
+tails of its stage logs first.
 
 The engine does not take the data root's lock itself: whoever runs it (the command line) holds
 :class:`pipeline_core.lock.EngineLock` for as long as the engine lives.
