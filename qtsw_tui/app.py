@@ -28,7 +28,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from pipeline_core import clock as chicago
@@ -55,10 +54,11 @@ from qtsw_tui.screens.results import ResultsScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time, key_label, parse_time, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
-from qtsw_tui.widgets.stage_pane import StagePane
+from qtsw_tui.widgets.stage_pane import MIN_WRAP, StagePane
 
 if TYPE_CHECKING:  # the console only talks to the engine object it is given
     from pipeline_core.engine import Engine
@@ -176,6 +176,7 @@ class QtswApp(App[int]):
         self._unfrozen_events = 0
         self._was_connected = False
         self._past_runs: set[str] = set()  # runs that ended before the console started
+        self._panes_ready: set[str] = set()  # stage panes laid out at least once
         self._attached_once = False
         # checked when the settings loaded (pipeline_core.keys): known ids, keys a terminal
         # sends, no two bindings on one key where both are active
@@ -195,7 +196,7 @@ class QtswApp(App[int]):
             yield EventsPanel(capacity=EVENT_CAPACITY, window=EVENT_WINDOW, id="events")
         # the palette (ctrl+p) is in the help screen: its footer entry would push "? help q quit"
         # off an 80-column footer
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#progress").border_title = "Analyzer"
@@ -207,9 +208,10 @@ class QtswApp(App[int]):
         if first.current is None and first.last_run and first.last_run.get("run_id"):
             self._past_runs.add(str(first.last_run["run_id"]))
         self._unsubscribe = self.engine.subscribe(self.receive, catch_up=True)
-        self.set_interval(FLUSH_SECONDS, self.flush, name="flush")
-        self.set_interval(STATUS_SECONDS, self.refresh_status, name="status")
-        self.set_interval(COUNTERS_SECONDS, self.refresh_counters, name="counters")
+        # the timers keep ticking while the console shuts down and its screens are taken apart
+        self.set_interval(FLUSH_SECONDS, self._while_running(self.flush), name="flush")
+        self.set_interval(STATUS_SECONDS, self._while_running(self.refresh_status), name="status")
+        self.set_interval(COUNTERS_SECONDS, self._while_running(self.refresh_counters), name="counters")
         self.serve_worker = self._serve()
         self.refresh_status()
         self.refresh_counters()
@@ -238,6 +240,13 @@ class QtswApp(App[int]):
             self.engine.request_run("stage", stages=[self.options["stage"]], full=full)
         elif self.options.get("run_now"):
             self.engine.request_run("manual", full=full)
+
+    def _while_running(self, tick: Callable[[], None]) -> Callable[[], None]:
+        def guarded() -> None:
+            if self.is_running:
+                tick()
+
+        return guarded
 
     def on_resize(self, event: Resize) -> None:
         self._layout_for(event.size.width, event.size.height)
@@ -304,10 +313,10 @@ class QtswApp(App[int]):
                 self.received["events"] += 1
                 if ev.stage in self._lines and ev.event in ("start", "skipped"):
                     # a run's mark in the stage's pane; a skipped stage says why
-                    why = f" · skipped: {ev.data.get('reason') or ev.msg}" if ev.event == "skipped" else ""
-                    self._lines[ev.stage].append(
-                        f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)}{why} ──"
-                    )
+                    buf = self._lines[ev.stage]
+                    buf.append(f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)} ──")
+                    if ev.event == "skipped":  # on its own line(s), wrapped to the pane
+                        buf.append(f"skipped: {ev.data.get('reason') or ev.msg}")
         except Exception:  # noqa: BLE001 - a display problem must never reach the engine
             pass
 
@@ -317,8 +326,17 @@ class QtswApp(App[int]):
         pending = self._events
         take = min(len(pending), EVENTS_PER_FLUSH)
         events: list[Event] = [pending.popleft() for _ in range(take)]
-        lines = {s: list(buf) for s, buf in self._lines.items() if buf}
-        for buf in self._lines.values():
+        lines: dict[str, list[str]] = {}
+        for stage, buf in self._lines.items():
+            if not buf:
+                continue
+            if stage not in self._panes_ready:
+                # lines that came before the pane's first layout (the last run's tails, at
+                # start) wait for it, so they are wrapped to its width like every later line
+                if self.query_one(f"#pane-{stage}", StagePane).scrollable_content_region.width < MIN_WRAP:
+                    continue
+                self._panes_ready.add(stage)
+            lines[stage] = list(buf)
             buf.clear()
         if not events and not lines:
             return

@@ -18,7 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
 from pipeline_core import catalog, clock, results
@@ -43,8 +43,9 @@ from qtsw_tui.resultscmd import (
     money,
     stat_cells,
 )
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import key_label
-from qtsw_tui.widgets.header import stale_notice
+from qtsw_tui.widgets.header import StatusHeader, stale_notice
 
 PLOT_POINTS = 400  # an equity curve is drawn from at most this many dates (bucket ends)
 
@@ -183,6 +184,7 @@ class ResultsScreen(Screen[None]):
         self.exported: Path | None = None  # the last CSV written by ``x``
 
     def compose(self) -> ComposeResult:
+        yield StatusHeader(classes="screen-header")  # an active run stays in sight
         with Horizontal(id="results-top"):
             yield Static("Results", id="screen-title")
         with TabbedContent(id="results-tabs", initial="tab-matrix"):
@@ -198,7 +200,7 @@ class ResultsScreen(Screen[None]):
                 yield PlotextPlot(id="results-equity")
                 yield Static("", id="results-equity-note")
         yield Static("reading the monthly results …", id="results-status")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._load()
