@@ -94,7 +94,7 @@ def shows_last_run(app, settings: Settings, run: dict) -> bool:
             return False
         logs = [k for k in history.run_logs(settings, run["run_id"]) if k.split("-")[0] == stage]
         tails = [ln for k in logs for ln in history.run_logs(settings, run["run_id"])[k].read_text().splitlines()]
-        if not tails or not any(t.split(" │ ")[-1] in line for t in tails[-3:] for line in p.lines):
+        if not tails or not any(t.split(" │ ")[-1][:16] in line for t in tails[-3:] for line in p.lines):
             return False
     records = [r for r in app.query_one("#events", EventsPanel).store.records() if r[RUN] == run["run_id"]]
     events = history.run_events(settings, run["run_id"])
