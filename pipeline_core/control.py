@@ -72,6 +72,7 @@ from pipeline_core.runstate import (
     EventMessage,
     InstrumentProgress,
     OutputMessage,
+    RunEstimate,
     RunState,
     StageState,
 )
@@ -83,6 +84,7 @@ CLIENT_QUEUE = 10_000  # messages waiting for a client that does not read before
 CLIENT_QUEUE_MAX = 200_000  # … and for any client (a burst the client is reading through)
 STUCK_SECONDS = 1.0  # a write to the client blocked this long: the client is not reading
 PANE_LINES = 200  # recent output lines per stage pane in a catch-up
+LAST_RUN_EVENTS = 2000  # the last run's events in a catch-up while no run is active
 SCHEDULER_CATCHUP = 50  # recent scheduler events in a catch-up
 SCHEDULER_TAIL_BYTES = 64 * 1024  # how much of scheduler.jsonl is read for them
 WRITE_BYTES = 256 * 1024
@@ -149,69 +151,87 @@ def _dt(text: Any) -> datetime | None:
         return None
 
 
+def _run_to_dict(run: RunState | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {
+        "run_id": run.run_id,
+        "trigger": run.trigger,
+        "started": _iso(run.started),
+        "status": run.status,
+        "ended": _iso(run.ended),
+        "stage": run.stage,
+        "stages": {
+            n: {"state": s.state, "started": _iso(s.started), "ended": _iso(s.ended),
+                "reason": s.reason, "error": s.error, "counts": s.counts,
+                "done": s.done, "total": s.total, "unit": s.unit}
+            for n, s in run.stages.items()
+        },
+        "instruments": {
+            i: {"state": p.state, "done": p.done, "total": p.total, "started": _iso(p.started),
+                "ended": _iso(p.ended), "error": p.error}
+            for i, p in run.instruments.items()
+        },
+    }
+
+
+def _run_from_dict(cur: Any) -> RunState | None:
+    if not cur:
+        return None
+    return RunState(
+        run_id=str(cur["run_id"]),
+        trigger=str(cur.get("trigger") or "manual"),
+        started=_dt(cur.get("started")) or clock.now(),
+        status=str(cur.get("status") or "running"),
+        ended=_dt(cur.get("ended")),
+        stage=cur.get("stage"),
+        stages={
+            n: StageState(n, state=s.get("state", "waiting"), started=_dt(s.get("started")),
+                          ended=_dt(s.get("ended")), reason=s.get("reason") or "",
+                          error=s.get("error"), counts=dict(s.get("counts") or {}),
+                          done=int(s.get("done") or 0), total=int(s.get("total") or 0),
+                          unit=str(s.get("unit") or ""))
+            for n, s in (cur.get("stages") or {}).items()
+        },
+        instruments={
+            i: InstrumentProgress(i, state=p.get("state", "waiting"), done=int(p.get("done") or 0),
+                                  total=int(p.get("total") or 0), started=_dt(p.get("started")),
+                                  ended=_dt(p.get("ended")), error=p.get("error"))
+            for i, p in (cur.get("instruments") or {}).items()
+        },
+    )
+
+
 def snapshot_to_dict(snap: EngineSnapshot) -> dict[str, Any]:
     """An :class:`EngineSnapshot` as plain JSON values (times ISO-8601, Chicago)."""
-    run = snap.current
-    current = None
-    if run is not None:
-        current = {
-            "run_id": run.run_id,
-            "trigger": run.trigger,
-            "started": _iso(run.started),
-            "status": run.status,
-            "ended": _iso(run.ended),
-            "stage": run.stage,
-            "stages": {
-                n: {"state": s.state, "started": _iso(s.started), "ended": _iso(s.ended),
-                    "reason": s.reason, "error": s.error, "counts": s.counts}
-                for n, s in run.stages.items()
-            },
-            "instruments": {
-                i: {"state": p.state, "done": p.done, "total": p.total, "started": _iso(p.started),
-                    "ended": _iso(p.ended), "error": p.error}
-                for i, p in run.instruments.items()
-            },
-        }
+    est = snap.estimate
     return {
         "now": _iso(snap.now),
         "scheduler": snap.scheduler,
         "next_mark": _iso(snap.next_mark),
-        "current": current,
+        "current": _run_to_dict(snap.current),
         "last_run": snap.last_run,
+        "last_state": _run_to_dict(snap.last_state),
+        "estimate": dataclasses.asdict(est) if est is not None else None,
     }
 
 
 def snapshot_from_dict(d: dict[str, Any]) -> EngineSnapshot:
     """The inverse of :func:`snapshot_to_dict`."""
-    cur = d.get("current")
-    run = None
-    if cur:
-        run = RunState(
-            run_id=str(cur["run_id"]),
-            trigger=str(cur.get("trigger") or "manual"),
-            started=_dt(cur.get("started")) or clock.now(),
-            status=str(cur.get("status") or "running"),
-            ended=_dt(cur.get("ended")),
-            stage=cur.get("stage"),
-            stages={
-                n: StageState(n, state=s.get("state", "waiting"), started=_dt(s.get("started")),
-                              ended=_dt(s.get("ended")), reason=s.get("reason") or "",
-                              error=s.get("error"), counts=dict(s.get("counts") or {}))
-                for n, s in (cur.get("stages") or {}).items()
-            },
-            instruments={
-                i: InstrumentProgress(i, state=p.get("state", "waiting"), done=int(p.get("done") or 0),
-                                      total=int(p.get("total") or 0), started=_dt(p.get("started")),
-                                      ended=_dt(p.get("ended")), error=p.get("error"))
-                for i, p in (cur.get("instruments") or {}).items()
-            },
-        )
+    est = d.get("estimate")
+    estimate = None
+    if isinstance(est, dict):
+        with contextlib.suppress(TypeError, ValueError):
+            estimate = RunEstimate(fraction=float(est["fraction"]), seconds_left=float(est["seconds_left"]),
+                                   runs=int(est.get("runs") or 0))
     return EngineSnapshot(
         now=_dt(d.get("now")) or clock.now(),
         scheduler=str(d.get("scheduler") or "off"),
         next_mark=_dt(d.get("next_mark")),
-        current=run,
+        current=_run_from_dict(d.get("current")),
         last_run=d.get("last_run"),
+        last_state=_run_from_dict(d.get("last_state")),
+        estimate=estimate,
     )
 
 
@@ -302,6 +322,13 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._recent: dict[str, deque[bytes]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
+        # after a restart, the last run's output tails: what a console attaching now shows in
+        # its panes (its events come from the run's event file in the catch-up)
+        if not getattr(engine, "busy", True):
+            for m in getattr(engine, "last_run_messages", list)():
+                if isinstance(m, OutputMessage) and m.stage in self._recent:
+                    self._recent[m.stage].append(_dumps({"type": "output", "run_id": m.run_id, "stage": m.stage,
+                                                         "instrument": m.instrument, "line": m.line}))
         self._unsubscribe: Any = None
         self._loop_thread: int | None = None
         self._token: Any = None
@@ -647,16 +674,19 @@ class ControlServer:
         # the engine's state at once (n = 1); live messages wait until the catch-up is through
         client._put(True, _dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)}))
         assert client.tg is not None
-        client.tg.start_soon(self._catch_up, client, run_file, sched_file, upto, recent)
+        client.tg.start_soon(self._catch_up, client, run_file, sched_file, upto, recent, snap.current is not None)
 
     async def _catch_up(self, client: _Client, run_file: Path | None, sched_file: Path,
-                        upto: dict[Path, int], recent: list[bytes]) -> None:
+                        upto: dict[Path, int], recent: list[bytes], active: bool = True) -> None:
         def read() -> list[bytes]:
             # the file's own lines, wrapped: no event is decoded and encoded again
             sched = _event_lines_upto(sched_file, upto.get(sched_file, 0), tail=SCHEDULER_TAIL_BYTES)
             out = [_CATCHUP_EVENT + line + b"}\n" for line in sched[-SCHEDULER_CATCHUP:]]
             if run_file is not None:
-                out += [_CATCHUP_EVENT + line + b"}\n" for line in _event_lines_upto(run_file, upto.get(run_file, 0))]
+                run_lines = _event_lines_upto(run_file, upto.get(run_file, 0))
+                if not active:  # the last run: its last events, as a console that hosts shows
+                    run_lines = run_lines[-LAST_RUN_EVENTS:]
+                out += [_CATCHUP_EVENT + line + b"}\n" for line in run_lines]
             return out
 
         lines = await anyio.to_thread.run_sync(read)

@@ -16,7 +16,11 @@ written to its event file (one writer: this engine), then summarised in an audit
 without one is a run whose engine died — :meth:`Engine.recover` closes it as a failure.
 
 Watchers (the console, the headless printer) :meth:`Engine.subscribe` to every event written
-and every free-text line a stage prints, and read :meth:`Engine.snapshot` on a timer.
+and every free-text line a stage prints, and read :meth:`Engine.snapshot` on a timer. The
+snapshot carries the active run (with each stage's progress and an estimate of the time left
+from recent runs) or, while none is active, the last run's state, rebuilt from its event file
+after a restart; a console subscribes with ``catch_up`` to see the last run's events and the
+tails of its stage logs first.
 
 The engine does not take the data root's lock itself: whoever runs it (the command line) holds
 :class:`pipeline_core.lock.EngineLock` for as long as the engine lives.
@@ -65,8 +69,11 @@ from pipeline_core.runstate import (
     EventMessage,
     InstrumentProgress,
     OutputMessage,
+    RunEstimate,
     RunState,
     StageState,
+    StageTypical,
+    estimate_run,
 )
 from pipeline_core.schedule import MarkSchedule
 from pipeline_core.settings import CHICAGO, ENGINE_VERSION, Settings, settings_args
@@ -75,6 +82,9 @@ TRIGGERS = ("schedule", "manual", "stage")
 SCHEDULER_RUN_ID = "scheduler"
 ENGINE_STOPPED = "engine stopped during run"
 PROGRESS_EVENT_MIN_SECONDS = 1.0  # stage progress messages become events at most this often
+LAST_RUN_EVENTS = 2000  # a new watcher is shown at most this many of the last run's events …
+LAST_RUN_LINES = 2000  # … and at most this many of each stage's last output lines
+ESTIMATE_RUNS = 10  # the time-left estimate goes by this many recent runs
 _RANK = {SUCCESS: 0, SKIPPED: 0, PARTIAL: 1, FAILURE: 2}
 
 Subscriber = Callable[[EventMessage | OutputMessage], None]
@@ -172,6 +182,8 @@ class Engine:
         self._run: _Run | None = None
         self._queued: _Run | None = None
         self._last_run = history.last_run(settings)
+        self._last_state = self._load_last_state()
+        self._typical: tuple[dict[str, StageTypical], int] = ({}, 0)
         self._paused = False
         self._serving = False
         self._schedule: MarkSchedule | None = None
@@ -198,8 +210,16 @@ class Engine:
 
     # --- watchers -----------------------------------------------------------------------------
 
-    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
-        """Call ``fn`` for every event written and every free-text stage line. Returns unsubscribe."""
+    def subscribe(self, fn: Subscriber, *, catch_up: bool = False) -> Callable[[], None]:
+        """Call ``fn`` for every event written and every free-text stage line. Returns unsubscribe.
+
+        With ``catch_up`` (a console), while no run is active ``fn`` first gets the last run's
+        events and the tail of each stage's output (:meth:`last_run_messages`), as an attached
+        console gets them from the control socket.
+        """
+        if catch_up and self._run is None:
+            for msg in self.last_run_messages():
+                fn(msg)
         self._subs.append(fn)
 
         def unsubscribe() -> None:
@@ -226,7 +246,52 @@ class Engine:
             next_mark=self.next_mark,
             current=current,
             last_run=dict(self._last_run) if self._last_run else None,
+            last_state=copy.deepcopy(self._last_state) if current is None else None,
+            estimate=self._estimate(current) if current is not None else None,
         )
+
+    def _estimate(self, run: RunState) -> RunEstimate | None:
+        typical, runs = self._typical
+        active = self._run
+        if active is not None and active.requested is not None:
+            typical = {k: v for k, v in typical.items() if k in active.requested}
+        return estimate_run(run, typical, runs, self.now())
+
+    # --- the last run, for watchers that come after it ---------------------------------------
+
+    def _load_last_state(self) -> RunState | None:
+        """The last run's stages and instruments, rebuilt from its event file (None without one)."""
+        if not self._last_run or not self._last_run.get("run_id"):
+            return None
+        try:
+            events = history.run_events(self.settings, str(self._last_run["run_id"]))
+        except OSError:
+            return None
+        if not any(e.stage == "pipeline" and e.event == "start" for e in events):
+            return None
+        rs, _, _ = _state_from_events(events)
+        return rs
+
+    def last_run_messages(self) -> list[EventMessage | OutputMessage]:
+        """The last run as a console that starts after it sees it: its last
+        :data:`LAST_RUN_EVENTS` events, then the last :data:`LAST_RUN_LINES` lines of each
+        stage's output (the analyzer's per instrument, in instrument order). [] with no run."""
+        rs = self._last_state
+        if rs is None:
+            return []
+        out: list[EventMessage | OutputMessage] = []
+        try:
+            events = history.run_events(self.settings, rs.run_id)
+        except OSError:
+            events = []
+        out += [EventMessage(e) for e in events[-LAST_RUN_EVENTS:]]
+        for key, path in history.run_logs(self.settings, rs.run_id).items():
+            stage, _, inst = key.partition("-")
+            if stage not in STAGE_NAMES:
+                continue
+            for line in history.tail_lines(path, LAST_RUN_LINES):
+                out.append(OutputMessage(rs.run_id, stage, inst or None, line))
+        return out
 
     @property
     def busy(self) -> bool:
@@ -593,6 +658,10 @@ class Engine:
             self._run = None
             raise
         t0 = time.monotonic()
+        try:
+            self._typical = history.stage_typical(self.settings, ESTIMATE_RUNS)
+        except OSError:  # no estimate this time; the run does not depend on it
+            self._typical = ({}, 0)
         self._emit(
             run, "pipeline", "start",
             f"Run {rs.run_id[:8]} started ({rs.trigger}"
@@ -688,6 +757,7 @@ class Engine:
         except OSError as exc:
             self._record_failed(run, exc)
         self._last_run = line
+        self._last_state = copy.deepcopy(rs)
         if self._run is run:
             self._run = None
         self._publish(EventMessage(ev))  # watchers told last: the line is there when they look
@@ -882,6 +952,9 @@ class Engine:
                 done = sum(i.done for i in run.state.instruments.values())
                 total = sum(i.total for i in run.state.instruments.values())
             unit = body.get("unit")
+            st = run.state.stages.get(stage)
+            if st is not None:
+                st.done, st.total, st.unit = done, total, str(unit or "")
             # what the heartbeat repeats: the stage's counts (summed over instruments), or for a
             # quantity with a unit (bytes of a large file) the stage's own words
             run.progress[stage] = (done, total, progress_text(done, total, text if unit else "", unit))
@@ -1200,6 +1273,7 @@ class Engine:
             )
         if closed:
             self._last_run = history.last_run(self.settings)
+            self._last_state = self._load_last_state()
         return closed
 
 
@@ -1265,8 +1339,20 @@ def _state_from_events(events: Sequence[Event]) -> tuple[RunState, dict[str, dic
             st.counts = dict(ev.data.get("counts") or {})
             details[ev.stage] = {k: ev.data[k] for k in ("duration_seconds", "exit_code", "timed_out")
                                  if k in ev.data}
+            if ev.stage == "analyzer" and st.state in (SUCCESS, CANCELLED):
+                for ip in rs.instruments.values():  # an instrument whose own end was not recorded
+                    if ip.state in (WAITING, RUNNING):
+                        ip.state, ip.ended = st.state, ip.ended or ts
             if ev.stage in open_stages:
                 open_stages.remove(ev.stage)
+        elif ev.event == "progress" and not ev.data.get("heartbeat"):
+            with contextlib.suppress(TypeError, ValueError):
+                st.done = int(ev.data.get("stage_done", ev.data.get("done")) or 0)
+                st.total = int(ev.data.get("stage_total", ev.data.get("total")) or 0)
+                st.unit = str(ev.data.get("unit") or "")
+                if ev.stage == "analyzer" and ev.data.get("instrument"):
+                    ip = rs.instruments.setdefault(str(ev.data["instrument"]), InstrumentProgress(str(ev.data["instrument"])))
+                    ip.done, ip.total = int(ev.data.get("done") or 0), int(ev.data.get("total") or 0)
         elif ev.event == "log" and ev.stage == "analyzer" and ev.data.get("instrument"):
             inst = str(ev.data["instrument"])
             phase = ev.data.get("phase")

@@ -15,11 +15,13 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from pipeline_core import clock
 from pipeline_core.events import Event, read_events, run_event_path
 from pipeline_core.fsutil import append_jsonl, write_json_atomic
+from pipeline_core.runstate import STAGE_NAMES, StageTypical
 from pipeline_core.settings import Settings
 
 _TAIL_BLOCK = 64 * 1024
@@ -219,3 +221,52 @@ def collect_status(settings: Settings, runs: int = 5) -> dict[str, Any]:
         "runs": read_runs(settings, limit=runs),
         "alerts": alerts.status_view(settings),
     }
+
+
+def stage_typical(settings: Settings, limit: int = 10) -> tuple[dict[str, StageTypical], int]:
+    """What recent runs say about each stage's duration, for the active run's estimate:
+    ``({stage: StageTypical}, runs)`` from the audit reports of the last ``limit`` runs that
+    ended ``success`` or ``partial``. A stage skipped because the run did not ask for it does
+    not count; one skipped for lack of work counts as a run where it had none."""
+    reports = [r for r in recent_reports(settings, limit * 3)
+               if r.get("status") in ("success", "partial") and isinstance(r.get("stages"), dict)]
+    reports = reports[-limit:]
+    out: dict[str, StageTypical] = {}
+    for name in STAGE_NAMES:
+        ran: list[float] = []
+        asked = 0
+        for rep in reports:
+            st = rep["stages"].get(name)
+            if not isinstance(st, dict):
+                continue
+            if st.get("status") == "skipped":
+                if str(st.get("reason") or "").startswith("not requested"):
+                    continue
+                asked += 1
+                continue
+            asked += 1
+            dur = st.get("duration_seconds")
+            if isinstance(dur, int | float) and st.get("status") in ("success", "partial"):
+                ran.append(float(dur))
+        if ran and asked:
+            out[name] = StageTypical(seconds=float(median(ran)), share=len(ran) / asked)
+    return out, len(reports)
+
+
+def tail_lines(path: Path, n: int, max_bytes: int = 1 << 20) -> list[str]:
+    """The last ``n`` lines of a text file (reading at most its last ``max_bytes``); [] when it
+    cannot be read."""
+    if n <= 0:
+        return []
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if start > 0 and lines:
+        lines = lines[1:]  # the first one is cut
+    return lines[-n:]

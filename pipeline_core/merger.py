@@ -392,6 +392,7 @@ def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
 
     total = len(groups)
     last_report = 0.0
+    last_n, step = 0, max(1, total // 25)
     if reporter:
         reporter.progress(0, total, "merging monthly files")
     for n, key in enumerate(sorted(groups), start=1):
@@ -403,9 +404,10 @@ def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
         if reporter:
             _report_group(reporter, settings, outcome)
             now = time.monotonic()
-            if n == total or now - last_report >= 0.5:
+            # every few percent of the files or every half second, and the last one
+            if n == total or n - last_n >= step or now - last_report >= 0.5:
                 reporter.progress(n, total, "monthly files merged", stream=key[0])
-                last_report = now
+                last_report, last_n = now, n
 
     # Which folders are complete: every file loaded and every group of every file written.
     complete = [

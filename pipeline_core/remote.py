@@ -62,6 +62,7 @@ class RemoteEngine:
                                     last_run=history.last_run(settings))
         self._seen: dict[str, int] = {}  # run_id → the last seq handed on
         self._output_runs: set[str] = set()  # runs whose output lines were already handed on
+        self._catchup_runs: set[str] = set()  # … and those of the catch-up under way
         self._stop = False
         self._scope: anyio.CancelScope | None = None
         self._cmd: Connection | None = None
@@ -73,7 +74,10 @@ class RemoteEngine:
     def connected(self) -> bool:
         return self.hello is not None
 
-    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+    def subscribe(self, fn: Subscriber, *, catch_up: bool = False) -> Callable[[], None]:
+        """Hand ``fn`` every event and output line from the engine. Each attachment starts with
+        the engine's catch-up (the active or last run's events and its panes' recent lines), so
+        ``catch_up`` asks for nothing more."""
         self._subs.append(fn)
 
         def unsubscribe() -> None:
@@ -194,6 +198,8 @@ class RemoteEngine:
             self.last_hello = self.hello
             self.problem = self.problem or "the engine went away"
         self.hello = None
+        self._output_runs |= self._catchup_runs  # lines shown once are not shown again
+        self._catchup_runs.clear()
         self._snap = replace(self._snap, scheduler="off", next_mark=None, current=None)
         if self._cmd is not None:
             self._cmd.close()
@@ -251,11 +257,17 @@ class RemoteEngine:
             self._publish(EventMessage(ev))
         elif kind == "output":
             run_id = str(msg.get("run_id") or "")
-            if msg.get("catchup") and run_id in self._output_runs:
-                return  # these lines were shown before a reconnection
-            self._output_runs.add(run_id)
+            if msg.get("catchup"):
+                if run_id in self._output_runs:
+                    return  # these lines were shown before a reconnection
+                self._catchup_runs.add(run_id)  # the rest of this catch-up is still to be shown
+            else:
+                self._output_runs.add(run_id)
             self._publish(OutputMessage(run_id, str(msg.get("stage") or ""), msg.get("instrument"),
                                         str(msg.get("line") or "")))
+        elif kind == "caught_up":
+            self._output_runs |= self._catchup_runs
+            self._catchup_runs.clear()
         elif kind == "snapshot":
             with contextlib.suppress(Exception):
                 self._snap = snapshot_from_dict(msg.get("snapshot") or {})

@@ -25,7 +25,8 @@ point leaves each store file old or new; the raw file is still in place and a re
 the work without losing or doubling a bar.
 
 Stage protocol (:mod:`pipeline_core.protocol`): free-text lines for the operator; a
-``progress`` message per file (files done / total, and within a large file the bytes parsed);
+``progress`` message in bytes of the input files read (``unit`` ``bytes``: at each file's start
+and within a file every 2 % of the total or every second; :class:`ByteProgress`);
 a ``metric`` per file (``data``: file, instrument, rows_in, rows_kept, dropped {rule: n},
 duplicates, first_bar, last_bar, seconds, mb_per_s, status); a ``warning`` per quarantined
 file, stale export and already-ingested file; and the ``result`` with ``counts``: files,
@@ -960,6 +961,7 @@ def translate_file(
     cat: Catalog,
     run_id: str | None,
     sizes: set[int] | None = None,
+    progress: ByteProgress | None = None,
 ) -> tuple[str, FileResult | None, Any]:
     """Translate one ready raw file. Returns ``(outcome, result, extra)`` with outcome
     ``translated``, ``already_ingested`` (extra: the earlier catalogue record) or
@@ -996,7 +998,7 @@ def translate_file(
             if st.st_size in sizes:
                 layout_pieces = None
             else:
-                layout_pieces = _parse(path, settings, rep, name)
+                layout_pieces = _parse(path, settings, rep, name, progress)
             digest = pending.result()
         finally:
             hasher.shutdown(wait=True)
@@ -1025,7 +1027,7 @@ def translate_file(
                 cat.set_archived(int(earlier["id"]), dest)
             return "already_ingested", None, earlier
         result = FileResult(name, instrument, st.st_size, digest)
-        layout, pieces = layout_pieces or _parse(path, settings, rep, name)
+        layout, pieces = layout_pieces or _parse(path, settings, rep, name, progress)
         _pause_point(path)
         what = _changed(path, st)
         if what is not None:  # what was parsed and hashed may not be one version of the file
@@ -1085,17 +1087,63 @@ def translate_file(
     return "translated", result, None
 
 
-def _parse(path: Path, settings: Settings, rep: Reporter, name: str) -> tuple[Layout, list[Piece]]:
-    """parse_file with a progress message every few seconds for a large file."""
-    last_report = [time.monotonic()]
+class ByteProgress:
+    """The stage's progress in bytes of its input files read (``unit`` ``bytes``): a message at
+    each file's start, then within a file every 2 % of all the bytes or every second, whichever
+    comes first, and one at the end."""
+
+    STEP = 0.02
+    EVERY = 1.0  # seconds
+
+    def __init__(self, rep: Reporter, sizes: list[int]) -> None:
+        self.rep = rep
+        self.total = sum(sizes)
+        self.files = len(sizes)
+        self.base = 0  # bytes of the files before the current one
+        self.size = 0
+        self.index = 0
+        self.name = ""
+        self._last_done = -1
+        self._last_time = 0.0
+
+    def start_file(self, index: int, name: str, size: int) -> None:
+        self.index, self.name, self.size = index, name, size
+        self.send(0, force=True)
+
+    def end_file(self) -> None:
+        self.base += self.size
+        self.size = 0
+
+    def within(self, done_in_file: int) -> None:
+        self.send(done_in_file)
+
+    def finish(self) -> None:
+        self.rep.progress(self.total, self.total, f"{self.total / 1e6:.1f} MB read, {self.files} file(s)",
+                          unit="bytes", files=self.files)
+
+    def send(self, done_in_file: int, *, force: bool = False) -> None:
+        done = min(self.base + min(done_in_file, self.size), self.total)
+        now = time.monotonic()
+        if not force and (done - self._last_done < self.STEP * self.total and now - self._last_time < self.EVERY):
+            return
+        if done >= self.total > 0 and not force:
+            return  # the last one is finish()'s
+        self._last_done, self._last_time = done, now
+        self.rep.progress(
+            done, self.total,
+            f"{done / 1e6:.1f} of {self.total / 1e6:.1f} MB read (file {self.index + 1}/{self.files}: {self.name})",
+            unit="bytes", file=self.name, files=self.files,
+        )
+
+
+def _parse(
+    path: Path, settings: Settings, rep: Reporter, name: str, progress: ByteProgress | None = None
+) -> tuple[Layout, list[Piece]]:
+    """parse_file, reporting the bytes parsed as it goes."""
 
     def on_piece(done: int, total: int) -> None:
-        if time.monotonic() - last_report[0] >= 2.0 and done < total:
-            last_report[0] = time.monotonic()
-            rep.progress(
-                done, total, f"{name}: {done / 1e6:.0f} of {total / 1e6:.0f} MB parsed",
-                unit="bytes", file=name,
-            )
+        if progress is not None and done < total:
+            progress.within(done)
 
     return parse_file(path, settings, on_piece=on_piece)
 
@@ -1148,15 +1196,23 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     rep.say(f"translating {len(files)} raw file(s) into {settings.processed_dir}")
     errors: list[str] = []
     damaged = 0
+    file_sizes = []
+    for path in files:
+        try:
+            file_sizes.append(path.lstat().st_size)
+        except OSError:
+            file_sizes.append(0)
+    progress = ByteProgress(rep, file_sizes)
     for i, path in enumerate(files):
-        rep.progress(i, len(files), f"translating {path.name}", file=path.name)
+        progress.end_file()
         try:
             size = path.lstat().st_size
         except FileNotFoundError:
             rep.say(f"{path.name}: gone before it was translated; skipped")
             continue
+        progress.start_file(i, path.name, file_sizes[i])
         try:
-            outcome, res, extra = translate_file(path, settings, rep, cat, args.run_id, sizes)
+            outcome, res, extra = translate_file(path, settings, rep, cat, args.run_id, sizes, progress)
         except FileChanged as exc:  # taken again next run; the run is not the worse for it
             counts["changed"] += 1
             rep.warning(str(exc), file=path.name, reason="changed_while_read")
@@ -1242,7 +1298,8 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
                 seconds=round(res.seconds, 3),
                 mb_per_s=round(mb_s, 1),
             )
-    rep.progress(len(files), len(files), "all files done")
+    progress.end_file()
+    progress.finish()
     counts["seconds"] = round(time.perf_counter() - t_start, 3)
     summary = (
         f"{counts['translated']} file(s) translated, {counts['rows_kept']} bars kept"

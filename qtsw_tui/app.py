@@ -32,7 +32,15 @@ from textual.worker import Worker, WorkerState
 
 from pipeline_core import clock as chicago
 from pipeline_core.events import Event
-from pipeline_core.runstate import STAGE_NAMES, EngineSnapshot, EventMessage, OutputMessage
+from pipeline_core.runstate import (
+    STAGE_NAMES,
+    EngineSnapshot,
+    EventMessage,
+    OutputMessage,
+    RunState,
+    StageState,
+    stage_fraction,
+)
 from pipeline_core.settings import Settings
 from qtsw_tui.headless import event_text
 from qtsw_tui.nocolor import make_readable
@@ -47,10 +55,10 @@ from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
 from qtsw_tui.widgets.footer_fit import KeyFooter
-from qtsw_tui.widgets.format import clock_time, key_label, short_id
+from qtsw_tui.widgets.format import clock_time, key_label, parse_time, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
-from qtsw_tui.widgets.stage_pane import StagePane
+from qtsw_tui.widgets.stage_pane import MIN_WRAP, StagePane
 
 if TYPE_CHECKING:  # the console only talks to the engine object it is given
     from pipeline_core.engine import Engine
@@ -72,6 +80,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
 
 
+<<<<<<< HEAD
 READ_ONLY_NOTE = ("read-only: this web console shows the engine but cannot start a run or a stage, "
                   "pause or cancel; restart 'qtsw web' with --allow-control for that, or use "
                   "'qtsw' or 'qtsw ctl' in a terminal")
@@ -95,6 +104,17 @@ def steers_the_engine(action: Callable[..., Any]) -> Callable[..., Any]:
         return action(self, *args)
 
     return gated
+=======
+def stage_bar(st: StageState, run: RunState) -> float | None:
+    """A stage pane's bar (0…1): how far its process said it was; whole once it succeeded;
+    None for a stage that has not started, was skipped, or has not said how much there is."""
+    if st.state in ("waiting", "skipped"):
+        return None
+    frac = stage_fraction(st, run.instruments if st.name == "analyzer" else None)
+    if st.state == "success":
+        return 1.0
+    return frac
+>>>>>>> progress
 
 
 def binding_ids() -> set[str]:
@@ -181,6 +201,8 @@ class QtswApp(App[int]):
         self.flushed = {"events": 0, "batches": 0}
         self._unfrozen_events = 0
         self._was_connected = False
+        self._past_runs: set[str] = set()  # runs that ended before the console started
+        self._panes_ready: set[str] = set()  # stage panes laid out at least once
         self._attached_once = False
         self._told_no_engine = False
         # ``qtsw web``: the console is in a browser tab; read-only unless started with control
@@ -212,7 +234,12 @@ class QtswApp(App[int]):
         self.query_one("#progress").border_title = "Analyzer"
         self.query_one("#counters").border_title = "Counters"
         self.query_one("#events").border_title = "Events"
-        self._unsubscribe = self.engine.subscribe(self.receive)
+        # the last run (also after a restart): its events and its panes' tails, shown as past
+        # (its failures were notified when they happened, not again now)
+        first = self.engine.snapshot()
+        if first.current is None and first.last_run and first.last_run.get("run_id"):
+            self._past_runs.add(str(first.last_run["run_id"]))
+        self._unsubscribe = self.engine.subscribe(self.receive, catch_up=True)
         # the timers keep ticking while the console shuts down and its screens are taken apart
         self.set_interval(FLUSH_SECONDS, self._while_running(self.flush), name="flush")
         self.set_interval(STATUS_SECONDS, self._while_running(self.refresh_status), name="status")
@@ -331,8 +358,17 @@ class QtswApp(App[int]):
         pending = self._events
         take = min(len(pending), EVENTS_PER_FLUSH)
         events: list[Event] = [pending.popleft() for _ in range(take)]
-        lines = {s: list(buf) for s, buf in self._lines.items() if buf}
-        for buf in self._lines.values():
+        lines: dict[str, list[str]] = {}
+        for stage, buf in self._lines.items():
+            if not buf:
+                continue
+            if stage not in self._panes_ready:
+                # lines that came before the pane's first layout (the last run's tails, at
+                # start) wait for it, so they are wrapped to its width like every later line
+                if self.query_one(f"#pane-{stage}", StagePane).scrollable_content_region.width < MIN_WRAP:
+                    continue
+                self._panes_ready.add(stage)
+            lines[stage] = list(buf)
             buf.clear()
         if not events and not lines:
             return
@@ -361,6 +397,8 @@ class QtswApp(App[int]):
 
     def _notify_failures(self, events: Sequence[Event]) -> None:
         for ev in events:
+            if ev.run_id in self._past_runs:
+                continue
             if ev.event == "alert" and ev.data.get("state") == "firing":
                 severity = "error" if ev.data.get("severity") == "critical" else "warning"
                 self.alerts_notified.append((severity, ev.msg))
@@ -403,15 +441,24 @@ class QtswApp(App[int]):
                 other.alerts = alerts
                 other.show(snap, now, host)
         run = snap.current
+        # while no run is active, the panes and bars show the last one (also after a restart),
+        # their titles saying which run that was
+        shown = run if run is not None else snap.last_state
+        past = ""
+        if run is None and snap.last_run:
+            ended = parse_time(snap.last_run.get("ended")) or parse_time(snap.last_run.get("started"))
+            past = f"last run {ended:%H:%M}" if ended is not None else "last run"
         for stage in STAGE_NAMES:
             pane = self.query_one(f"#pane-{stage}", StagePane)
-            if run is not None and stage in run.stages:
-                st = run.stages[stage]
-                pane.set_state(st.state, st.elapsed(now) if st.started else None)
+            if shown is not None and stage in shown.stages:
+                st = shown.stages[stage]
+                pane.set_state(st.state, st.elapsed(now) if st.started else None, stage_bar(st, shown), past)
             elif run is None and snap.last_run:
-                pane.set_state((snap.last_run.get("stages") or {}).get(stage))
-        if run is not None:
-            self.query_one("#progress", InstrumentProgressList).show(run.run_id, run.instruments, now)
+                pane.set_state((snap.last_run.get("stages") or {}).get(stage), past=past)
+        if shown is not None:
+            an = shown.stages.get("analyzer")
+            note = f"analyzer: {an.state}" if an is not None else "no analyzer work"
+            self.query_one("#progress", InstrumentProgressList).show(shown.run_id, shown.instruments, now, note)
 
     def _host_label(self) -> str:
         """Who runs the engine, for the header; says so when an attached engine comes or goes."""

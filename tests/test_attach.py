@@ -90,7 +90,9 @@ async def test_attached_console_drives_the_engine_and_reattaches(tmp_path: Path)
             assert run["status"] == "success" and run["trigger"] == "manual"
             await wait_for(pilot, lambda: app.flushed["events"] and not remote.busy, "the console to show it")
             pane = app.query_one("#pane-translator", StagePane)
-            assert any(run["run_id"][:8] in line for line in pane.lines), "the translator pane shows the run"
+            # the run's lines reach the pane at the console's next flush after they arrived
+            await wait_for(pilot, lambda: any(run["run_id"][:8] in line for line in pane.lines),
+                           "the translator pane to show the run")
             assert app.received["lines"] > 0
             # p: the engine's schedule pauses, and resumes
             await pilot.press("p")

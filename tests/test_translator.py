@@ -186,8 +186,12 @@ def test_every_input_form_lands_in_the_store_exactly(all_forms: Any, inst: str, 
 def test_forms_run_reports_progress_and_counts(all_forms: Any) -> None:
     s, written, run, _ = all_forms
     progress = run.of("progress")
-    assert progress[0]["done"] == 0 and progress[-1]["done"] == progress[-1]["total"] == len(FORMS)
     c = run.counts
+    # in bytes of the input read: one at each file's start, rising, and the whole at the end
+    assert {p.get("unit") for p in progress} == {"bytes"}
+    assert progress[0]["done"] == 0 and progress[-1]["done"] == progress[-1]["total"] == c["bytes"] > 0
+    assert len(progress) >= len(FORMS) + 1
+    assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
     assert c["files"] == c["translated"] == len(FORMS)
     assert c["quarantined"] == c["already_ingested"] == c["errors"] == 0
     assert c["rows_kept"] == sum(b.num_rows for b in written.values())

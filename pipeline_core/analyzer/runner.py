@@ -73,8 +73,11 @@ BAR_COLUMNS = ("timestamp", "open", "high", "low", "close")  # what the strategy
 _NEXT_BAR_MARGIN = timedelta(days=5)
 # Windows of dates closer than this are read from the store as one range.
 _JOIN_GAP = timedelta(days=3)
-# Report progress at least this often while analysing (seconds).
-_PROGRESS_EVERY = 0.5
+# Report progress at least every this share of an instrument's dates, or this often (seconds),
+# whichever comes first; batches of dates are made small enough for the share.
+PROGRESS_STEP = 0.04
+PROGRESS_EVERY = 1.0
+_MIN_BATCH_DATES = 4  # smaller batches would cost more in overhead than the reports are worth
 
 
 @dataclass
@@ -328,13 +331,17 @@ def analyze_instrument(
 
     out.dates = total = len(dates)
     last = [0.0]
+    last_done = [0]
     done_before = [0]
+    step = max(1, int(total * PROGRESS_STEP))
+    batch_dates = max(_MIN_BATCH_DATES, step)
 
     def progress(done: int, _chunk_total: int) -> None:
         done += done_before[0]
         now = time.monotonic()
-        if reporter and (done >= total or now - last[0] >= _PROGRESS_EVERY):
+        if reporter and (done >= total or done - last_done[0] >= step or now - last[0] >= PROGRESS_EVERY):
             last[0] = now
+            last_done[0] = done
             reporter.progress(done, total, "dates analysed", instrument=inst)
 
     if reporter:
@@ -350,7 +357,7 @@ def analyze_instrument(
         out.bars += table.num_rows
         t1 = time.perf_counter()
         out.load_seconds += t1 - t
-        parts.append(analyze(bars, cfg, dates=chunk, progress=progress))
+        parts.append(analyze(bars, cfg, dates=chunk, progress=progress, batch_dates=batch_dates))
         out.analysis_seconds += time.perf_counter() - t1
         done_before[0] += len(chunk)
     result = pa.concat_tables(parts) if len(parts) > 1 else parts[0]

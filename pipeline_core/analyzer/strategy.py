@@ -443,12 +443,14 @@ def analyze(
     cfg: StrategyConfig,
     dates: Iterable[date] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    batch_dates: int = _DATES_PER_BATCH,
 ) -> pa.Table:
     """The result rows of the given trade dates (None = all candidate dates), SPEC §4.2–§4.6.
 
     Returns a table in :data:`RESULT_SCHEMA`, sorted by Date, Time, then Session. Dates whose
     weekday is not a trade day, or with no bars in a range window, yield no rows.
-    ``progress(done_dates, total_dates)`` is called after each batch of dates and at the end.
+    ``progress(done_dates, total_dates)`` is called after each batch of dates (at most
+    ``batch_dates`` of them; smaller batches report more often) and at the end.
     """
     if dates is None:
         days = candidate_dates(bars, cfg)
@@ -459,7 +461,7 @@ def analyze(
     parts: list[dict[str, np.ndarray]] = []
     total = len(days)
     done = 0
-    for batch in _batches(days):
+    for batch in _batches(days, batch_dates):
         part = _analyze_batch(bars, cfg, ticks, batch, slots)
         if part is not None:
             parts.append(part)
@@ -471,12 +473,14 @@ def analyze(
     return _to_table(parts, cfg, ticks, slots)
 
 
-def _batches(days: Sequence[date]) -> Iterable[Sequence[date]]:
-    """Sorted dates in batches of at most _DATES_PER_BATCH, cut where dates lie far apart, so
-    each batch reads only the bars near its own dates (incremental runs ask for scattered ones)."""
+def _batches(days: Sequence[date], size: int = _DATES_PER_BATCH) -> Iterable[Sequence[date]]:
+    """Sorted dates in batches of at most ``size`` (at most _DATES_PER_BATCH), cut where dates
+    lie far apart, so each batch reads only the bars near its own dates (incremental runs ask
+    for scattered ones)."""
+    size = max(1, min(size, _DATES_PER_BATCH))
     start = 0
     for i in range(1, len(days) + 1):
-        if i == len(days) or i - start == _DATES_PER_BATCH or (days[i] - days[i - 1]).days > _BATCH_GAP_DAYS:
+        if i == len(days) or i - start == size or (days[i] - days[i - 1]).days > _BATCH_GAP_DAYS:
             yield days[start:i]
             start = i
 

@@ -25,12 +25,25 @@ def stale_notice(streams: tuple[str, ...] | list[str]) -> str:
 def header_lines(
     snap: EngineSnapshot, now: datetime, hint: str = IDLE_HINT, host: str = "", stale: tuple[str, ...] = (),
     alerts: int = 0,
+    width: int | None = None,
 ) -> tuple[Text, Text]:
     """The two header lines for an engine snapshot at ``now`` (the console's Chicago clock);
     ``hint`` names the main keys while no run is active; ``host`` says who runs the engine
     (``hosting``, ``attached pid N since HH:MM``); ``stale``: the streams whose results are
     from other analysis settings (said instead of the hint, or after the run's stages);
-    ``alerts``: the active alerts not acknowledged (a badge, shown only when there are some)."""
+    ``alerts``: the active alerts not acknowledged (a badge, shown only when there are some);
+    ``width``: the columns there are — a run's line longer than that leaves out the trigger, then
+    the word "stage", so the stage and its time stay in sight."""
+    top = _top_line(snap, now, alerts)
+    bottom = _bottom_line(snap, now, hint, host, stale)
+    if width and len(bottom.plain) > width and snap.current is not None:
+        bottom = _bottom_line(snap, now, hint, host, stale, trigger=False)
+        if len(bottom.plain) > width:
+            bottom = _bottom_line(snap, now, hint, host, stale, trigger=False, stage_word=False)
+    return top, bottom
+
+
+def _top_line(snap: EngineSnapshot, now: datetime, alerts: int) -> Text:
     top = Text()
     top.append(now.strftime("%H:%M:%S"), style="bold")
     top.append(" CT", style="dim")
@@ -56,7 +69,13 @@ def header_lines(
         top.append("-")
     if alerts:  # first, and short: at 80 columns the line's end may be cut, never the alerts
         top = Text.assemble((f"!{alerts}", "bold white on red"), " ", top)
+    return top
 
+
+def _bottom_line(
+    snap: EngineSnapshot, now: datetime, hint: str, host: str, stale: tuple[str, ...] | list[str],
+    *, trigger: bool = True, stage_word: bool = True,
+) -> Text:
     bottom = Text()
     run = snap.current
     if run is None:
@@ -68,11 +87,15 @@ def header_lines(
     else:
         bottom.append("▶ run ", style="bold cyan")
         bottom.append(short_id(run.run_id), style="bold")
-        bottom.append(f" {run.trigger}", style="dim")
+        if trigger:
+            bottom.append(f" {run.trigger}", style="dim")
         bottom.append(f"  {duration(seconds_between(run.started, now))}")
+        est = snap.estimate
+        if est is not None:  # from recent runs: before the stage, so 80 columns keep it
+            bottom.append(f" {int(est.fraction * 100)}% ~{duration(est.seconds_left)} left", style="cyan")
         if run.stage:
             st = run.stages.get(run.stage)
-            bottom.append("  stage ", style="dim")
+            bottom.append("  stage " if stage_word else "  ", style="dim")
             bottom.append(run.stage, style="bold")
             if st is not None and st.started is not None:
                 bottom.append(f" {duration(st.elapsed(now))}")
@@ -85,7 +108,7 @@ def header_lines(
     if host:  # first: at 80 columns a long line loses its end, never who runs the engine
         waiting = "detached" in host or "no engine" in host
         bottom = Text.assemble((host, "bold magenta" if waiting else "dim"), "  ", bottom)
-    return top, bottom
+    return bottom
 
 
 class StatusHeader(Static):
@@ -123,7 +146,8 @@ class StatusHeader(Static):
     def show(self, snap: EngineSnapshot, now: datetime, host: str | None = None) -> None:
         host = self._host if host is None else host
         self._host = host
-        text = Text("\n").join(header_lines(snap, now, self._hint(), host, self.stale, self.alerts))
+        width = self.content_size.width or None  # 0 before the first layout
+        text = Text("\n").join(header_lines(snap, now, self._hint(), host, self.stale, self.alerts, width))
         if text != self._shown:
             self._shown = text
             # two lines, height fixed by the stylesheet: repaint only, no layout pass

@@ -70,14 +70,24 @@ class InstrumentProgressList(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield self.placeholder
 
-    def show(self, run_id: str | None, instruments: Mapping[str, InstrumentProgress], now: datetime) -> None:
-        """Show a run's instruments; a new run with instruments replaces the previous rows."""
-        if not instruments:
-            return
+    def show(self, run_id: str | None, instruments: Mapping[str, InstrumentProgress], now: datetime,
+             note: str = "no analyzer work yet") -> None:
+        """Show a run's instruments; a new run clears the previous run's rows (``note`` says why
+        there are none yet)."""
         if run_id != self.run_id:
             self.run_id = run_id
             self.remove_children()
             self.rows = {}
+            self.placeholder = Static(note, classes="placeholder")
+            if not instruments:
+                self.mount(self.placeholder)
+                return
+        if not instruments:
+            if self.placeholder.is_mounted or self.placeholder.parent is not None:
+                self.placeholder.update(note)
+            return
+        if not self.rows and self.placeholder.parent is not None:
+            self.placeholder.remove()
         new = []
         for inst in sorted(instruments):
             row = self.rows.get(inst)

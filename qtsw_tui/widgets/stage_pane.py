@@ -33,6 +33,16 @@ def wrap_line(line: str, width: int) -> list[str]:
 STAGE_TITLES = {"translator": "Translator", "analyzer": "Analyzer", "merger": "Merger"}
 
 
+BAR_CELLS = 8
+
+
+def progress_bar(fraction: float, cells: int = BAR_CELLS) -> str:
+    """``█████░░░ 62%``: full and empty cells read apart without colour."""
+    fraction = min(1.0, max(0.0, fraction))
+    full = int(fraction * cells + 1e-9)
+    return "█" * full + "░" * (cells - full) + f" {int(fraction * 100 + 1e-9)}%"
+
+
 class StagePane(Log):
     """The live output of one stage (``translator``, ``analyzer`` or ``merger``)."""
 
@@ -44,6 +54,7 @@ class StagePane(Log):
         super().__init__(max_lines=max_lines, auto_scroll=True, **kwargs)
         self.stage = stage
         self.state_text = ""
+        self.progress: float | None = None  # the bar in the title (0…1), None when none is shown
         self.following = True
 
     def on_mount(self) -> None:
@@ -64,8 +75,16 @@ class StagePane(Log):
             lines = [part for line in lines for part in wrap_line(line, width)]
         self.write_lines(lines)
 
-    def set_state(self, state: str | None, elapsed: float | None = None) -> None:
-        """Show the stage's state (and elapsed time) in the pane's title."""
+    def set_state(
+        self,
+        state: str | None,
+        elapsed: float | None = None,
+        progress: float | None = None,
+        past: str = "",
+    ) -> None:
+        """Show the stage's state (and elapsed time) in the pane's title, then ``past`` (which
+        run it was, when it is not the active one: ``last run 10:00``), then its progress bar
+        (``progress`` 0…1; None: no bar). At 80 columns a past run's bar is what gets cut."""
         if state:
             mark, _ = state_mark(state)
             text = f"{mark} {state}"
@@ -73,6 +92,11 @@ class StagePane(Log):
                 text += f" {duration(elapsed)}"
         else:
             text = ""
+        if past:
+            text += f" · {past}" if text else past
+        self.progress = progress
+        if progress is not None:
+            text += f" {progress_bar(progress)}"
         if text != self.state_text:
             self.state_text = text
             self._retitle()
