@@ -80,7 +80,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
 
 
-<<<<<<< HEAD
 READ_ONLY_NOTE = ("read-only: this web console shows the engine but cannot start a run or a stage, "
                   "pause or cancel; restart 'qtsw web' with --allow-control for that, or use "
                   "'qtsw' or 'qtsw ctl' in a terminal")
@@ -104,7 +103,7 @@ def steers_the_engine(action: Callable[..., Any]) -> Callable[..., Any]:
         return action(self, *args)
 
     return gated
-=======
+
 def stage_bar(st: StageState, run: RunState) -> float | None:
     """A stage pane's bar (0…1): how far its process said it was; whole once it succeeded;
     None for a stage that has not started, was skipped, or has not said how much there is."""
@@ -114,7 +113,6 @@ def stage_bar(st: StageState, run: RunState) -> float | None:
     if st.state == "success":
         return 1.0
     return frac
->>>>>>> progress
 
 
 def binding_ids() -> set[str]:
