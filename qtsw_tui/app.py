@@ -104,6 +104,7 @@ def steers_the_engine(action: Callable[..., Any]) -> Callable[..., Any]:
 
     return gated
 
+
 def stage_bar(st: StageState, run: RunState) -> float | None:
     """A stage pane's bar (0…1): how far its process said it was; whole once it succeeded;
     None for a stage that has not started, was skipped, or has not said how much there is."""
