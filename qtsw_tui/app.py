@@ -325,7 +325,8 @@ class QtswApp(App[int]):
             self.notify(f"The engine stopped: {event.worker.error}", title="Engine", severity="error", timeout=30)
         elif event.state == WorkerState.SUCCESS and not self.closing:
             self.notify("The engine stopped.", title="Engine", severity="warning")
-        self.refresh_status()
+        if self.is_running:  # not while the console's screens are taken apart
+            self.refresh_status()
 
     def receive(self, message: EventMessage | OutputMessage) -> None:
         """The engine's subscriber: append to the buffers, nothing else (quick; never raises)."""

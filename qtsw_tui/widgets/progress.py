@@ -74,6 +74,8 @@ class InstrumentProgressList(VerticalScroll):
              note: str = "no analyzer work yet") -> None:
         """Show a run's instruments; a new run clears the previous run's rows (``note`` says why
         there are none yet)."""
+        if not self.is_attached:  # the console is starting or shutting down
+            return
         if run_id != self.run_id:
             self.run_id = run_id
             self.remove_children()
