@@ -921,15 +921,15 @@ async def test_history_and_results_keep_the_header(tmp_path):
     s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
     app = console(s)
     async with app.run_test(size=SIZE) as pilot:
+        hold = held_in_analyzer(s)  # the translator waits at its first catalogue write
         await pilot.press("r")
         await wait_for(pilot, lambda: (cur := app.engine.snapshot().current) is not None
-                       and cur.stage == "analyzer", "the analyzer to run")
-        hold = held_in_analyzer(s)
+                       and cur.stage == "translator", "the translator to run")
         for key, screen_type in (("h", HistoryScreen), ("s", ResultsScreen)):
             await pilot.press(key)
             assert isinstance(app.screen, screen_type)
             header = app.screen.query_one(".screen-header", StatusHeader)
-            await wait_for(pilot, lambda h=header: "stage analyzer" in str(h.render()), "the header on the screen")
+            await wait_for(pilot, lambda h=header: " translator" in str(h.render()), "the header on the screen")
             assert "▶ run" in str(header.render())
             await pilot.press("escape")
         hold.close()
