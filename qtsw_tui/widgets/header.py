@@ -50,11 +50,9 @@ def _top_line(snap: EngineSnapshot, now: datetime, alerts: int) -> Text:
     top.append("  schedule ", style="dim")
     top.append(snap.scheduler, style=SCHEDULER_STYLE.get(snap.scheduler, ""))
     top.append("  next ", style="dim")
-    if snap.next_mark is not None:
+    if snap.next_mark is not None and snap.scheduler != "paused":  # paused: nothing runs next
         top.append(snap.next_mark.strftime("%H:%M"))
         top.append(f" in {countdown(seconds_between(now, snap.next_mark))}")
-        if snap.scheduler == "paused":
-            top.append(" (paused)", style="dim")
     else:
         top.append("-")
     top.append("  last ", style="dim")
