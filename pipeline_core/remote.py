@@ -39,6 +39,10 @@ from pipeline_core.settings import Settings
 Subscriber = Callable[[EventMessage | OutputMessage], None]
 RECONNECT_SECONDS = 0.5  # how often a detached console looks for an engine again
 COMMAND_TIMEOUT = 5.0  # a command's reply, from an engine on this machine
+# the run's progress, metric and log events a console catches up with when it attaches (the
+# newest; all its other events come too): a console shows the newest rows, and attaching during
+# a flood must not replay a hundred thousand events through it (the run's file has them all)
+CATCHUP_TAIL = 2000
 
 
 class RemoteEngine:
@@ -46,10 +50,14 @@ class RemoteEngine:
 
     attached = True
 
-    def __init__(self, settings: Settings, *, reconnect_seconds: float = RECONNECT_SECONDS) -> None:
+    def __init__(self, settings: Settings, *, reconnect_seconds: float = RECONNECT_SECONDS,
+                 catchup_tail: int | None = CATCHUP_TAIL) -> None:
+        """``catchup_tail``: how many of the run's progress, metric and log events to catch up
+        with on attaching (the newest; None: all of them)."""
         self.settings = settings
         self.path = socket_path(settings)
         self.reconnect_seconds = reconnect_seconds
+        self.catchup_tail = catchup_tail
         self.hello: dict[str, Any] | None = None  # the engine's hello while attached
         self.last_hello: dict[str, Any] | None = None
         self.problem: str | None = None  # why it is not attached, when it is not
@@ -209,8 +217,9 @@ class RemoteEngine:
         sock.setblocking(False)
         stream = await anyio.abc.SocketStream.from_socket(sock)
         async with stream:
-            await stream.send(b'{"type":"hello","version":%d,"id":"hello"}\n{"type":"subscribe","id":"sub"}\n'
-                              % PROTOCOL_VERSION)
+            tail = b"" if self.catchup_tail is None else b',"tail":%d' % self.catchup_tail
+            await stream.send(b'{"type":"hello","version":%d,"id":"hello"}\n{"type":"subscribe","id":"sub"%s}\n'
+                              % (PROTOCOL_VERSION, tail))
             buf = b""
             while True:
                 chunk = await stream.receive(1 << 16)
