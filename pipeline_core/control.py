@@ -15,15 +15,18 @@ repeats. The first message must be ``hello`` with the protocol ``version``::
     < {"type":"refused","id":3,"command":"run_now","reason":"a run is active: ab12cd34"}
     > {"type":"subscribe","id":4}                     (a console: "tail":N, see below)
     < {"type":"subscribed","id":4,"run_id":…}
-    < {"n":1,"type":"snapshot","snapshot":{…}}                       the catch-up …
-    < {"n":2,"type":"event","catchup":true,"event":{v1 event}}
-    < {"n":3,"type":"output","catchup":true,"run_id":…,"stage":…,"instrument":…,"line":…}
-    < {"n":4,"type":"caught_up"}
-    < {"n":5,"type":"event","event":{…}}                            … then live
+    < {"n":38,"type":"snapshot","snapshot":{…}}                      the catch-up …
+    < {"n":39,"type":"event","catchup":true,"event":{v1 event}}
+    < {"n":40,"type":"output","catchup":true,"run_id":…,"stage":…,"instrument":…,"line":…}
+    < {"n":41,"type":"caught_up"}
+    < {"n":42,"type":"event","event":{…}}                           … then live
     < {"type":"error","error":"…"}       a malformed, oversized or unknown message
     < {"type":"lagging","error":"…"}     the client fell behind: it is disconnected
 
-``n`` numbers the messages of a subscription 1, 2, 3 … so a client sees a gap at once. Events
+``n`` numbers the messages of a subscription with consecutive integers, so a client sees a gap
+at once. A live message's ``n`` is the engine's own count of the messages it has published (the
+same for every client, so it is written once); a client's catch-up is numbered up to its first
+live message, and so may begin anywhere, below 1 too. Events
 carry the ``seq`` of their event file: the catch-up reads the file up to the point where the
 client was registered for live events, so an event is in the catch-up or live, never both and
 never neither; a client that reconnects de-duplicates by ``(run_id, seq)``. With ``"tail": N``
@@ -245,7 +248,6 @@ class _Client:
         self.catchup: list[bytes] | None = None  # subscription messages before the live ones
         self.cursor = -1  # the index in the live log of the next live message it gets
         self.live = False  # catch-up sent: live messages go out
-        self.n = 0
         self.lagging = False
         self.closing = False  # the peer closed its side: send what is waiting, then end
         self.blocked_since: float | None = None  # a write to it has been waiting since
@@ -307,11 +309,11 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._recent: dict[str, deque[bytes]] = {s: deque(maxlen=PANE_LINES) for s in STAGE_NAMES}
-        # the live log: every subscription message once, encoded once, without its leading "{"
-        # (each client's ``n`` goes there); a client's cursor says how far it has been sent
+        # the live log: every subscription message once, encoded and numbered once (its ``n``
+        # is the engine's count of them); a client's cursor says how far it has been sent
         self._log: list[bytes] = []
         self._base = 0  # the index of _log[0]
-        self._end = 0  # the index of the next message
+        self._end = 0  # the index of the next message (and the n of the last one)
         self._subscribers = 0  # clients with a cursor
         self._sleepers: set[_Client] = set()  # live clients whose writer waits for a message
         self._unsubscribe: Any = None
@@ -489,31 +491,19 @@ class ControlServer:
             client.replies.clear()
             return data
         if client.catchup is not None:
-            # the whole catch-up in one write; live messages follow, with no await between
-            data = self._numbered(client, client.catchup)
+            # the whole catch-up in one write, numbered up to the first live message's n; the
+            # live messages follow, with no await between
+            data = _numbered(client.cursor - len(client.catchup) + 1, client.catchup)
             client.catchup = None
             client.live = True
             return data
         if client.live and client.cursor < self._end:
             i = client.cursor - self._base
-            chunk = self._log[i:i + WRITE_COUNT]
+            chunk = self._log[i:i + WRITE_COUNT]  # numbered already: the same bytes for all
             client.cursor += len(chunk)
-            data = self._numbered(client, chunk)
             self._trim()
-            return data
+            return b"".join(chunk)
         return None
-
-    @staticmethod
-    def _numbered(client: _Client, tails: list[bytes]) -> bytes:
-        """Messages (each without its leading ``{``) as lines numbered by the client's ``n``."""
-        n = client.n
-        parts = []
-        for tail in tails:
-            n += 1
-            parts.append(b'{"n":%d,' % n)
-            parts.append(tail)
-        client.n = n
-        return b"".join(parts)
 
     def _trim(self, *, force: bool = False) -> None:
         """Forget the live messages every client has been sent (amortised: in halves)."""
@@ -716,7 +706,7 @@ class ControlServer:
         client.cursor = self._end  # live from here: what is published from now on
         self._subscribers += 1
         client.reply({"type": "subscribed", "id": msg_id, "run_id": run_id})
-        first = _dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)})  # n = 1
+        first = _dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)})  # the first message
         assert client.tg is not None
         client.tg.start_soon(self._catch_up, client, run_file, sched_file, upto, [first, *recent], tail)
 
@@ -737,7 +727,7 @@ class ControlServer:
         # the snapshot taken at subscribe time, the files, the recent output, then (from the
         # client's cursor, set at subscribe time) what was published meanwhile
         first, *recent = around
-        client.catchup = [m[1:] for m in (first, *lines, *recent, _dumps({"type": "caught_up"}))]
+        client.catchup = [first, *lines, *recent, _dumps({"type": "caught_up"})]
         client.poke()
 
     def _broadcast(self, body: bytes) -> None:
@@ -745,8 +735,8 @@ class ControlServer:
         log, from which each client's writer takes it. No work per client here."""
         if not self._subscribers:
             return
-        self._log.append(body[1:])
         self._end += 1
+        self._log.append(b'{"n":%d,' % self._end + body[1:])
         if self._sleepers:
             for client in self._sleepers:
                 client.wake.set()
@@ -786,6 +776,16 @@ class ControlServer:
             if same != self._last_snapshot:
                 self._last_snapshot = same
                 self._broadcast(_dumps({"type": "snapshot", "snapshot": d}))
+
+
+def _numbered(first: int, messages: list[bytes]) -> bytes:
+    """``messages`` (JSON objects, one per line) as one block, numbered ``first``, ``first`` + 1 …"""
+    if not messages:
+        return b""
+    args: list[Any] = [None] * (2 * len(messages))
+    args[0::2] = range(first, first + len(messages))
+    args[1::2] = [m[1:] for m in messages]
+    return (b'{"n":%d,%b' * len(messages)) % tuple(args)
 
 
 def _size(path: Path) -> int:

@@ -269,10 +269,16 @@ def test_two_clients_subscribed_mid_run_see_the_same_events(served: Served) -> N
     mine = [m for m in got_b if m.get("type") == "event" and m["event"]["run_id"] == run_id]
     assert any(m.get("catchup") for m in mine) and not all(m.get("catchup") for m in mine), \
         "the subscription began mid-run: some events caught up, some live"
-    ns = [m["n"] for m in got_b]
-    assert ns == list(range(1, len(ns) + 1)) and got_b[0]["type"] == "snapshot"
+    ns = [m["n"] for m in got_b]  # consecutive (the live ones are the engine's own count)
+    assert ns == list(range(ns[0], ns[0] + len(ns))) and got_b[0]["type"] == "snapshot"
+    ns_a = [m["n"] for m in got_a]
+    assert ns_a == list(range(ns_a[0], ns_a[0] + len(ns_a)))
     cut = [m["type"] for m in got_b].index("caught_up")
     assert all(m.get("catchup") for m in got_b[1:cut]) and not any(m.get("catchup") for m in got_b[cut:])
+    live_a = {m["n"]: m for m in got_a[[m["type"] for m in got_a].index("caught_up") + 1:]}
+    live_b = got_b[cut + 1:]
+    assert live_b and all(live_a[m["n"]] == m for m in live_b), \
+        "a live message has one n, the same for every client"
     # the same events as the run's event file
     text = (served.settings.events_dir / f"pipeline_{run_id}.jsonl").read_text()
     assert [m["event"] for m in mine] == [json.loads(x) for x in text.splitlines()]
@@ -318,7 +324,7 @@ def test_a_client_that_never_reads_is_disconnected_and_slows_nothing(served: Ser
             assert msg is not None, f"the reading client got {flood_seen()} of {flood} scheduler events"
             got.append(msg)
         ns = [m["n"] for m in got]
-        assert ns == list(range(1, len(ns) + 1))
+        assert ns == list(range(ns[0], ns[0] + len(ns)))
         # the lazy client was cut off: reading now reaches the end of its stream
         lazy.sock.settimeout(30)
         received = 0
