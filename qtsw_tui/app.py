@@ -43,7 +43,6 @@ from qtsw_tui.screens.event_detail import EventDetailScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
 from qtsw_tui.screens.quarantine import QuarantineScreen
-from qtsw_tui.screens.results import ResultsScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
@@ -75,6 +74,7 @@ WIDE = (120, 36)  # from this size on, the events table shows below the stage pa
 def binding_ids() -> set[str]:
     """Every binding id that ``[keys]`` in the settings may remap: the app's, its panels' and
     its screens' (Textual's keymap applies to bindings wherever they are declared)."""
+    from qtsw_tui.screens.results import ResultsScreen
     classes = (QtswApp, EventsPanel, EventTable, StagePane, ConfirmScreen, HelpScreen,
                HistoryScreen, ResultsScreen, RunDetailScreen, EventDetailScreen, QuarantineScreen,
                AlertsScreen)
@@ -468,6 +468,10 @@ class QtswApp(App[int]):
         self.push_screen(HistoryScreen(self.settings))
 
     def action_results(self) -> None:
+        # imported when first asked for: numpy and pyarrow would add a third of a second to
+        # every console's start (an attached console's time to show the engine)
+        from qtsw_tui.screens.results import ResultsScreen
+
         self.push_screen(ResultsScreen(self.settings))
 
     def action_quarantine(self) -> None:
