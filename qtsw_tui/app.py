@@ -296,6 +296,9 @@ class QtswApp(App[int]):
         for buf in self._lines.values():
             buf.clear()
         if not events and not lines:
+            info = self.engine.host_info()
+            if info.get("mode") == "attached" and bool(info.get("connected")) != self._was_connected:
+                self.refresh_status()  # attached (or detached): the header says so now
             return
         with self.batch_update():
             for stage, batch in lines.items():
