@@ -56,8 +56,10 @@ if TYPE_CHECKING:  # the console only talks to the engine object it is given
 
 FLUSH_SECONDS = 0.1  # how often buffered engine messages reach the widgets
 FREEZE_EVERY = 5000  # stored events between two gc.freeze() calls (see flush)
-EVENTS_PER_FLUSH = 4000  # at most this many events per batch (40,000 a second), so a flood
-# cannot hold the event loop long enough to delay a key press
+EVENTS_PER_FLUSH = 8000  # at most this many events per batch (32,000 a second in a flood), so
+# a flood cannot hold the event loop long enough to delay a key press
+FLOOD_EVENTS = 1000  # this many events waiting: a flood, drawn at most every FLOOD_SECONDS
+FLOOD_SECONDS = 0.25  # (each drawing of the screen costs the same whatever the number of events)
 STATUS_SECONDS = 1.0  # header clock, elapsed times, progress bars
 COUNTERS_SECONDS = 3.0  # raw files, store, pending work (a thread worker)
 PANE_LINES = 2000  # per stage pane; the full output is in the stage's .log file
@@ -155,6 +157,7 @@ class QtswApp(App[int]):
         self.received = {"events": 0, "lines": 0}
         self.flushed = {"events": 0, "batches": 0}
         self._unfrozen_events = 0
+        self._last_flush = 0.0
         self._was_connected = False
         self._attached_once = False
         # checked when the settings loaded (pipeline_core.keys): known ids, keys a terminal
@@ -290,6 +293,10 @@ class QtswApp(App[int]):
         """Hand the buffered messages to the widgets: one batch per pane and one for the events."""
         # time-boxed: at most EVENTS_PER_FLUSH events per batch, the rest wait for the next one
         pending = self._events
+        now = time.monotonic()
+        if len(pending) >= FLOOD_EVENTS and now - self._last_flush < FLOOD_SECONDS:
+            return  # a flood: fewer, bigger batches, so the console does not starve the engine
+        self._last_flush = now
         take = min(len(pending), EVENTS_PER_FLUSH)
         events: list[Event] = [pending.popleft() for _ in range(take)]
         lines = {s: list(buf) for s, buf in self._lines.items() if buf}
