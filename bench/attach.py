@@ -192,7 +192,8 @@ def console_follow_main(root: str) -> None:
             await pilot.press("q")
 
     asyncio.run(main())
-    print(json.dumps({"cpu": time.process_time(), "events": app.flushed["events"]}), flush=True)
+    print(json.dumps({"cpu": time.process_time(), "events": app.flushed["events"],
+                      "reattached": remote.attachments - 1}), flush=True)
 
 
 # --- the measurements ---------------------------------------------------------------------------
@@ -272,6 +273,8 @@ def main() -> int:
         cpu_served: list[float] = []
         cpu_consoled: list[float] = []
         cpu_consoles: list[float] = []
+        shown: list[int] = []  # events each console showed (all, unless it was cut off)
+        cut_off: list[int] = []  # times each console fell behind, was cut off and reattached
         for _ in range(args.repeat):
             alone.append(_run(conn, settings, cpu_alone, engine.pid))
             clients = [subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings))],
@@ -283,17 +286,20 @@ def main() -> int:
             for c in clients:
                 out, _ = c.communicate(timeout=300)
                 delays.extend(json.loads(out.strip().splitlines()[-1])["delays"])
-            consoles = [subprocess.Popen([sys.executable, __file__, "follow", str(root)],
-                                         stdout=subprocess.PIPE, text=True, env=_env())
+            consoles = [subprocess.Popen([sys.executable, __file__, "follow", str(root)], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True, env=_env())
                         for _ in range(args.clients)]
             for c in consoles:
                 assert c.stdout is not None and c.stdout.readline().strip() == "ready"
             consoled.append(_run(conn, settings, cpu_consoled, engine.pid))
             for c in consoles:
-                out, _ = c.communicate(timeout=300)
+                out, err = c.communicate(timeout=300)
+                if not out.strip():
+                    raise SystemExit(f"a console ended with {c.returncode} and no figures: {err[-3000:]}")
                 got = json.loads(out.strip().splitlines()[-1])
-                assert got["events"] >= args.events, got
                 cpu_consoles.append(got["cpu"])
+                shown.append(got["events"])
+                cut_off.append(got["reattached"])
         # a console attaching while a run floods (no other client): once about a third of the
         # run's events are written
         from pipeline_core.events import run_event_path
@@ -343,6 +349,9 @@ def main() -> int:
     print(f"      alone {ca:.2f} s (runs {runs(cpu_alone)})")
     print(f"      {args.clients} protocol clients {cs:.2f} s (runs {runs(cpu_served)}); ratio {cs / ca:.3f}")
     print(f"      {args.clients} consoles {cc:.2f} s (runs {runs(cpu_consoled)}); ratio {cc / ca:.3f}")
+    print(f"    the consoles: cut off for falling behind (and reattached, catching up with the newest "
+          f"events only) {sum(cut_off)} times in {len(cut_off)} console runs; events each showed: "
+          f"{', '.join(str(x) for x in shown)}")
     print(f"    each console's own CPU seconds for the run: median {statistics.median(cpu_consoles):.2f} s "
           f"(the {args.clients} consoles and the engine share {os.cpu_count()} cores: on fewer cores than "
           f"processes, the consoles' CPU shows in the engine's wall time, not in its CPU time)")

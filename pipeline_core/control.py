@@ -240,6 +240,10 @@ class _Client:
     def __init__(self, server: ControlServer, stream: anyio.abc.SocketStream, pid: int, uid: int) -> None:
         self.server = server
         self.stream = stream
+        # read and written directly (anyio's stream logs an error when a client is cut off
+        # while its socket turns ready: a cancelled wait's future is then set)
+        self.sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        self.sock.setblocking(False)
         self.pid = pid
         self.uid = uid
         self.greeted = False
@@ -474,7 +478,7 @@ class ControlServer:
                     await client.wake.wait()
                     continue
                 client.blocked_since = time.monotonic()
-                await client.stream.send(data)
+                await _send_all(client.sock, data)
                 client.blocked_since = None
                 if client.live and len(data) < WRITE_BYTES // 16:
                     # a trickle: let the next messages gather, so a steady stream of events costs
@@ -545,8 +549,13 @@ class ControlServer:
         skipping = False  # inside an oversized line: drop bytes up to its newline
         while True:
             try:
-                chunk = await client.stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                chunk = client.sock.recv(65536)
+            except BlockingIOError:
+                await anyio.wait_readable(client.sock)
+                continue
+            except OSError:
+                return
+            if not chunk:
                 return
             buf += chunk
             while True:
@@ -776,6 +785,18 @@ class ControlServer:
             if same != self._last_snapshot:
                 self._last_snapshot = same
                 self._broadcast(_dumps({"type": "snapshot", "snapshot": d}))
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Write all of ``data`` to a non-blocking socket, waiting while it is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            continue
+        view = view[sent:]
 
 
 def _numbered(first: int, messages: list[bytes]) -> bytes:
