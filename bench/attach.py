@@ -163,6 +163,7 @@ def console_follow_main(root: str) -> None:
     the end of a run that began after it attached."""
     import asyncio
 
+    from pipeline_core import history
     from pipeline_core.remote import RemoteEngine
     from pipeline_core.runstate import EventMessage
     from pipeline_core.settings import load_settings
@@ -172,7 +173,7 @@ def console_follow_main(root: str) -> None:
     settings = load_settings(root=Path(root), env={})
     remote = RemoteEngine(settings, reconnect_seconds=0.05)
     app = build_app(settings, remote, {})
-    before: set[str] = set()
+    before = {str(r.get("run_id")) for r in history.read_runs(settings)}  # runs that ended before
     ended: list[str] = []
 
     def watch(msg: Any) -> None:
@@ -185,7 +186,6 @@ def console_follow_main(root: str) -> None:
         async with app.run_test(size=(120, 40)) as pilot:
             while "attached pid" not in str(app.query_one("#header", StatusHeader).render()) or not app.flushed["events"]:
                 await pilot.pause(0.01)
-            before.update(ended)
             print("ready", flush=True)
             while not (set(ended) - before) or app._events:  # the end of the run, shown
                 await pilot.pause(0.05)
