@@ -291,6 +291,9 @@ class QtswApp(App[int]):
 
     def flush(self) -> None:
         """Hand the buffered messages to the widgets: one batch per pane and one for the events."""
+        info = self.engine.host_info()
+        if info.get("mode") == "attached" and bool(info.get("connected")) != self._was_connected:
+            self.refresh_status()  # attached (or detached): the header says so first
         # time-boxed: at most EVENTS_PER_FLUSH events per batch, the rest wait for the next one
         pending = self._events
         now = time.monotonic()
@@ -303,9 +306,6 @@ class QtswApp(App[int]):
         for buf in self._lines.values():
             buf.clear()
         if not events and not lines:
-            info = self.engine.host_info()
-            if info.get("mode") == "attached" and bool(info.get("connected")) != self._was_connected:
-                self.refresh_status()  # attached (or detached): the header says so now
             return
         with self.batch_update():
             for stage, batch in lines.items():
