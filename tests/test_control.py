@@ -401,6 +401,10 @@ def test_malformed_oversized_and_unknown_messages_get_errors(served: Served) -> 
         conn.send(b"y" * (MAX_LINE + 1) + b"\n")
         reply = conn.read_message(10)
         assert reply["type"] == "error" and "too long" in reply["error"]
+        # a subscription's tail is a whole number of events, 0 or more
+        for tail in (-1, True, 2.5, "10", [3]):
+            reply = conn.request({"type": "subscribe", "tail": tail})
+            assert reply["type"] == "error" and "tail" in reply["error"], (tail, reply)
         # the connection goes on, and the engine too
         assert conn.request({"type": "ping"})["type"] == "pong"
         assert conn.snapshot()["current"] is None
@@ -582,3 +586,33 @@ def test_notifier_without_notify_socket_sends_nothing(tmp_path: Path) -> None:
     assert manager.recv(100) == b"STOPPING=1\nSTATUS=bye"
     loud.close()
     manager.close()
+
+
+def test_a_tail_catch_up_keeps_the_runs_story_and_its_newest_detail(tmp_path: Path) -> None:
+    """``subscribe`` with ``tail``: of a run's event file, every event but progress, metric and
+    log ones, log warnings and errors too, and only the newest ``tail`` of the rest."""
+    from pipeline_core.control import _event_lines_upto
+    from pipeline_core.events import EventWriter
+
+    path = tmp_path / "pipeline_r.jsonl"
+    with EventWriter(path, "r") as w:
+        w.emit("pipeline", "start", "run")
+        w.emit("translator", "start", "translator")
+        for i in range(10):
+            w.emit("translator", "metric", f"m{i}", {"i": i})
+        w.emit("translator", "log", "disk nearly full", {"level": "WARNING"})
+        w.emit("translator", "log", "bad row", {"level": "error"})
+        for i in range(10):
+            w.emit("translator", "progress", f"p{i}", {"done": i, "total": 10})
+        w.emit("translator", "log", "chatter", {"level": "info"})
+        w.emit("translator", "success", "done")
+        w.emit("pipeline", "success", "run")
+    size = path.stat().st_size
+
+    def msgs(tail: int | None) -> list[str]:
+        return [json.loads(line)["msg"] for line in _event_lines_upto(path, size, keep_verbose=tail)]
+
+    everything = [json.loads(line)["msg"] for line in path.read_text().splitlines()]
+    assert msgs(None) == everything and msgs(1000) == everything
+    assert msgs(3) == ["run", "translator", "disk nearly full", "bad row", "p8", "p9", "chatter", "done", "run"]
+    assert msgs(0) == ["run", "translator", "disk nearly full", "bad row", "done", "run"]
