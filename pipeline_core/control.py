@@ -746,6 +746,10 @@ class ControlServer:
             return
         self._end += 1
         self._log.append(b'{"n":%d,' % self._end + body[1:])
+        self._published()
+
+    def _published(self) -> None:
+        """A message was appended to the live log: wake the writers that wait for one."""
         if self._sleepers:
             for client in self._sleepers:
                 client.wake.set()
@@ -754,19 +758,23 @@ class ControlServer:
             self._cut_laggards()
 
     def _on_engine(self, msg: EventMessage | OutputMessage) -> None:
-        """The engine's subscriber: one JSON line built once, queued for every subscriber."""
+        """The engine's subscriber: one JSON line built once (nothing with no subscriber), appended
+        to the live log for all of them."""
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
             anyio.from_thread.run_sync(self._on_engine, msg, token=self._token)
             return
         if isinstance(msg, EventMessage):
-            # the event's line as its file has it, wrapped: not encoded again
-            body = b'{"type":"event","event":' + msg.event.to_line().encode() + b"}\n"
-        else:
-            body = _dumps({"type": "output", "run_id": msg.run_id, "stage": msg.stage,
-                           "instrument": msg.instrument, "line": msg.line})
-            pane = self._recent.get(msg.stage)
-            if pane is not None:
-                pane.append(body)
+            if self._subscribers:
+                # the event's line as its file has it, wrapped and numbered in one step
+                self._end += 1
+                self._log.append(b'{"n":%d,"type":"event","event":%b}\n' % (self._end, msg.event.to_line().encode()))
+                self._published()
+            return
+        body = _dumps({"type": "output", "run_id": msg.run_id, "stage": msg.stage,
+                       "instrument": msg.instrument, "line": msg.line})
+        pane = self._recent.get(msg.stage)
+        if pane is not None:
+            pane.append(body)  # kept for the catch-ups, subscribers or not
         self._broadcast(body)
 
     async def _watch_snapshot(self) -> None:
