@@ -52,10 +52,11 @@ class RemoteEngine:
     attached = True
 
     def __init__(self, settings: Settings, *, reconnect_seconds: float = RECONNECT_SECONDS,
-                 catchup_tail: int | None = CATCHUP_TAIL) -> None:
+                 read_only: bool = False, catchup_tail: int | None = CATCHUP_TAIL) -> None:
         """``catchup_tail``: how many of the run's progress, metric and log events to catch up
         with on attaching (the newest; None: all of them)."""
         self.settings = settings
+        self.read_only = read_only  # watch only: every command is refused here, never sent
         self.path = socket_path(settings)
         self.reconnect_seconds = reconnect_seconds
         self.catchup_tail = catchup_tail
@@ -119,6 +120,8 @@ class RemoteEngine:
     def _command(self, name: str, **params: Any) -> dict[str, Any]:
         """Send a command and wait for its answer (an engine on this machine answers at once).
         Before the first attachment (``qtsw --run-now`` with an engine running) it is queued."""
+        if self.read_only:
+            return {"type": "refused", "reason": "this console is read-only"}
         if not self.connected:
             if self.attachments == 0 and self.problem is None and not self._stop:
                 self._queued.append((name, params))

@@ -98,6 +98,7 @@ SUSPECT_FRACTION = 0.01
 _DAY_MS = 86_400_000
 _MIN_MS = 60_000
 _PRICES = ("open", "high", "low", "close", "volume")
+QUARANTINE_LISTED = 100  # quarantined files named in the stage result (the quarantine holds them all)
 _BOM = b"\xef\xbb\xbf"
 _BARS_SCHEMA = pa.schema([f for f in store.SCHEMA if f.name != "instrument"])
 
@@ -1113,6 +1114,7 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         "translated": 0,
         "already_ingested": 0,
         "quarantined": 0,
+        "quarantined_files": [],  # which, by which rule at which line (the run detail names them)
         "changed": 0,
         "errors": 0,
         "waiting": len(scan.waiting),
@@ -1184,6 +1186,10 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         counts["bytes"] += size
         if outcome == "quarantined":
             counts["quarantined"] += 1
+            if len(counts["quarantined_files"]) < QUARANTINE_LISTED:
+                counts["quarantined_files"].append(
+                    {"file": safe(path.name), "rule": extra.rule, "line": extra.line, "reason": safe(str(extra.reason))}
+                )
             rep.warning(f"quarantined {path.name}: {extra.reason}", file=path.name, rule=extra.rule, line=extra.line)
             rep.metric(
                 f"{path.name}: quarantined ({extra.rule})",
@@ -1242,7 +1248,8 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         f"{counts['translated']} file(s) translated, {counts['rows_kept']} bars kept"
         + (f", {counts['rows_dropped']} bad rows dropped" if counts["rows_dropped"] else "")
         + (f", {counts['already_ingested']} already ingested" if counts["already_ingested"] else "")
-        + (f", {counts['quarantined']} quarantined" if counts["quarantined"] else "")
+        + (f", {counts['quarantined']} quarantined ({_names(counts['quarantined_files'], counts['quarantined'])})"
+           if counts["quarantined"] else "")
         + (f", {counts['changed']} changed while read (next run)" if counts["changed"] else "")
         + (f", {counts['errors']} failed" if counts["errors"] else "")
     )
@@ -1256,6 +1263,13 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     status = "partial" if counts["quarantined"] else "success"
     rep.result(status, summary, counts)
     return status
+
+
+def _names(files: list[dict[str, Any]], count: int, shown: int = 3) -> str:
+    """``a.csv, b.csv and 4 more`` — the first few of ``count`` files."""
+    names = [str(f["file"]) for f in files[:shown]]
+    more = count - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
 
 
 def _count_file(counts: dict[str, Any], res: FileResult) -> None:

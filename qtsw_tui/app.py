@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from functools import partial
+from functools import partial, wraps
 from typing import TYPE_CHECKING, Any
 
 from textual import work
@@ -28,7 +28,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from pipeline_core import clock as chicago
@@ -46,6 +45,7 @@ from qtsw_tui.screens.quarantine import QuarantineScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time, key_label, short_id
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
@@ -71,6 +71,31 @@ HANGUP_EXIT = 128 + signal.SIGHUP  # the console's exit status after losing its 
 EXIT_GRACE = 3.0  # after a stop signal and the engine's stop, how long the console may take to exit
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WIDE = (120, 36)  # from this size on, the events table shows below the stage panes
+
+
+READ_ONLY_NOTE = ("read-only: this web console shows the engine but cannot start a run or a stage, "
+                  "pause or cancel; restart 'qtsw web' with --allow-control for that, or use "
+                  "'qtsw' or 'qtsw ctl' in a terminal")
+
+
+STEERING_ACTIONS: set[str] = set()  # the actions marked with @steers_the_engine
+
+
+def steers_the_engine(action: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks an action that steers the engine (run, stage, pause/resume, cancel). The one place
+    where a read-only console (``qtsw web`` without ``--allow-control``) refuses them: every
+    way to such an action — its key, a remapped key, the command palette, a click on the
+    footer — ends here."""
+    STEERING_ACTIONS.add(action.__name__.removeprefix("action_"))
+
+    @wraps(action)
+    def gated(self: QtswApp, *args: Any) -> Any:
+        if self.read_only:
+            self.notify(READ_ONLY_NOTE, title="Read-only", severity="warning", timeout=8, markup=False)
+            return None
+        return action(self, *args)
+
+    return gated
 
 
 def binding_ids() -> set[str]:
@@ -160,6 +185,12 @@ class QtswApp(App[int]):
         self._last_flush = 0.0
         self._was_connected = False
         self._attached_once = False
+        self._told_no_engine = False
+        # ``qtsw web``: the console is in a browser tab; read-only unless started with control
+        self.web = bool(self.options.get("web"))
+        self.read_only = bool(self.options.get("read_only"))
+        # what the footer does not offer (the keys still answer, with the read-only note)
+        self.refused_actions = frozenset(STEERING_ACTIONS) if self.read_only else frozenset()
         # checked when the settings loaded (pipeline_core.keys): known ids, keys a terminal
         # sends, no two bindings on one key where both are active
         self.set_keymap(dict(settings.keys))
@@ -178,16 +209,17 @@ class QtswApp(App[int]):
             yield EventsPanel(capacity=EVENT_CAPACITY, window=EVENT_WINDOW, id="events")
         # the palette (ctrl+p) is in the help screen: its footer entry would push "? help q quit"
         # off an 80-column footer
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#progress").border_title = "Analyzer"
         self.query_one("#counters").border_title = "Counters"
         self.query_one("#events").border_title = "Events"
         self._unsubscribe = self.engine.subscribe(self.receive)
-        self.set_interval(FLUSH_SECONDS, self.flush, name="flush")
-        self.set_interval(STATUS_SECONDS, self.refresh_status, name="status")
-        self.set_interval(COUNTERS_SECONDS, self.refresh_counters, name="counters")
+        # the timers keep ticking while the console shuts down and its screens are taken apart
+        self.set_interval(FLUSH_SECONDS, self._while_running(self.flush), name="flush")
+        self.set_interval(STATUS_SECONDS, self._while_running(self.refresh_status), name="status")
+        self.set_interval(COUNTERS_SECONDS, self._while_running(self.refresh_counters), name="counters")
         self.serve_worker = self._serve()
         self.refresh_status()
         self.refresh_counters()
@@ -216,6 +248,13 @@ class QtswApp(App[int]):
             self.engine.request_run("stage", stages=[self.options["stage"]], full=full)
         elif self.options.get("run_now"):
             self.engine.request_run("manual", full=full)
+
+    def _while_running(self, tick: Callable[[], None]) -> Callable[[], None]:
+        def guarded() -> None:
+            if self.is_running:
+                tick()
+
+        return guarded
 
     def on_resize(self, event: Resize) -> None:
         self._layout_for(event.size.width, event.size.height)
@@ -282,10 +321,10 @@ class QtswApp(App[int]):
                 self.received["events"] += 1
                 if ev.stage in self._lines and ev.event in ("start", "skipped"):
                     # a run's mark in the stage's pane; a skipped stage says why
-                    why = f" · skipped: {ev.data.get('reason') or ev.msg}" if ev.event == "skipped" else ""
-                    self._lines[ev.stage].append(
-                        f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)}{why} ──"
-                    )
+                    buf = self._lines[ev.stage]
+                    buf.append(f"── run {short_id(ev.run_id)} · {clock_time(ev.timestamp)} ──")
+                    if ev.event == "skipped":  # on its own line(s), wrapped to the pane
+                        buf.append(f"skipped: {ev.data.get('reason') or ev.msg}")
         except Exception:  # noqa: BLE001 - a display problem must never reach the engine
             pass
 
@@ -388,20 +427,33 @@ class QtswApp(App[int]):
         """Who runs the engine, for the header; says so when an attached engine comes or goes."""
         info = self.engine.host_info()
         connected = bool(info.get("connected"))
+        web = ("web read-only · " if self.read_only else "web control · ") if self.web else ""
         if info.get("mode") != "attached":
-            return "hosting"
+            return web + "hosting"
         if connected != self._was_connected:
             self._was_connected = connected
             if connected:
+                if self._told_no_engine:
+                    self.clear_notifications()  # the note on how to start one has served
                 self.notify(f"Attached to the engine, pid {info.get('pid')}.", title="Engine")
             elif self._attached_once:
                 self.notify(f"The engine went away ({info.get('problem') or 'connection lost'}); "
                             "reattaching when it is back.", title="Engine", severity="warning", timeout=20)
             self._attached_once = self._attached_once or connected
+        if not connected and not self._attached_once and info.get("problem") and not self._told_no_engine:
+            # a console that has never seen an engine (a browser tab opened before it started)
+            self._told_no_engine = True
+            root = self.settings.root
+            self.notify(f"No engine is running on data root {root}. Start one with "
+                        f"'qtsw --no-ui --root {root}' (or the qtsw systemd service); this console "
+                        "attaches by itself once it is up.", title="No engine", severity="warning",
+                        timeout=24 * 3600, markup=False)
         if not connected:
-            return "detached: waiting for an engine"
+            if not self._attached_once:
+                return web + "no engine running: waiting for one (qtsw --no-ui)"
+            return web + "detached: waiting for an engine"
         since = clock_time(info.get("since"), "%H:%M")
-        return f"attached pid {info.get('pid')} since {since}"
+        return f"{web}attached pid {info.get('pid')} since {since}"
 
     @work(thread=True, exclusive=True, group="counters", exit_on_error=False, name="counters")
     def refresh_counters(self) -> None:
@@ -436,16 +488,19 @@ class QtswApp(App[int]):
     def _refusal(self) -> str:
         return getattr(self.engine, "last_refusal", "") or "a run is already active"
 
+    @steers_the_engine
     def action_run_now(self) -> None:
         if self._serving() and not self.engine.request_run("manual"):
             self.notify(f"Not started: {self._refusal()}.", severity="warning")
         self.refresh_status()
 
+    @steers_the_engine
     def action_run_stage(self, stage: str) -> None:
         if self._serving() and not self.engine.request_run("stage", stages=[stage]):
             self.notify(f"{stage.title()} not started: {self._refusal()}.", severity="warning")
         self.refresh_status()
 
+    @steers_the_engine
     def action_toggle_pause(self) -> None:
         if self.engine.paused:
             self.engine.resume()
@@ -455,6 +510,7 @@ class QtswApp(App[int]):
             self.notify("Schedule paused: no scheduled runs until resumed (r still runs).")
         self.refresh_status()
 
+    @steers_the_engine
     def action_cancel_run(self) -> None:
         if not self.engine.busy:
             self.notify("No run is active.")

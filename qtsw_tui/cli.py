@@ -17,6 +17,7 @@
                                       commands to the running engine, through its control socket
     qtsw alert test [--url URL]       send a test message to each alert channel (exit 1 if any failed)
     qtsw results [--year Y] [--stream S] [--csv|--json]   the stream x month matrix and statistics
+    qtsw web [--host H] [--port N] [--public] [--allow-control]   the console in a web browser
 
 Also ``--root PATH`` (env ``QTSW_ROOT``), ``--config FILE``, ``--full``, ``--json`` (headless:
 raw event lines), ``--verbose`` (headless: stage output too).
@@ -47,7 +48,7 @@ from pipeline_core.usage import (
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl", "alert", "results")
+COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl", "alert", "results", "web")
 STAGES = ("translator", "analyzer", "merger")
 _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
   qtsw alert test         send a test message to each alert channel
   qtsw results [--year Y] [--stream S] [--csv|--json]
                           the stream x month matrix in dollars and the statistics
+  qtsw web [--port N]     the console in a web browser (read-only unless --allow-control)
 
 exit codes: 0 success, 1 partial (or problems found), 2 failure (or a file that
 cannot be read or written), 3 cancelled, 4 could not start (bad arguments or
@@ -165,6 +167,10 @@ def _main(argv: list[str]) -> int:
         return resultscmd.main(_globals(before) + after)
     if command == "ctl":
         return _ctl(_globals(before) + after)
+    if command == "web":
+        from qtsw_tui import web
+
+        return web.main(_globals(before) + after)
     if command == "alert":
         return _alert(_globals(before) + after)
     if command in ("verify", "rebuild"):

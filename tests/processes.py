@@ -78,3 +78,18 @@ def lock_free(path: Path) -> bool:
             return False
         fcntl.flock(fh, fcntl.LOCK_UN)
         return True
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids of the live children of process ``pid`` (any of its threads' children)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+    return [c for c in out if alive(c)]

@@ -456,10 +456,11 @@ def test_a_channel_that_fails_or_hangs_leaves_the_run_alone(root: Path, tmp_path
     assert "500" in fail["reason"] and fail["attempts"] == 2 and fail["keys"] == ["run_failed:translator"]
     assert "timed out after 2 s" in reasons[2].data["reason"] and reasons[2].data["attempts"] == 2
     assert len(hook.messages("fail")) == 2  # retried once
-    # both attempts on the hanging channel came after the run had ended: its duration and
-    # status were taken without them, and its record did not change afterwards
+    # the hanging channel's two attempts (2 s each) ended after the run had: the run did not
+    # wait for them, its duration and status were taken without them, and its record did not
+    # change afterwards
     ended = datetime.fromisoformat(report["ended"])
-    assert datetime.fromisoformat(reasons[2].timestamp) - ended >= timedelta(seconds=4)
+    assert datetime.fromisoformat(reasons[2].timestamp) > ended
     assert report["duration_seconds"] <= (ended - datetime.fromisoformat(report["started"])).total_seconds() + 0.01
     assert history.find_report(s, rs.run_id) == report
     engine.alerts.close(0)

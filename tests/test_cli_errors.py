@@ -210,7 +210,8 @@ def test_sample_into_a_read_only_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [["sample", "--days", "abc"], ["sample", "--days", "0"], ["sample", "--bogus"], ["status", "--runs", "x"],
-     ["init", "a", "b"], ["verify", "--bogus"], ["rebuild"], ["--bogus"]],
+     ["init", "a", "b"], ["verify", "--bogus"], ["rebuild"], ["--bogus"], ["web", "--port", "x"],
+     ["web", "--port", "70000"]],
 )
 def test_bad_arguments_exit_4_in_every_command(tmp_path: Path, args: list[str]) -> None:
     root = tmp_path / "root"
@@ -249,7 +250,8 @@ def test_the_console_and_status_show_the_store_size_in_the_same_unit(tmp_path: P
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("command", [[], ["init"], ["sample"], ["status"], ["verify"], ["rebuild"], ["ctl"]])
+@pytest.mark.parametrize("command", [[], ["init"], ["sample"], ["status"], ["verify"], ["rebuild"], ["ctl"],
+                                     ["web"]])
 def test_help_speaks_to_users(command: list[str]) -> None:
     got = qtsw(*command, "--help")
     assert got.returncode == 0 and got.stderr == ""

@@ -29,7 +29,7 @@ from pipeline_core import catalog, history, results
 from pipeline_core.engine import Engine
 from pipeline_core.events import STAGES, TERMINAL, Event
 from pipeline_core.results import Period, ResultFilter
-from pipeline_core.runstate import OutputMessage
+from pipeline_core.runstate import STAGE_NAMES, OutputMessage
 from pipeline_core.sample import write_export_signal, write_samples
 from pipeline_core.settings import CHICAGO, Settings, load_settings
 from qtsw_tui.app import QtswApp, build_app
@@ -53,6 +53,7 @@ from qtsw_tui.widgets.event_table import (
     newest_matching,
     record,
 )
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import countdown, duration, event_clock, size
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.progress import InstrumentProgressList
@@ -757,6 +758,80 @@ async def test_navigation_escape_palette_and_footer(tmp_path):
         await pilot.press("q")
 
 
+def footer_shown(app: QtswApp) -> dict[str, tuple[int, int]]:
+    """The footer keys drawn on the screen now: {key: (left column, right column)}."""
+    footer = app.screen.query_one(KeyFooter)
+    assert footer.region.width == app.size.width
+    line = footer.render().plain
+    out = {}
+    for k in footer.shown:
+        assert line[k.start:k.end].startswith(k.display)
+        out[k.display] = (k.start, k.end)
+    return out
+
+
+async def test_every_footer_keeps_help_and_quit_in_sight(tmp_path):
+    """At 80 columns the console-wide keys give way on screens with many keys of their own;
+    they still work there. At 160 columns nothing is left out."""
+    s = sample_root(tmp_path / "root", days=2, instruments=["ES"])
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        await run_and_wait(pilot, "r", 0, "a run for the screens to show")
+        views = {"main": (), "events": ("e",), "history": ("escape", "h"), "run detail": ("enter",),
+                 "quarantine": ("escape", "escape", "u"), "alerts": ("escape", "exclamation_mark"),
+                 "results": ("escape", "s")}
+        for view, keys in views.items():
+            await pilot.press(*keys)
+            await pilot.pause()
+            shown = footer_shown(app)
+            assert "?" in shown and "q" in shown, (view, shown)
+            assert all(right <= SIZE[0] for _, right in shown.values()), (view, shown)
+        # on the results screen the pipeline's stage keys gave way at 80 columns, yet they work
+        assert {"esc", "x", "?", "q"} <= set(footer_shown(app)) and "t" not in footer_shown(app)
+        await run_and_wait(pilot, "t", 1, "a translator run started from the results screen")
+        await pilot.resize_terminal(160, 48)
+        await wait_for(pilot, lambda: "t" in footer_shown(app), "t back in a wide footer")
+        assert {"esc", "x", "r", "t", "p", "c", "?", "q"} <= set(footer_shown(app))
+        await pilot.press("escape", "q")
+
+
+async def test_long_lines_and_skip_reasons_wrap_in_their_pane_at_80_columns(tmp_path):
+    """A stage's long output line and a skipped stage's reason are read whole in the pane, not
+    cut at its edge: wrapped, the continuation indented."""
+    s = sample_root(tmp_path / "root", days=1, instruments=["ES"])
+    app = console(s)
+    async with app.run_test(size=SIZE) as pilot:
+        first = await run_and_wait(pilot, "r", 0, "a run translating the export")
+        await run_and_wait(pilot, "r", 1, "a run with nothing to do")
+        panes = {stage: app.query_one(f"#pane-{stage}", StagePane) for stage in STAGE_NAMES}
+        width = panes["translator"].scrollable_content_region.width
+        lines = {stage: list(pane.lines) for stage, pane in panes.items()}
+        await pilot.press("q")
+    assert 30 < width < 60
+    for stage, shown in lines.items():
+        assert all(len(ln) <= width for ln in shown), stage
+    # the translator's line about the file, as its log has it, is on screen whole
+    log = (s.runs_dir / first["run_id"] / "translator.log").read_text().splitlines()
+    [long_line] = [ln for ln in log if " bars kept of " in ln]
+    assert len(long_line) > width
+    shown = lines["translator"]
+    at = next(i for i, ln in enumerate(shown) if long_line.startswith(ln))
+    parts = [shown[at]]
+    for ln in shown[at + 1:]:
+        if not ln.startswith("  "):
+            break
+        parts.append(ln.strip())
+    assert len(parts) > 1 and " ".join(parts) == long_line
+    # each stage's skip reason, whole
+    run_id = history.read_runs(s)[-1]["run_id"]
+    for e in history.run_events(s, run_id):
+        if e.event == "skipped" and e.stage in lines:
+            shown = lines[e.stage]
+            at = max(i for i, ln in enumerate(shown) if ln.startswith("skipped: "))
+            reason = " ".join(ln.strip() for ln in shown[at:])
+            assert reason == f"skipped: {e.data.get('reason') or e.msg}", e.stage
+
+
 async def test_enter_opens_an_event_with_all_its_fields(tmp_path):
     from qtsw_tui.screens.event_detail import EventDetailScreen
 
@@ -818,6 +893,17 @@ async def test_quarantine_is_counted_shown_and_a_fixed_file_requeued(tmp_path):
         detail = shown_text(screen.query_one("#quarantine-detail"), width=1000)
         assert raw.name in detail and f"line {q.line}" in detail and "r re-queues it" in detail
 
+        await pilot.press("escape", "h", "enter")  # the run's detail names the file, rule and line
+        assert isinstance(app.screen, RunDetailScreen)
+        detail_screen = app.screen
+        await wait_for(pilot, lambda: detail_screen.report is not None, "the run's report")
+        stages = shown_text(detail_screen.query_one("#detail-stages"), width=1000)
+        assert f"quarantined {raw.name}: {q.rule} at line {q.line} — " in stages
+        assert f"1 quarantined ({raw.name})" in stages  # the stage's summary names it too
+        await pilot.press("escape", "escape", "u")
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.files) == 1, "the quarantine again")
+
         (s.quarantine_dir / raw.name).write_text(good)  # the operator fixes the file
         await pilot.press("r")
         await wait_for(pilot, lambda: screen.files == [], "the quarantine to empty")
@@ -830,8 +916,8 @@ async def test_quarantine_is_counted_shown_and_a_fixed_file_requeued(tmp_path):
         await pilot.press("q")
 
 
-async def test_history_keeps_the_header(tmp_path):
-    """An active run stays in sight on the history screen."""
+async def test_history_and_results_keep_the_header(tmp_path):
+    """An active run stays in sight on the history and results screens."""
     s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
     app = console(s)
     async with app.run_test(size=SIZE) as pilot:
@@ -839,7 +925,7 @@ async def test_history_keeps_the_header(tmp_path):
         await wait_for(pilot, lambda: (cur := app.engine.snapshot().current) is not None
                        and cur.stage == "analyzer", "the analyzer to run")
         hold = held_in_analyzer(s)
-        for key, screen_type in (("h", HistoryScreen),):
+        for key, screen_type in (("h", HistoryScreen), ("s", ResultsScreen)):
             await pilot.press(key)
             assert isinstance(app.screen, screen_type)
             header = app.screen.query_one(".screen-header", StatusHeader)

@@ -9,8 +9,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -38,7 +39,7 @@ class AlertsScreen(Screen[None]):
         table.add_column("Alert", key="message")
         yield table
         yield Static("", id="alerts-status")
-        yield Footer(compact=True)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.monitor.listeners.append(self._changed)

@@ -12,10 +12,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from pipeline_core.events import Event, read_events, run_event_path, scheduler_event_path
 from pipeline_core.settings import Settings
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import event_clock
 
 
@@ -75,7 +76,7 @@ class EventDetailScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="event-detail"):
             yield Static("reading the event…", id="event-fields", markup=False)
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#event-detail").border_title = f"Event {self.seq} of {self.run_id[:8]}"

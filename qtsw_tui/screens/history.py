@@ -9,11 +9,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from pipeline_core import history
 from pipeline_core.settings import Settings
 from qtsw_tui.screens.run_detail import RunDetailScreen
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time, duration, run_seconds, short_id, state_mark
 from qtsw_tui.widgets.header import StatusHeader
 
@@ -63,7 +64,7 @@ class HistoryScreen(Screen[None]):
         table.add_column("Stages", key="stages", width=9)
         yield table
         yield Static("", id="history-status")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.action_reload()

@@ -9,11 +9,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from pipeline_core.quarantine import QuarantinedFile, quarantined, requeue
 from pipeline_core.settings import Settings
 from pipeline_core.usage import describe_os_error
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import key_label
 
 
@@ -41,7 +42,7 @@ class QuarantineScreen(Screen[None]):
         table.add_column("Reason", key="reason", width=60)
         yield table
         yield Static("", id="quarantine-detail", markup=False)
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.action_reload()

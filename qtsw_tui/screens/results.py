@@ -7,6 +7,7 @@ only the columns it needs and each monthly file once); the screen only fills its
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, ScrollableContainer
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
 from pipeline_core import catalog, clock, results
@@ -43,8 +44,9 @@ from qtsw_tui.resultscmd import (
     money,
     stat_cells,
 )
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import key_label
-from qtsw_tui.widgets.header import stale_notice
+from qtsw_tui.widgets.header import StatusHeader, stale_notice
 
 PLOT_POINTS = 400  # an equity curve is drawn from at most this many dates (bucket ends)
 
@@ -181,8 +183,10 @@ class ResultsScreen(Screen[None]):
         self.view: View | None = None
         self.stale: dict[str, str] = {}
         self.exported: Path | None = None  # the last CSV written by ``x``
+        self.delivered = ""  # the last CSV handed to the browser by ``x`` (qtsw web)
 
     def compose(self) -> ComposeResult:
+        yield StatusHeader(classes="screen-header")  # an active run stays in sight
         with Horizontal(id="results-top"):
             yield Static("Results", id="screen-title")
         with TabbedContent(id="results-tabs", initial="tab-matrix"):
@@ -198,7 +202,7 @@ class ResultsScreen(Screen[None]):
                 yield PlotextPlot(id="results-equity")
                 yield Static("", id="results-equity-note")
         yield Static("reading the monthly results …", id="results-status")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._load()
@@ -432,6 +436,14 @@ class ResultsScreen(Screen[None]):
             return
         text = csv_text(self.rs, self.flt, self.year)
         name = f"results_{self.year}_{clock.now():%Y%m%d_%H%M%S}.csv"
+        if self.app.is_web:
+            # in a browser (qtsw web) the file goes to the person looking at it, not to the
+            # server's disk: the browser downloads it
+            self.app.deliver_text(io.StringIO(text), save_filename=name, mime_type="text/csv",
+                                  encoding="utf-8")
+            self.delivered = name
+            self.notify(f"{name}: your browser downloads it", title="Results", markup=False)
+            return
         path = self.settings.exports_dir / name
         try:
             write_bytes_atomic(path, text.encode())

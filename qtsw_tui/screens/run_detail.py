@@ -13,13 +13,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Log, Select, Static, TabbedContent, TabPane
+from textual.widgets import Log, Select, Static, TabbedContent, TabPane
 
 from pipeline_core import history
 from pipeline_core.events import Event
 from pipeline_core.runstate import STAGE_NAMES
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.event_table import EventsPanel
+from qtsw_tui.widgets.footer_fit import KeyFooter
 from qtsw_tui.widgets.format import clock_time, duration, parse_time, run_seconds, state_mark
 
 LOG_TAIL_BYTES = 2_000_000  # the widget shows the end of a stage log; the file is the store
@@ -48,6 +49,8 @@ def counts_text(counts: dict[str, Any] | None) -> str:
     """``files=3 rows=12,345`` — a stage's counts, nested values summarised."""
     parts = []
     for k, v in (counts or {}).items():
+        if k in LISTED:
+            continue  # a line of its own (see _detail)
         if isinstance(v, bool):
             parts.append(f"{k}={v}")
         elif isinstance(v, int):
@@ -64,6 +67,20 @@ def counts_text(counts: dict[str, Any] | None) -> str:
     return " ".join(parts)
 
 
+LISTED = ("quarantined_files",)
+
+
+def quarantined_line(q: dict[str, Any]) -> Text:
+    """``quarantined ES_x.csv: bad_row at line 7 — 12 of 100 rows broken``."""
+    where = f" at line {q['line']}" if q.get("line") not in (None, "", "-") else ""
+    t = Text("quarantined ", style="yellow")
+    t.append(str(q.get("file", "?")), style="bold")
+    t.append(f": {q.get('rule', '?')}{where}")
+    if q.get("reason"):
+        t.append(f" — {q['reason']}")
+    return t
+
+
 def _detail(info: dict[str, Any], counts: bool = True) -> Text:
     """A stage's message, counts (dim), skip reason and error (red), one per line."""
     parts: list[Text] = []
@@ -73,6 +90,9 @@ def _detail(info: dict[str, Any], counts: bool = True) -> Text:
         parts.append(Text(counts_text(info.get("counts")), style="dim"))
     if info.get("reason"):
         parts.append(Text(str(info["reason"]), style="dim"))
+    for q in (info.get("counts") or {}).get("quarantined_files") or []:
+        if isinstance(q, dict):
+            parts.append(quarantined_line(q))
     if info.get("error") and info.get("error") != info.get("msg"):
         parts.append(Text(str(info["error"]), style="bold red"))
     return Text("\n").join(parts)
@@ -157,7 +177,7 @@ class RunDetailScreen(Screen[None]):
             with TabPane("Logs", id="tab-logs"), Vertical():
                 yield Select([], prompt="stage log", id="detail-log-choice", allow_blank=True)
                 yield Log(id="detail-log", max_lines=LOG_TAIL_LINES + 1, auto_scroll=True)
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._load()

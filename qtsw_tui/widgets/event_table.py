@@ -436,7 +436,7 @@ class EventsPanel(Vertical):
         text = (
             f"{self.table.row_count:,} shown · {total:,} events{dropped} · {self.flt.describe()}"
             f"  [dim]{key_label(self.app, 'filter', '/')} filter · {key_label(self.app, 'events.stage', 'f')} stage"
-            f" · {key_label(self.app, 'events.verbose', 'v')} verbose[/]"
+            f" · {key_label(self.app, 'events.verbose', 'v')} verbose · enter detail[/]"
         )
         status.update(text, layout=False)  # one line, fixed height: repaint only
 

@@ -83,7 +83,8 @@ def header_lines(
         if stale:
             bottom.append("  ⚠ results from other settings", style="bold yellow")
     if host:  # first: at 80 columns a long line loses its end, never who runs the engine
-        bottom = Text.assemble((host, "bold magenta" if host.startswith("detached") else "dim"), "  ", bottom)
+        waiting = "detached" in host or "no engine" in host
+        bottom = Text.assemble((host, "bold magenta" if waiting else "dim"), "  ", bottom)
     return top, bottom
 
 
@@ -102,6 +103,10 @@ class StatusHeader(Static):
             def k(binding_id: str, default: str) -> str:
                 return key_label(self.app, binding_id, default)
 
+            if getattr(self.app, "read_only", False):  # a web console that only watches
+                self._hint_text = (f"{k('results', 's')} results · {k('history', 'h')} history · "
+                                   f"{k('help', '?')} help")
+                return self._hint_text
             self._hint_text = (
                 f"{k('run_now', 'r')} run now · {k('run_translator', 't')}/{k('run_analyzer', 'a')}/"
                 f"{k('run_merger', 'm')} one stage · {k('results', 's')} results · {k('help', '?')} help"

@@ -8,6 +8,7 @@ The full output of a stage is in its ``logs/runs/<run_id>/<stage>.log`` file.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from rich.text import Text
@@ -15,6 +16,19 @@ from textual.binding import Binding
 from textual.widgets import Log
 
 from qtsw_tui.widgets.format import duration, state_mark
+
+MIN_WRAP = 20  # narrower than this (not laid out yet) a line is kept whole
+CONTINUATION = "  "
+
+
+def wrap_line(line: str, width: int) -> list[str]:
+    """``line`` in pieces of at most ``width`` columns, broken at spaces where it can be."""
+    if len(line) <= width:
+        return [line]
+    return textwrap.wrap(
+        line, width, subsequent_indent=CONTINUATION, break_on_hyphens=False, drop_whitespace=True
+    ) or [line[:width]]
+
 
 STAGE_TITLES = {"translator": "Translator", "analyzer": "Analyzer", "merger": "Merger"}
 
@@ -36,11 +50,18 @@ class StagePane(Log):
         self._retitle()
 
     def add_lines(self, lines: Sequence[str]) -> None:
-        """Append a batch of output lines; only the last ``max_lines`` of a flood are kept."""
+        """Append a batch of output lines; only the last ``max_lines`` of a flood are kept.
+
+        A line wider than the pane is wrapped (its continuation indented), so a skip reason or
+        a file's figures are read whole at 80 columns; the stage's log file has it as written.
+        """
         if not lines:
             return
         if self.max_lines is not None and len(lines) > self.max_lines:
             lines = lines[-self.max_lines :]
+        width = self.scrollable_content_region.width
+        if width >= MIN_WRAP:
+            lines = [part for line in lines for part in wrap_line(line, width)]
         self.write_lines(lines)
 
     def set_state(self, state: str | None, elapsed: float | None = None) -> None:
