@@ -13,20 +13,29 @@ repeats. The first message must be ``hello`` with the protocol ``version``::
     > {"type":"run_now","id":3,"full":false}         (also: stage + "stage", pause, resume, cancel)
     < {"type":"accepted","id":3,"command":"run_now","run_id":…}
     < {"type":"refused","id":3,"command":"run_now","reason":"a run is active: ab12cd34"}
-    > {"type":"subscribe","id":4}
+    > {"type":"subscribe","id":4}                     (a console: "tail":N, see below)
     < {"type":"subscribed","id":4,"run_id":…}
-    < {"n":1,"type":"snapshot","snapshot":{…}}                       the catch-up …
-    < {"n":2,"type":"event","catchup":true,"event":{v1 event}}
-    < {"n":3,"type":"output","catchup":true,"run_id":…,"stage":…,"instrument":…,"line":…}
-    < {"n":4,"type":"caught_up"}
-    < {"n":5,"type":"event","event":{…}}                            … then live
+    < {"n":38,"type":"snapshot","snapshot":{…}}                      the catch-up …
+    < {"n":39,"type":"event","catchup":true,"event":{v1 event}}
+    < {"n":40,"type":"output","catchup":true,"run_id":…,"stage":…,"instrument":…,"line":…}
+    < {"n":41,"type":"caught_up"}
+    < {"n":42,"type":"event","event":{…}}                           … then live
     < {"type":"error","error":"…"}       a malformed, oversized or unknown message
     < {"type":"lagging","error":"…"}     the client fell behind: it is disconnected
 
-``n`` numbers the messages of a subscription 1, 2, 3 … so a client sees a gap at once. Events
+``n`` numbers the messages of a subscription with consecutive integers, so a client sees a gap
+at once. A live message's ``n`` is the engine's own count of the messages it has published (the
+same for every client, so it is written once); a client's catch-up is numbered up to its first
+live message, and so may begin anywhere, below 1 too. Events
 carry the ``seq`` of their event file: the catch-up reads the file up to the point where the
 client was registered for live events, so an event is in the catch-up or live, never both and
-never neither; a client that reconnects de-duplicates by ``(run_id, seq)``.
+never neither; a client that reconnects de-duplicates by ``(run_id, seq)``. With ``"tail": N``
+the catch-up keeps of the run's progress, metric and log events only the newest N (log
+warnings and errors are kept), with all its other events: what a console shows, in a bounded
+catch-up however many events the run has written.
+
+Every subscription message is encoded once, whatever the number of clients: it is appended to
+one live log, and each client's writer sends from its own cursor in it, many messages per write.
 
 A slow client never slows the engine: each client has a bounded queue, and one that falls
 behind is told so and disconnected. The server runs on the engine's own event loop (anyio), in
@@ -62,7 +71,6 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectSendStream
 
 from pipeline_core import clock
 from pipeline_core.events import run_event_path, scheduler_event_path
@@ -87,8 +95,11 @@ PANE_LINES = 200  # recent output lines per stage pane in a catch-up
 LAST_RUN_EVENTS = 2000  # the last run's events in a catch-up while no run is active
 SCHEDULER_CATCHUP = 50  # recent scheduler events in a catch-up
 SCHEDULER_TAIL_BYTES = 64 * 1024  # how much of scheduler.jsonl is read for them
-WRITE_BYTES = 256 * 1024
-COALESCE_SECONDS = 0.01  # a client's writes are at least this far apart (the delay it adds at most)  # at most this much queued output in one write to a client
+WRITE_BYTES = 256 * 1024  # a write smaller than a sixteenth of this is a trickle (see COALESCE_SECONDS)
+WRITE_COUNT = 2000  # live messages in one write to a client at most
+COALESCE_SECONDS = 0.01  # a trickling client's writes are at least this far apart (the delay it adds at most)
+TRIM_AT = 4096  # live messages kept before the ones every client has been sent are forgotten
+VERBOSE_EVENTS = (b"progress", b"metric", b"log")  # what a catch-up with a tail keeps only the newest of
 SNAPSHOT_SECONDS = 0.25  # how often the snapshot is compared and a change sent to subscribers
 COMMANDS = ("run_now", "stage", "pause", "resume", "cancel")
 REQUESTS = ("hello", "snapshot", "subscribe", "ping", *COMMANDS)
@@ -243,58 +254,58 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 
 
 class _Client:
-    """One connected peer: its queue of lines to send, and whether it is subscribed."""
+    """One connected peer: its replies waiting to be sent, its catch-up, and where it is in the
+    server's live log (every subscriber reads the same encoded messages; none is copied per client)."""
 
     def __init__(self, server: ControlServer, stream: anyio.abc.SocketStream, pid: int, uid: int) -> None:
         self.server = server
         self.stream = stream
+        # read and written directly (anyio's stream logs an error when a client is cut off
+        # while its socket turns ready: a cancelled wait's future is then set)
+        self.sock: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        self.sock.setblocking(False)
         self.pid = pid
         self.uid = uid
         self.greeted = False
         self.subscribed = False
-        self.live = False  # catch-up sent: live messages go straight to the queue
-        self.held: list[bytes] = []  # live messages that arrived during the catch-up
-        self.n = 0
+        self.replies: deque[bytes] = deque()  # answers to its requests (unnumbered)
+        self.catchup: list[bytes] | None = None  # subscription messages before the live ones
+        self.cursor = -1  # the index in the live log of the next live message it gets
+        self.live = False  # catch-up sent: live messages go out
         self.lagging = False
+        self.closing = False  # the peer closed its side: send what is waiting, then end
         self.blocked_since: float | None = None  # a write to it has been waiting since
-        send, recv = anyio.create_memory_object_stream[tuple[bool, bytes]](CLIENT_QUEUE_MAX)
-        self.out: MemoryObjectSendStream[tuple[bool, bytes]] = send
-        self.inbox = recv
+        self.wake = anyio.Event()
         self.scope: anyio.CancelScope | None = None
         self.tg: anyio.abc.TaskGroup | None = None
 
     def reply(self, obj: dict[str, Any]) -> None:
-        self._put(False, _dumps(obj))
-
-    def stream_line(self, body: bytes) -> None:
-        """A subscription message (``body`` without its ``n``); held back during the catch-up."""
-        if not self.live:
-            self.held.append(body)
-            if len(self.held) > CLIENT_QUEUE_MAX:
-                self.fall_behind()
-            return
-        self._put(True, body)
-
-    def _put(self, numbered: bool, data: bytes) -> None:
         if self.lagging:
             return
-        try:
-            self.out.send_nowait((numbered, data))
-        except anyio.WouldBlock:
-            self.fall_behind()
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
-        else:
-            if (self.blocked_since is not None
-                    and self.out.statistics().current_buffer_used > CLIENT_QUEUE
-                    and time.monotonic() - self.blocked_since > STUCK_SECONDS):
-                self.fall_behind()  # the queue grows while the client takes nothing
+        self.replies.append(_dumps(obj))
+        if len(self.replies) > CLIENT_QUEUE:
+            self.fall_behind()  # it sends requests and never reads the answers
+            return
+        self.poke()
+
+    def poke(self) -> None:
+        """Something to send: wake its writer (if it waits)."""
+        self.server._sleepers.discard(self)
+        self.wake.set()
+
+    def behind(self) -> int:
+        """Messages waiting for it: replies, catch-up and live ones not yet written."""
+        waiting = len(self.replies) + len(self.catchup or ())
+        if self.cursor >= 0:
+            waiting += self.server._end - self.cursor
+        return waiting
 
     def fall_behind(self) -> None:
         if self.lagging:
             return
         self.lagging = True
         self.server.lagged += 1
+        self.server._sleepers.discard(self)
         if self.scope is not None:
             self.scope.cancel()
 
@@ -329,6 +340,13 @@ class ControlServer:
                 if isinstance(m, OutputMessage) and m.stage in self._recent:
                     self._recent[m.stage].append(_dumps({"type": "output", "run_id": m.run_id, "stage": m.stage,
                                                          "instrument": m.instrument, "line": m.line}))
+        # the live log: every subscription message once, encoded and numbered once (its ``n``
+        # is the engine's count of them); a client's cursor says how far it has been sent
+        self._log: list[bytes] = []
+        self._base = 0  # the index of _log[0]
+        self._end = 0  # the index of the next message (and the n of the last one)
+        self._subscribers = 0  # clients with a cursor
+        self._sleepers: set[_Client] = set()  # live clients whose writer waits for a message
         self._unsubscribe: Any = None
         self._loop_thread: int | None = None
         self._token: Any = None
@@ -453,11 +471,11 @@ class ControlServer:
                     client.tg = tg
                     tg.start_soon(self._writer, client)
                     await self._reader(client)
-                    # the peer closed its side: send what is queued, then end
-                    client.out.close()
+                    # the peer closed its side: send what is waiting, then end
+                    client.closing = True
+                    client.poke()
         finally:
-            self.clients.discard(client)
-            client.out.close()
+            self._drop(client)
             if client.lagging:
                 # tell it why, without waiting for a peer that does not read
                 with contextlib.suppress(OSError):
@@ -472,51 +490,99 @@ class ControlServer:
                     await stream.aclose()
 
     async def _writer(self, client: _Client) -> None:
-        """Send the client's queue, as many queued lines per write as are waiting (a burst of
-        events costs the engine a few writes, not one per event and client)."""
-
-        def frame(numbered: bool, data: bytes) -> bytes:
-            if numbered:
-                client.n += 1
-                return b'{"n":%d,' % client.n + data[1:]
-            return data
-
-        inbox = client.inbox
+        """Send the client what waits for it: its replies, its catch-up (one write), then the
+        live log from its cursor, many messages per write (a burst of events costs the engine a
+        few writes per client, not one per event)."""
         try:
             while True:
-                try:
-                    numbered, data = inbox.receive_nowait()  # no extra turn of the loop when busy
-                except anyio.WouldBlock:
-                    numbered, data = await inbox.receive()
-                parts = [frame(numbered, data)]
-                size = len(parts[0])
-                while size < WRITE_BYTES:
-                    try:
-                        numbered, data = inbox.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    parts.append(frame(numbered, data))
-                    size += len(parts[-1])
+                data = self._take(client)
+                if data is None:
+                    if client.closing:
+                        return
+                    client.wake = anyio.Event()
+                    if client.live:
+                        self._sleepers.add(client)
+                    await client.wake.wait()
+                    continue
                 client.blocked_since = time.monotonic()
-                await client.stream.send(b"".join(parts))
+                await _send_all(client.sock, data)
                 client.blocked_since = None
-                if size < WRITE_BYTES // 16:
-                    # a trickle: let the next lines gather, so a steady stream of events costs
+                if client.live and len(data) < WRITE_BYTES // 16:
+                    # a trickle: let the next messages gather, so a steady stream of events costs
                     # the engine a write per client every COALESCE_SECONDS, not one per event
                     await anyio.sleep(COALESCE_SECONDS)
-        except anyio.EndOfStream:
-            return
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             if client.scope is not None:
                 client.scope.cancel()
+
+    def _take(self, client: _Client) -> bytes | None:
+        """The next bytes to write to ``client``, or None when nothing waits."""
+        if client.replies:
+            data = b"".join(client.replies)
+            client.replies.clear()
+            return data
+        if client.catchup is not None:
+            # the whole catch-up in one write, numbered up to the first live message's n; the
+            # live messages follow, with no await between
+            data = _numbered(client.cursor - len(client.catchup) + 1, client.catchup)
+            client.catchup = None
+            client.live = True
+            return data
+        if client.live and client.cursor < self._end:
+            i = client.cursor - self._base
+            chunk = self._log[i:i + WRITE_COUNT]  # numbered already: the same bytes for all
+            client.cursor += len(chunk)
+            self._trim()
+            return b"".join(chunk)
+        return None
+
+    def _trim(self, *, force: bool = False) -> None:
+        """Forget the live messages every client has been sent (amortised: in halves)."""
+        if len(self._log) < TRIM_AT and not force:
+            return
+        low = min((c.cursor for c in self.clients if c.cursor >= 0), default=self._end)
+        k = low - self._base
+        if k > 0 and (force or 2 * k >= len(self._log)):
+            del self._log[:k]
+            self._base = low
+
+    def _drop(self, client: _Client) -> None:
+        """The client leaves (or is cut off): its cursor no longer holds the live log."""
+        self.clients.discard(client)
+        self._sleepers.discard(client)
+        if client.cursor >= 0:
+            client.cursor = -1
+            self._subscribers -= 1
+        client.live = False
+        if not self._subscribers:
+            self._log.clear()
+            self._base = self._end
+
+    def _cut_laggards(self) -> None:
+        """Cut off the clients that fell behind: too much waiting for them, or a write to them
+        blocked for STUCK_SECONDS while more than CLIENT_QUEUE messages wait."""
+        now = time.monotonic()
+        for client in list(self.clients):
+            behind = client.behind()
+            if behind > CLIENT_QUEUE_MAX or (
+                    behind > CLIENT_QUEUE and client.blocked_since is not None
+                    and now - client.blocked_since > STUCK_SECONDS):
+                client.fall_behind()
+                self._drop(client)
+        self._trim(force=True)
 
     async def _reader(self, client: _Client) -> None:
         buf = b""
         skipping = False  # inside an oversized line: drop bytes up to its newline
         while True:
             try:
-                chunk = await client.stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                chunk = client.sock.recv(65536)
+            except BlockingIOError:
+                await anyio.wait_readable(client.sock)
+                continue
+            except OSError:
+                return
+            if not chunk:
                 return
             buf += chunk
             while True:
@@ -576,7 +642,7 @@ class ControlServer:
             elif kind == "snapshot":
                 client.reply({"type": "snapshot", "id": msg_id, "snapshot": self._snapshot()})
             elif kind == "subscribe":
-                self._subscribe(client, msg_id)
+                self._subscribe(client, msg, msg_id)
             else:
                 self._command(client, kind, msg, msg_id)
         except Exception as exc:  # noqa: BLE001 - a bad request must never disturb the engine
@@ -655,9 +721,13 @@ class ControlServer:
 
     # --- subscriptions -----------------------------------------------------------------------
 
-    def _subscribe(self, client: _Client, msg_id: Any) -> None:
+    def _subscribe(self, client: _Client, msg: dict[str, Any], msg_id: Any) -> None:
         if client.subscribed:
             self._error(client, "already subscribed", msg_id)
+            return
+        tail = msg.get("tail")
+        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
+            self._error(client, "subscribe: tail must be a whole number of events, 0 or more", msg_id)
             return
         snap = self.engine.snapshot()
         run_id = snap.current.run_id if snap.current is not None else (
@@ -667,76 +737,80 @@ class ControlServer:
         run_file = run_event_path(self.settings.events_dir, run_id) if run_id else None
         sched_file = scheduler_event_path(self.settings.events_dir)
         upto = {p: _size(p) for p in (run_file, sched_file) if p is not None}
-        recent = [_with(line, catchup=True) for pane in self._recent.values() for line in pane]
+        recent = [b'{"catchup":true,' + line[1:] for pane in self._recent.values() for line in pane]
         client.subscribed = True
-        client.held = []
+        client.cursor = self._end  # live from here: what is published from now on
+        self._subscribers += 1
         client.reply({"type": "subscribed", "id": msg_id, "run_id": run_id})
-        # the engine's state at once (n = 1); live messages wait until the catch-up is through
-        client._put(True, _dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)}))
+        first = _dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)})  # the first message
         assert client.tg is not None
-        client.tg.start_soon(self._catch_up, client, run_file, sched_file, upto, recent, snap.current is not None)
+        client.tg.start_soon(self._catch_up, client, run_file, sched_file, upto, [first, *recent], tail,
+                             snap.current is not None)
 
     async def _catch_up(self, client: _Client, run_file: Path | None, sched_file: Path,
-                        upto: dict[Path, int], recent: list[bytes], active: bool = True) -> None:
+                        upto: dict[Path, int], around: list[bytes], tail: int | None, active: bool = True) -> None:
         def read() -> list[bytes]:
             # the file's own lines, wrapped: no event is decoded and encoded again
             sched = _event_lines_upto(sched_file, upto.get(sched_file, 0), tail=SCHEDULER_TAIL_BYTES)
             out = [_CATCHUP_EVENT + line + b"}\n" for line in sched[-SCHEDULER_CATCHUP:]]
             if run_file is not None:
-                run_lines = _event_lines_upto(run_file, upto.get(run_file, 0))
+                lines = _event_lines_upto(run_file, upto.get(run_file, 0), keep_verbose=tail)
                 if not active:  # the last run: its last events, as a console that hosts shows
-                    run_lines = run_lines[-LAST_RUN_EVENTS:]
-                out += [_CATCHUP_EVENT + line + b"}\n" for line in run_lines]
+                    lines = lines[-LAST_RUN_EVENTS:]
+                out += [_CATCHUP_EVENT + line + b"}\n" for line in lines]
             return out
 
         lines = await anyio.to_thread.run_sync(read)
-        # the snapshot taken at subscribe time, the files, the recent output, then what arrived
-        # live meanwhile (held until now), in that order
-        pending = deque([*lines, *recent, _dumps({"type": "caught_up"})])
-        sent = 0
-        while pending or client.held:
-            if not pending:
-                pending.extend(client.held)
-                client.held = []
-            data = pending.popleft()
-            try:
-                client.out.send_nowait((True, data))
-            except anyio.WouldBlock:
-                pending.appendleft(data)
-                await anyio.sleep(0.01)  # the catch-up waits for the client, never the engine
-                if client.lagging:
-                    return
-                continue
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
-            sent += 1
-            if sent % 500 == 0:
-                await anyio.lowlevel.checkpoint()
-        client.live = True  # no await since the last look at held: nothing falls between
+        if client.lagging:
+            return
+        # the snapshot taken at subscribe time, the files, the recent output, then (from the
+        # client's cursor, set at subscribe time) what was published meanwhile
+        first, *recent = around
+        client.catchup = [first, *lines, *recent, _dumps({"type": "caught_up"})]
+        client.poke()
 
     def _broadcast(self, body: bytes) -> None:
-        for client in list(self.clients):
-            if client.subscribed:
-                client.stream_line(body)
+        """One subscription message, encoded once for every subscriber: appended to the live
+        log, from which each client's writer takes it. No work per client here."""
+        if not self._subscribers:
+            return
+        self._end += 1
+        self._log.append(b'{"n":%d,' % self._end + body[1:])
+        self._published()
+
+    def _published(self) -> None:
+        """A message was appended to the live log: wake the writers that wait for one."""
+        if self._sleepers:
+            for client in self._sleepers:
+                client.wake.set()
+            self._sleepers.clear()
+        if len(self._log) > CLIENT_QUEUE_MAX:
+            self._cut_laggards()
 
     def _on_engine(self, msg: EventMessage | OutputMessage) -> None:
-        """The engine's subscriber: one JSON line built once, queued for every subscriber."""
+        """The engine's subscriber: one JSON line built once (nothing with no subscriber), appended
+        to the live log for all of them."""
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
             anyio.from_thread.run_sync(self._on_engine, msg, token=self._token)
             return
         if isinstance(msg, EventMessage):
-            body = _dumps({"type": "event", "event": msg.event.to_dict()})
-        else:
-            body = _dumps({"type": "output", "run_id": msg.run_id, "stage": msg.stage,
-                           "instrument": msg.instrument, "line": msg.line})
-            pane = self._recent.get(msg.stage)
-            if pane is not None:
-                pane.append(body)
+            if self._subscribers:
+                # the event's line as its file has it, wrapped and numbered in one step
+                self._end += 1
+                self._log.append(b'{"n":%d,"type":"event","event":%b}\n' % (self._end, msg.event.to_line().encode()))
+                self._published()
+            return
+        body = _dumps({"type": "output", "run_id": msg.run_id, "stage": msg.stage,
+                       "instrument": msg.instrument, "line": msg.line})
+        pane = self._recent.get(msg.stage)
+        if pane is not None:
+            pane.append(body)  # kept for the catch-ups, subscribers or not
         self._broadcast(body)
 
     async def _watch_snapshot(self) -> None:
         while True:
             await anyio.sleep(SNAPSHOT_SECONDS)
+            self._cut_laggards()
             if not any(c.subscribed for c in self.clients):
                 self._last_snapshot = None
                 continue
@@ -751,10 +825,26 @@ class ControlServer:
                 self._broadcast(_dumps({"type": "snapshot", "snapshot": d}))
 
 
-def _with(body: bytes, **extra: Any) -> bytes:
-    obj = json.loads(body)
-    obj.update(extra)
-    return _dumps(obj)
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Write all of ``data`` to a non-blocking socket, waiting while it is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            continue
+        view = view[sent:]
+
+
+def _numbered(first: int, messages: list[bytes]) -> bytes:
+    """``messages`` (JSON objects, one per line) as one block, numbered ``first``, ``first`` + 1 …"""
+    if not messages:
+        return b""
+    args: list[Any] = [None] * (2 * len(messages))
+    args[0::2] = range(first, first + len(messages))
+    args[1::2] = [m[1:] for m in messages]
+    return (b'{"n":%d,%b' * len(messages)) % tuple(args)
 
 
 def _size(path: Path) -> int:
@@ -767,9 +857,12 @@ def _size(path: Path) -> int:
 _CATCHUP_EVENT = b'{"type":"event","catchup":true,"event":'
 
 
-def _event_lines_upto(path: Path, upto: int, *, tail: int | None = None) -> list[bytes]:
+def _event_lines_upto(path: Path, upto: int, *, tail: int | None = None,
+                      keep_verbose: int | None = None) -> list[bytes]:
     """The complete, well-formed event lines in the first ``upto`` bytes of an event file (only
-    its last ``tail`` bytes with ``tail``); a damaged line is left out."""
+    its last ``tail`` bytes with ``tail``); a damaged line is left out. With ``keep_verbose``,
+    only the newest that many progress, metric and log events are kept (a log warning or error
+    always is), with every other event: the run's story, and its latest detail."""
     if upto <= 0:
         return []
     try:
@@ -782,6 +875,11 @@ def _event_lines_upto(path: Path, upto: int, *, tail: int | None = None) -> list
     lines = data.split(b"\n")
     if start > 0:
         lines = lines[1:]  # the first one is cut
+    if keep_verbose is not None:
+        verbose = [i for i, raw in enumerate(lines) if _is_verbose(raw)]
+        if len(verbose) > keep_verbose:
+            drop = set(verbose[:len(verbose) - keep_verbose])
+            lines = [raw for i, raw in enumerate(lines) if i not in drop]
     out = []
     for raw in lines:
         if not raw.strip():
@@ -793,6 +891,22 @@ def _event_lines_upto(path: Path, upto: int, *, tail: int | None = None) -> list
         if ok:
             out.append(raw.strip())
     return out
+
+
+def _is_verbose(raw: bytes) -> bool:
+    """Whether an event line (as the writer writes it: ``event`` before ``msg`` and ``data``) is
+    a progress, metric or log event other than a warning or an error; read from the bytes."""
+    i = raw.find(b'"event":"')
+    if i < 0:
+        return False
+    i += 9
+    kind = raw[i:raw.find(b'"', i)]
+    if kind not in VERBOSE_EVENTS:
+        return False
+    if kind == b"log":
+        low = raw.lower()
+        return b'"level":"warning"' not in low and b'"level":"error"' not in low
+    return True
 
 
 # --- the client --------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ class Event:
     timestamp: str = ""
     seq: int = 0
     v: int = SCHEMA_VERSION
+    # the JSON line as written to its file (set by the writer): watchers that pass the event on
+    # (the control socket) send these bytes rather than encoding the event again
+    line: str = field(default="", compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +62,8 @@ class Event:
         }
 
     def to_line(self) -> str:
+        if self.line:
+            return self.line
         return json.dumps(self.to_dict(), ensure_ascii=False, default=str, separators=(",", ":"))
 
     @property
@@ -131,10 +136,12 @@ class EventWriter:
                 timestamp=clock.iso_now(),
                 seq=self._seq + 1,
             )
+            line = ev.to_line()
+            object.__setattr__(ev, "line", line)  # frozen: set once, here, before anyone sees it
             self._seq += 1
             try:
                 fail_point(self.path)
-                self._fh.write(("\n" if self._cut else "") + ev.to_line() + "\n")
+                self._fh.write(("\n" if self._cut else "") + line + "\n")
                 self._fh.flush()
                 self._cut = False
             except OSError as exc:

@@ -13,12 +13,12 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from pipeline_core.osfiles import FILE_MODE, fail_point
+
+if TYPE_CHECKING:  # pyarrow is imported where a Parquet file is written: the console starts without it
+    import pyarrow as pa
 
 # Fault injection for the crash tests: with QTSW_CRASH_BEFORE_RENAME=N a process kills itself
 # (SIGKILL) at its Nth atomic Parquet write, when the temporary file is complete and the
@@ -137,6 +137,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def write_parquet_atomic(dest: Path, table: pa.Table, **options: Any) -> None:
     """Write ``table`` to ``dest`` atomically (``options`` go to ``pyarrow.parquet.write_table``;
     page checksums are on unless they say otherwise)."""
+    import pyarrow.parquet as pq
+
     options.setdefault("write_page_checksum", True)
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, **options)

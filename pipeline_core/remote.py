@@ -39,6 +39,11 @@ from pipeline_core.settings import Settings
 Subscriber = Callable[[EventMessage | OutputMessage], None]
 RECONNECT_SECONDS = 0.5  # how often a detached console looks for an engine again
 COMMAND_TIMEOUT = 5.0  # a command's reply, from an engine on this machine
+LINES_PER_TURN = 1000  # messages handled between two turns of the console's event loop
+# the run's progress, metric and log events a console catches up with when it attaches (the
+# newest; all its other events come too): a console shows the newest rows, and attaching during
+# a flood must not replay a hundred thousand events through it (the run's file has them all)
+CATCHUP_TAIL = 2000
 
 
 class RemoteEngine:
@@ -47,11 +52,14 @@ class RemoteEngine:
     attached = True
 
     def __init__(self, settings: Settings, *, reconnect_seconds: float = RECONNECT_SECONDS,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, catchup_tail: int | None = CATCHUP_TAIL) -> None:
+        """``catchup_tail``: how many of the run's progress, metric and log events to catch up
+        with on attaching (the newest; None: all of them)."""
         self.settings = settings
         self.read_only = read_only  # watch only: every command is refused here, never sent
         self.path = socket_path(settings)
         self.reconnect_seconds = reconnect_seconds
+        self.catchup_tail = catchup_tail
         self.hello: dict[str, Any] | None = None  # the engine's hello while attached
         self.last_hello: dict[str, Any] | None = None
         self.problem: str | None = None  # why it is not attached, when it is not
@@ -173,9 +181,11 @@ class RemoteEngine:
     # --- attached -------------------------------------------------------------------------------
 
     def _publish(self, msg: EventMessage | OutputMessage) -> None:
-        for fn in list(self._subs):
-            with contextlib.suppress(Exception):  # a watcher's bug must not end the attachment
+        for fn in self._subs:
+            try:
                 fn(msg)
+            except Exception:  # noqa: BLE001, S110 - a watcher's bug must not end the attachment
+                pass
 
     async def serve(self, *, schedule: bool = True, not_before: Any = None) -> None:
         """Stay attached until :meth:`stop`: attach, follow, and reattach when the engine is back."""
@@ -219,18 +229,18 @@ class RemoteEngine:
         sock.setblocking(False)
         stream = await anyio.abc.SocketStream.from_socket(sock)
         async with stream:
-            await stream.send(b'{"type":"hello","version":%d,"id":"hello"}\n{"type":"subscribe","id":"sub"}\n'
-                              % PROTOCOL_VERSION)
+            tail = b"" if self.catchup_tail is None else b',"tail":%d' % self.catchup_tail
+            await stream.send(b'{"type":"hello","version":%d,"id":"hello"}\n{"type":"subscribe","id":"sub"%s}\n'
+                              % (PROTOCOL_VERSION, tail))
             buf = b""
             while True:
-                chunk = await stream.receive(1 << 16)
+                chunk = await stream.receive(1 << 18)
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
-                for i, line in enumerate(lines, 1):
-                    if line.strip():
-                        self._on_line(line)
-                    if i % 500 == 0:
+                for i in range(0, len(lines), LINES_PER_TURN):
+                    if i:
                         await anyio.lowlevel.checkpoint()  # the console draws during a flood
+                    self._on_lines(lines[i:i + LINES_PER_TURN])
                 await anyio.lowlevel.checkpoint()  # a receive with data waiting does not yield
                 while self._queued and self.connected:
                     name, params = self._queued.pop(0)
@@ -238,11 +248,31 @@ class RemoteEngine:
                 if self._stop:
                     return
 
+    def _on_lines(self, lines: list[bytes]) -> None:
+        """Messages from the engine: decoded together (one call for a whole batch of a flood,
+        not one per line), each line on its own if the batch does not decode."""
+        lines = [line for line in lines if line.strip()]
+        if not lines:
+            return
+        try:
+            msgs = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:
+            msgs = None
+        if not isinstance(msgs, list) or len(msgs) != len(lines):  # a damaged line among them
+            for line in lines:
+                self._on_line(line)
+            return
+        for msg in msgs:
+            self._on_message(msg)
+
     def _on_line(self, line: bytes) -> None:
         try:
             msg = json.loads(line)
         except ValueError:
             return
+        self._on_message(msg)
+
+    def _on_message(self, msg: Any) -> None:
         if not isinstance(msg, dict):
             return
         kind = msg.get("type")

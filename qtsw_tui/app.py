@@ -50,7 +50,6 @@ from qtsw_tui.screens.event_detail import EventDetailScreen
 from qtsw_tui.screens.help import HelpScreen
 from qtsw_tui.screens.history import HistoryScreen
 from qtsw_tui.screens.quarantine import QuarantineScreen
-from qtsw_tui.screens.results import ResultsScreen
 from qtsw_tui.screens.run_detail import RunDetailScreen
 from qtsw_tui.widgets.counters import Counters, CountersPanel, read_counters
 from qtsw_tui.widgets.event_table import EventsPanel, EventTable
@@ -65,8 +64,10 @@ if TYPE_CHECKING:  # the console only talks to the engine object it is given
 
 FLUSH_SECONDS = 0.1  # how often buffered engine messages reach the widgets
 FREEZE_EVERY = 5000  # stored events between two gc.freeze() calls (see flush)
-EVENTS_PER_FLUSH = 4000  # at most this many events per batch (40,000 a second), so a flood
-# cannot hold the event loop long enough to delay a key press
+EVENTS_PER_FLUSH = 8000  # at most this many events per batch (32,000 a second in a flood), so
+# a flood cannot hold the event loop long enough to delay a key press
+FLOOD_EVENTS = 1000  # this many events waiting: a flood, drawn at most every FLOOD_SECONDS
+FLOOD_SECONDS = 0.25  # (each drawing of the screen costs the same whatever the number of events)
 STATUS_SECONDS = 1.0  # header clock, elapsed times, progress bars
 COUNTERS_SECONDS = 3.0  # raw files, store, pending work (a thread worker)
 PANE_LINES = 2000  # per stage pane; the full output is in the stage's .log file
@@ -119,6 +120,7 @@ def stage_bar(st: StageState, run: RunState) -> float | None:
 def binding_ids() -> set[str]:
     """Every binding id that ``[keys]`` in the settings may remap: the app's, its panels' and
     its screens' (Textual's keymap applies to bindings wherever they are declared)."""
+    from qtsw_tui.screens.results import ResultsScreen
     classes = (QtswApp, EventsPanel, EventTable, StagePane, ConfirmScreen, HelpScreen,
                HistoryScreen, ResultsScreen, RunDetailScreen, EventDetailScreen, QuarantineScreen,
                AlertsScreen)
@@ -199,6 +201,7 @@ class QtswApp(App[int]):
         self.received = {"events": 0, "lines": 0}
         self.flushed = {"events": 0, "batches": 0}
         self._unfrozen_events = 0
+        self._last_flush = 0.0
         self._was_connected = False
         self._past_runs: set[str] = set()  # runs that ended before the console started
         self._panes_ready: set[str] = set()  # stage panes laid out at least once
@@ -354,8 +357,15 @@ class QtswApp(App[int]):
 
     def flush(self) -> None:
         """Hand the buffered messages to the widgets: one batch per pane and one for the events."""
+        info = self.engine.host_info()
+        if info.get("mode") == "attached" and bool(info.get("connected")) != self._was_connected:
+            self.refresh_status()  # attached (or detached): the header says so first
         # time-boxed: at most EVENTS_PER_FLUSH events per batch, the rest wait for the next one
         pending = self._events
+        now = time.monotonic()
+        if len(pending) >= FLOOD_EVENTS and now - self._last_flush < FLOOD_SECONDS:
+            return  # a flood: fewer, bigger batches, so the console does not starve the engine
+        self._last_flush = now
         take = min(len(pending), EVENTS_PER_FLUSH)
         events: list[Event] = [pending.popleft() for _ in range(take)]
         lines: dict[str, list[str]] = {}
@@ -571,6 +581,10 @@ class QtswApp(App[int]):
         self.push_screen(HistoryScreen(self.settings))
 
     def action_results(self) -> None:
+        # imported when first asked for: numpy and pyarrow would add a third of a second to
+        # every console's start (an attached console's time to show the engine)
+        from qtsw_tui.screens.results import ResultsScreen
+
         self.push_screen(ResultsScreen(self.settings))
 
     def action_quarantine(self) -> None:

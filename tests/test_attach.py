@@ -9,6 +9,8 @@ console says so and reattaches to the next one. Waits poll with a deadline.
 from __future__ import annotations
 
 import contextlib
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -27,8 +29,9 @@ from pipeline_core.control import Connection, NoEngine, socket_path
 from pipeline_core.remote import RemoteEngine
 from pipeline_core.sample import write_samples
 from pipeline_core.settings import load_settings
-from qtsw_tui.app import build_app
+from qtsw_tui.app import EVENT_WINDOW, QtswApp, build_app
 from qtsw_tui.screens.confirm import ConfirmScreen
+from qtsw_tui.widgets.event_table import EVENT, KEY, RUN, EventsPanel
 from qtsw_tui.widgets.header import StatusHeader
 from qtsw_tui.widgets.stage_pane import StagePane
 
@@ -207,3 +210,96 @@ async def test_a_hosting_console_serves_the_socket(tmp_path: Path) -> None:
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, "the console to quit")
     assert not socket_path(settings).exists()
+
+
+def _seqs(panel: EventsPanel, run_id: str) -> list[int]:
+    """The seqs of ``run_id``'s events in a console's event store (the table's data), in order."""
+    return [int(rec[KEY].rsplit(":", 1)[1]) for rec in panel.store.records() if rec[RUN] == run_id]
+
+
+def _row_seqs(panel: EventsPanel, run_id: str) -> list[int]:
+    """The seqs of ``run_id``'s events in a console's event table rows (its bounded window)."""
+    keys = [str(key.value) for key in panel.table.rows]
+    return [int(k.rsplit(":", 1)[1]) for k in keys if k.startswith(f"{run_id}:")]
+
+
+async def test_two_consoles_attached_at_once_see_the_same_events(tmp_path: Path) -> None:
+    """Two consoles on one engine whose run writes thousands of events: one attached from the
+    start, one attaching mid-run (its catch-up bounded to the run's story and its newest 100
+    detail events, as a console asks). Both end with the run's events in their event stores and
+    tables with no gap and no duplicate: the first all of them, as the run's event file has them;
+    the second every event from the first one its catch-up kept on, and every start and end."""
+    events, tail = 6000, 100
+    root = tmp_path / "root"
+    settings = load_settings(root=root, env={})
+    settings.ensure_dirs()
+    write_samples(settings, days=1, instruments=["ES"], end=date(2025, 11, 26))  # work for the translator
+    gate = tmp_path / "gate"
+    with open(tmp_path / "engine.out", "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("flood_engine.py")), str(root),
+                                 str(events), str(gate)], stdout=out, stderr=subprocess.STDOUT, env=clean_env())
+    try:
+        wait_serving(settings, proc)
+        first = RemoteEngine(settings, reconnect_seconds=0.1, catchup_tail=tail)
+        second = RemoteEngine(settings, reconnect_seconds=0.1, catchup_tail=tail)
+        app1 = build_app(settings, first, {})
+        app2 = build_app(settings, second, {})
+        async with app1.run_test(size=(120, 40)) as p1:  # wide: the event table is on screen
+            await wait_for(p1, lambda: f"attached pid {proc.pid}" in header(app1), "the first console to attach")
+            for key in ("e", "v"):  # the table, verbose: metric events are rows too
+                await p1.press(key)
+            panel1 = app1.query_one("#events", EventsPanel)
+            assert panel1.verbose
+            await p1.press("r")
+            await wait_for(p1, lambda: first.busy, "the run to start")
+            run_id = first.snapshot().current.run_id
+            # mid-run: the stage waits at its gate with half its events written
+            await wait_for(p1, lambda: len(_seqs(panel1, run_id)) > events // 2, "half the run's events")
+            async with app2.run_test(size=(120, 40)) as p2:
+                await wait_for(p2, lambda: f"attached pid {proc.pid}" in header(app2), "the second console")
+                for key in ("e", "v"):
+                    await p2.press(key)
+                panel2 = app2.query_one("#events", EventsPanel)
+                await wait_for(p2, lambda: _seqs(panel2, run_id), "the second console's catch-up")
+                assert first.busy, "the run was still going when the second console attached"
+                gate.touch()
+                await wait_for(p2, lambda: history.read_runs(settings), "the run to end", timeout=120)
+
+                def ended(app: QtswApp, panel: EventsPanel) -> bool:
+                    return not app.engine.busy and bool(panel.store.records()) and \
+                        panel.store.records()[-1][EVENT] == "success" and not app._events
+
+                await wait_for(p2, lambda: ended(app1, panel1) and ended(app2, panel2), "both consoles to show the end")
+                # the tables draw their rows at most once a second in a flood: wait for the last
+                await wait_for(p2, lambda: not panel1._stale and not panel2._stale, "the tables' last rows")
+                stored1, stored2 = _seqs(panel1, run_id), _seqs(panel2, run_id)
+                rows1, rows2 = _row_seqs(panel1, run_id), _row_seqs(panel2, run_id)
+        assert proc.poll() is None, "the engine outlived both consoles"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    [run] = history.read_runs(settings)
+    assert run["status"] == "success" and run["run_id"] == run_id
+    lines = (settings.events_dir / f"pipeline_{run_id}.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
+    assert [e["seq"] for e in logged] == list(range(1, len(logged) + 1)) and len(logged) > events
+    # the first console: every event of the run, once, in order
+    assert stored1 == [e["seq"] for e in logged]
+    # the second: caught up mid-run with the run's story and its newest `tail` detail events,
+    # then live; from its first detail event on, every event, once, in order
+    detail = [e["seq"] for e in logged if e["event"] in ("progress", "metric", "log")]
+    since = next(s for s in stored2 if s in set(detail))
+    assert stored2 == [e["seq"] for e in logged if e["seq"] >= since or e["seq"] not in set(detail)]
+    # it attached while the stage waited at its gate, metrics 0 … events/2 - 1 written: it caught
+    # up with the newest `tail` of them, and every start before
+    by_msg = {e["msg"]: e["seq"] for e in logged}
+    assert since == by_msg[f"metric {events // 2 - tail}"] and len(stored2) < len(stored1)
+    # the tables: both show the same newest rows, the run's last events (a window of EVENT_WINDOW)
+    assert rows1 == rows2 == [e["seq"] for e in logged][-EVENT_WINDOW:]

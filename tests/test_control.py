@@ -269,10 +269,16 @@ def test_two_clients_subscribed_mid_run_see_the_same_events(served: Served) -> N
     mine = [m for m in got_b if m.get("type") == "event" and m["event"]["run_id"] == run_id]
     assert any(m.get("catchup") for m in mine) and not all(m.get("catchup") for m in mine), \
         "the subscription began mid-run: some events caught up, some live"
-    ns = [m["n"] for m in got_b]
-    assert ns == list(range(1, len(ns) + 1)) and got_b[0]["type"] == "snapshot"
+    ns = [m["n"] for m in got_b]  # consecutive (the live ones are the engine's own count)
+    assert ns == list(range(ns[0], ns[0] + len(ns))) and got_b[0]["type"] == "snapshot"
+    ns_a = [m["n"] for m in got_a]
+    assert ns_a == list(range(ns_a[0], ns_a[0] + len(ns_a)))
     cut = [m["type"] for m in got_b].index("caught_up")
     assert all(m.get("catchup") for m in got_b[1:cut]) and not any(m.get("catchup") for m in got_b[cut:])
+    live_a = {m["n"]: m for m in got_a[[m["type"] for m in got_a].index("caught_up") + 1:]}
+    live_b = got_b[cut + 1:]
+    assert live_b and all(live_a[m["n"]] == m for m in live_b), \
+        "a live message has one n, the same for every client"
     # the same events as the run's event file
     text = (served.settings.events_dir / f"pipeline_{run_id}.jsonl").read_text()
     assert [m["event"] for m in mine] == [json.loads(x) for x in text.splitlines()]
@@ -318,7 +324,7 @@ def test_a_client_that_never_reads_is_disconnected_and_slows_nothing(served: Ser
             assert msg is not None, f"the reading client got {flood_seen()} of {flood} scheduler events"
             got.append(msg)
         ns = [m["n"] for m in got]
-        assert ns == list(range(1, len(ns) + 1))
+        assert ns == list(range(ns[0], ns[0] + len(ns)))
         # the lazy client was cut off: reading now reaches the end of its stream
         lazy.sock.settimeout(30)
         received = 0
@@ -395,6 +401,10 @@ def test_malformed_oversized_and_unknown_messages_get_errors(served: Served) -> 
         conn.send(b"y" * (MAX_LINE + 1) + b"\n")
         reply = conn.read_message(10)
         assert reply["type"] == "error" and "too long" in reply["error"]
+        # a subscription's tail is a whole number of events, 0 or more
+        for tail in (-1, True, 2.5, "10", [3]):
+            reply = conn.request({"type": "subscribe", "tail": tail})
+            assert reply["type"] == "error" and "tail" in reply["error"], (tail, reply)
         # the connection goes on, and the engine too
         assert conn.request({"type": "ping"})["type"] == "pong"
         assert conn.snapshot()["current"] is None
@@ -576,3 +586,33 @@ def test_notifier_without_notify_socket_sends_nothing(tmp_path: Path) -> None:
     assert manager.recv(100) == b"STOPPING=1\nSTATUS=bye"
     loud.close()
     manager.close()
+
+
+def test_a_tail_catch_up_keeps_the_runs_story_and_its_newest_detail(tmp_path: Path) -> None:
+    """``subscribe`` with ``tail``: of a run's event file, every event but progress, metric and
+    log ones, log warnings and errors too, and only the newest ``tail`` of the rest."""
+    from pipeline_core.control import _event_lines_upto
+    from pipeline_core.events import EventWriter
+
+    path = tmp_path / "pipeline_r.jsonl"
+    with EventWriter(path, "r") as w:
+        w.emit("pipeline", "start", "run")
+        w.emit("translator", "start", "translator")
+        for i in range(10):
+            w.emit("translator", "metric", f"m{i}", {"i": i})
+        w.emit("translator", "log", "disk nearly full", {"level": "WARNING"})
+        w.emit("translator", "log", "bad row", {"level": "error"})
+        for i in range(10):
+            w.emit("translator", "progress", f"p{i}", {"done": i, "total": 10})
+        w.emit("translator", "log", "chatter", {"level": "info"})
+        w.emit("translator", "success", "done")
+        w.emit("pipeline", "success", "run")
+    size = path.stat().st_size
+
+    def msgs(tail: int | None) -> list[str]:
+        return [json.loads(line)["msg"] for line in _event_lines_upto(path, size, keep_verbose=tail)]
+
+    everything = [json.loads(line)["msg"] for line in path.read_text().splitlines()]
+    assert msgs(None) == everything and msgs(1000) == everything
+    assert msgs(3) == ["run", "translator", "disk nearly full", "bad row", "p8", "p9", "chatter", "done", "run"]
+    assert msgs(0) == ["run", "translator", "disk nearly full", "bad row", "done", "run"]

@@ -96,9 +96,10 @@ def test_the_key_table_matches_the_console() -> None:
     from textual.keys import Keys, _character_to_key
 
     from qtsw_tui import app as console
+    from qtsw_tui.screens.results import ResultsScreen  # imported by the console when first opened
 
     classes = (console.QtswApp, console.EventsPanel, console.EventTable, console.StagePane,
-               console.ConfirmScreen, console.HelpScreen, console.HistoryScreen, console.ResultsScreen,
+               console.ConfirmScreen, console.HelpScreen, console.HistoryScreen, ResultsScreen,
                console.RunDetailScreen, console.EventDetailScreen, console.QuarantineScreen,
                console.AlertsScreen)
     declared = {b.id: b.key for cls in classes for b in cls.BINDINGS if isinstance(b, Binding) and b.id}

@@ -12,7 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from pipeline_core import catalog, history, quarantine, rawfiles, results
+from pipeline_core import catalog, history, quarantine, rawfiles
 from pipeline_core.settings import Settings
 from qtsw_tui.widgets.format import clock_time, size
 
@@ -42,6 +42,10 @@ def read_counters(settings: Settings) -> Counters:
     problems: list[str] = []
     ready = waiting = stale = 0
     exporting: tuple[dict[str, Any], ...] = ()
+    # here, in the counters' thread, not at the console's start: results brings numpy and
+    # pyarrow, a third of a second before a console could show anything
+    from pipeline_core import results
+
     try:
         scan = rawfiles.scan_raw(settings)
         ready, waiting, stale = len(scan.ready), len(scan.waiting), len(scan.stale)
