@@ -1099,6 +1099,37 @@ def _parse(path: Path, settings: Settings, rep: Reporter, name: str) -> tuple[La
     return parse_file(path, settings, on_piece=on_piece)
 
 
+def concurrent_groups(files: list[Path], settings: Settings) -> list[list[Path]] | None:
+    """The ready files cut by instrument (each group in file order) when they may be translated
+    concurrently, one group per worker; None when they go one after another.
+
+    A quarter-hour's exports are small files, one per instrument, each parsed on one core and
+    most of its time spent rewriting its own year file: the instruments share nothing but the
+    catalogue, so they run side by side. They go one after another when a file is big enough to
+    be parsed in pieces (it uses every core by itself), or when two files have the same size
+    (one may be a copy of the other: the later one must find the earlier's hash recorded).
+    """
+    if len(files) < 2 or settings.effective_workers < 2:
+        return None
+    piece_bytes = int(os.environ.get(PIECE_BYTES_ENV) or PIECE_BYTES)
+    groups: dict[str, list[Path]] = {}
+    sizes: set[int] = set()
+    for path in files:
+        try:
+            size = path.lstat().st_size
+        except FileNotFoundError:
+            continue
+        if size >= piece_bytes or size in sizes:
+            return None
+        sizes.add(size)
+        try:
+            key = parse_instrument(path.name, settings)
+        except RawFileError:
+            key = f"\0{path.name}"  # rejected on its own
+        groups.setdefault(key, []).append(path)
+    return list(groups.values()) if len(groups) > 1 else None
+
+
 def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     """The translator stage: translate every ready raw file; report and return the status."""
     t_start = time.perf_counter()
@@ -1146,96 +1177,66 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     rep.say(f"translating {len(files)} raw file(s) into {settings.processed_dir}")
     errors: list[str] = []
     damaged = 0
-    for i, path in enumerate(files):
-        rep.progress(i, len(files), f"translating {path.name}", file=path.name)
+    lock = threading.Lock()  # the counts and the messages of files translated concurrently
+    started = [0]
+
+    def one(path: Path) -> None:
+        nonlocal damaged
+        with lock:
+            rep.progress(started[0], len(files), f"translating {path.name}", file=path.name)
+            started[0] += 1
         try:
             size = path.lstat().st_size
         except FileNotFoundError:
             rep.say(f"{path.name}: gone before it was translated; skipped")
-            continue
+            return
         try:
             outcome, res, extra = translate_file(path, settings, rep, cat, args.run_id, sizes)
         except FileChanged as exc:  # taken again next run; the run is not the worse for it
-            counts["changed"] += 1
-            rep.warning(str(exc), file=path.name, reason="changed_while_read")
-            rep.metric(f"{path.name}: changed while read", file=path.name, status="changed", what=exc.what)
-            continue
+            with lock:
+                counts["changed"] += 1
+                rep.warning(str(exc), file=path.name, reason="changed_while_read")
+                rep.metric(f"{path.name}: changed while read", file=path.name, status="changed", what=exc.what)
+            return
         except (DamageError, CatalogError) as exc:  # named, with its repair; blocks this file only
-            counts["errors"] += 1
-            damaged += isinstance(exc, DamageError)
-            errors.append(str(exc))
-            rep.warning(f"{path.name}: not translated: {exc}; the file stays in data/raw", file=path.name)
-            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
-            continue
+            with lock:
+                counts["errors"] += 1
+                damaged += isinstance(exc, DamageError)
+                errors.append(str(exc))
+                rep.warning(f"{path.name}: not translated: {exc}; the file stays in data/raw", file=path.name)
+                rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
+            return
         except OSError as exc:  # a full disk, a permission: named, no traceback; the others go on
-            counts["errors"] += 1
-            text = os_error_text(exc)
-            errors.append(f"{safe(path.name)}: {text}")
-            rep.warning(f"{path.name}: not translated: {text}; the file stays in data/raw", file=path.name)
-            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=text)
-            continue
+            with lock:
+                counts["errors"] += 1
+                text = os_error_text(exc)
+                errors.append(f"{safe(path.name)}: {text}")
+                rep.warning(f"{path.name}: not translated: {text}; the file stays in data/raw", file=path.name)
+                rep.metric(f"{path.name}: failed", file=path.name, status="error", error=text)
+            return
         except Exception as exc:  # one file's unexpected failure must not stop the others
-            counts["errors"] += 1
-            errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
-            rep.say(traceback.format_exc())
-            rep.warning(f"{path.name}: translation failed: {exc}; the file stays in data/raw", file=path.name)
-            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
-            continue
-        counts["bytes"] += size
-        if outcome == "quarantined":
-            counts["quarantined"] += 1
-            rep.warning(f"quarantined {path.name}: {extra.reason}", file=path.name, rule=extra.rule, line=extra.line)
-            rep.metric(
-                f"{path.name}: quarantined ({extra.rule})",
-                file=path.name,
-                status="quarantined",
-                rule=extra.rule,
-                line=extra.line,
-                reason=extra.reason,
-            )
-        elif outcome == "already_ingested":
-            counts["already_ingested"] += 1
-            when = extra.get("ingested_at", "?")
-            rep.warning(f"{path.name}: already ingested at {when} (same sha256); not translated again", file=path.name, ingested_at=when)
-            rep.metric(f"{path.name}: already ingested at {when}", file=path.name, status="already_ingested", ingested_at=when)
-        else:
-            assert res is not None
-            counts["translated"] += 1
-            _count_file(counts, res)
-            mb_s = res.size / 1e6 / res.seconds if res.seconds > 0 else 0.0
-            dropped = ", ".join(f"{RULES[r]} {n} (first at line {res.first_lines.get(r)})" for r, n in res.dropped.items())
-            rep.say(
-                f"{res.name}: {res.instrument} {res.rows_kept} bars kept of {res.rows_in} rows"
-                + (f"; dropped {dropped}" if dropped else "")
-                + (f"; {res.duplicates} duplicate timestamp(s), last kept" if res.duplicates else "")
-                + (f"; {res.first_bar:%Y-%m-%d %H:%M} to {res.last_bar:%Y-%m-%d %H:%M} Chicago" if res.first_bar and res.last_bar else "")
-                + f"; {res.size / 1e6:.1f} MB in {res.seconds:.2f} s ({mb_s:.0f} MB/s)"
-            )
-            if res.ambiguous:
-                rep.warning(
-                    f"{res.name}: {res.ambiguous} bar(s) at a wall time that occurs twice in its "
-                    "time zone (the autumn clock change) were read as the first occurrence",
-                    file=res.name,
-                )
-            rep.metric(
-                f"{res.name}: {res.rows_kept} bars kept",
-                file=res.name,
-                status="translated",
-                instrument=res.instrument,
-                form=res.form,
-                rows_in=res.rows_in,
-                rows_kept=res.rows_kept,
-                dropped=res.dropped,
-                first_bad_line=res.first_lines,
-                duplicates=res.duplicates,
-                ambiguous=res.ambiguous,
-                first_bar=_iso(res.first_bar),
-                last_bar=_iso(res.last_bar),
-                changed_first=_iso(res.changed[0]) if res.changed else None,
-                changed_last=_iso(res.changed[1]) if res.changed else None,
-                seconds=round(res.seconds, 3),
-                mb_per_s=round(mb_s, 1),
-            )
+            with lock:
+                counts["errors"] += 1
+                errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
+                rep.say(traceback.format_exc())
+                rep.warning(f"{path.name}: translation failed: {exc}; the file stays in data/raw", file=path.name)
+                rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
+            return
+        with lock:
+            _report_file(rep, counts, path, size, outcome, res, extra)
+
+    groups = concurrent_groups(files, settings)
+    if groups is None:
+        for path in files:
+            one(path)
+    else:
+        def group(paths: list[Path]) -> None:
+            for path in paths:
+                one(path)
+
+        with ThreadPoolExecutor(max_workers=min(len(groups), settings.effective_workers),
+                                thread_name_prefix="instrument") as pool:
+            list(pool.map(group, groups))
     rep.progress(len(files), len(files), "all files done")
     counts["seconds"] = round(time.perf_counter() - t_start, 3)
     summary = (
@@ -1256,6 +1257,68 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
     status = "partial" if counts["quarantined"] else "success"
     rep.result(status, summary, counts)
     return status
+
+
+def _report_file(
+    rep: Reporter, counts: dict[str, Any], path: Path, size: int, outcome: str,
+    res: FileResult | None, extra: Any,
+) -> None:
+    """Count one file's outcome and report it (a line, a warning, a metric)."""
+    counts["bytes"] += size
+    if outcome == "quarantined":
+        counts["quarantined"] += 1
+        rep.warning(f"quarantined {path.name}: {extra.reason}", file=path.name, rule=extra.rule, line=extra.line)
+        rep.metric(
+            f"{path.name}: quarantined ({extra.rule})",
+            file=path.name,
+            status="quarantined",
+            rule=extra.rule,
+            line=extra.line,
+            reason=extra.reason,
+        )
+    elif outcome == "already_ingested":
+        counts["already_ingested"] += 1
+        when = extra.get("ingested_at", "?")
+        rep.warning(f"{path.name}: already ingested at {when} (same sha256); not translated again", file=path.name, ingested_at=when)
+        rep.metric(f"{path.name}: already ingested at {when}", file=path.name, status="already_ingested", ingested_at=when)
+    else:
+        assert res is not None
+        counts["translated"] += 1
+        _count_file(counts, res)
+        mb_s = res.size / 1e6 / res.seconds if res.seconds > 0 else 0.0
+        dropped = ", ".join(f"{RULES[r]} {n} (first at line {res.first_lines.get(r)})" for r, n in res.dropped.items())
+        rep.say(
+            f"{res.name}: {res.instrument} {res.rows_kept} bars kept of {res.rows_in} rows"
+            + (f"; dropped {dropped}" if dropped else "")
+            + (f"; {res.duplicates} duplicate timestamp(s), last kept" if res.duplicates else "")
+            + (f"; {res.first_bar:%Y-%m-%d %H:%M} to {res.last_bar:%Y-%m-%d %H:%M} Chicago" if res.first_bar and res.last_bar else "")
+            + f"; {res.size / 1e6:.1f} MB in {res.seconds:.2f} s ({mb_s:.0f} MB/s)"
+        )
+        if res.ambiguous:
+            rep.warning(
+                f"{res.name}: {res.ambiguous} bar(s) at a wall time that occurs twice in its "
+                "time zone (the autumn clock change) were read as the first occurrence",
+                file=res.name,
+            )
+        rep.metric(
+            f"{res.name}: {res.rows_kept} bars kept",
+            file=res.name,
+            status="translated",
+            instrument=res.instrument,
+            form=res.form,
+            rows_in=res.rows_in,
+            rows_kept=res.rows_kept,
+            dropped=res.dropped,
+            first_bad_line=res.first_lines,
+            duplicates=res.duplicates,
+            ambiguous=res.ambiguous,
+            first_bar=_iso(res.first_bar),
+            last_bar=_iso(res.last_bar),
+            changed_first=_iso(res.changed[0]) if res.changed else None,
+            changed_last=_iso(res.changed[1]) if res.changed else None,
+            seconds=round(res.seconds, 3),
+            mb_per_s=round(mb_s, 1),
+        )
 
 
 def _count_file(counts: dict[str, Any], res: FileResult) -> None:
