@@ -305,13 +305,16 @@ class Catalog:
             for r in self.query("SELECT name, size, mtime_ns FROM raw_files WHERE mtime_ns IS NOT NULL")
         }
 
-    def add_raw(self, record: dict[str, Any]) -> int:
-        """Record one raw file; returns its ingestion order."""
+    def add_raw(self, record: dict[str, Any], commit: list[Path] = ()) -> int:  # type: ignore[assignment]
+        """Record one raw file; returns its ingestion order. The intents of ``commit`` (data files
+        written from it) become records in the same transaction."""
         cols = [c for c in _RAW_COLUMNS if c in record]
         values = [
             json.dumps(record[c], sort_keys=True) if c == "dropped" else record[c] for c in cols
         ]
         with self.tx() as c:
+            for p in commit:
+                _commit_intent(c, self.rel(p))
             cur = c.execute(
                 f"INSERT INTO raw_files ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                 values,
@@ -414,8 +417,13 @@ class Catalog:
 
     def put_intent(self, path: Path, kind: str, subject: str | None, sha: str, size: int,
                    rows: int | None, first: str | None, last: str | None, run_id: str | None,
-                   analysis_hash: str | None = None) -> None:
+                   analysis_hash: str | None = None,
+                   also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Record the intent to rename a written file onto ``path`` (``also`` adds its own
+        statements to the same transaction)."""
         with self.tx() as c:
+            if also is not None:
+                also(c)
             c.execute(
                 "INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (self.rel(path), kind, subject, sha, size, rows, first, last, run_id, clock.iso_now(),
@@ -456,14 +464,7 @@ class Catalog:
     def record_changes(self, instrument: str, first: datetime, last: datetime) -> None:
         """Widen the instrument's changed range to include [first, last]."""
         with self.tx() as c:
-            row = c.execute("SELECT first, last FROM changes WHERE instrument=?", (instrument,)).fetchone()
-            if row:
-                first = min(first, datetime.fromisoformat(row[0]))
-                last = max(last, datetime.fromisoformat(row[1]))
-            c.execute(
-                "INSERT OR REPLACE INTO changes VALUES (?,?,?)",
-                (instrument, first.astimezone(CHICAGO).isoformat(), last.astimezone(CHICAGO).isoformat()),
-            )
+            widen_changes(c, instrument, first, last)
 
     def read_changes(self) -> dict[str, tuple[datetime, datetime]]:
         """Per instrument, the (first, last) bar time changed and not yet analysed (Chicago)."""
@@ -563,6 +564,18 @@ _RAW_COLUMNS = (
 )
 
 
+def widen_changes(c: sqlite3.Connection, instrument: str, first: datetime, last: datetime) -> None:
+    """Within a transaction: widen the instrument's changed range to include [first, last]."""
+    row = c.execute("SELECT first, last FROM changes WHERE instrument=?", (instrument,)).fetchone()
+    if row:
+        first = min(first, datetime.fromisoformat(row[0]))
+        last = max(last, datetime.fromisoformat(row[1]))
+    c.execute(
+        "INSERT OR REPLACE INTO changes VALUES (?,?,?)",
+        (instrument, first.astimezone(CHICAGO).isoformat(), last.astimezone(CHICAGO).isoformat()),
+    )
+
+
 def _commit_intent(c: sqlite3.Connection, rel: str) -> None:
     row = c.execute("SELECT * FROM intents WHERE path=?", (rel,)).fetchone()
     if row is None:
@@ -640,7 +653,7 @@ def write_recorded(
     dest: Path,
     kind: str,
     subject: str | None,
-    write: Callable[[Path], None],
+    write: Callable[[Path], None] | bytes | memoryview,
     *,
     rows: int | None = None,
     first: str | None = None,
@@ -648,24 +661,39 @@ def write_recorded(
     run_id: str | None = None,
     checked: bool = False,
     analysis_hash: str | None = None,
+    also: Callable[[sqlite3.Connection], None] | None = None,
+    commit: bool = True,
 ) -> None:
     """Write a data file and its catalogue record by the protocol (module docstring).
 
-    ``write(tmp)`` writes the new content to ``tmp``. Unless ``checked`` (the caller already
-    checked the old file), an existing ``dest`` is checked against its record first and a
-    mismatch raises :class:`DamageError` without writing anything.
+    ``write`` is the new content (bytes: hashed as they are, not read back), or a function
+    ``write(tmp)`` that writes it to ``tmp``. Unless ``checked`` (the caller already checked
+    the old file), an existing ``dest`` is checked against its record first and a mismatch
+    raises :class:`DamageError` without writing anything. ``also`` adds its statements to the
+    intent's transaction (durable before the rename). With ``commit=False`` the record is left
+    as an intent that the caller commits (:meth:`Catalog.commit_intents`, or
+    :meth:`Catalog.add_raw`); a crash before that is finished like any other (``reconcile``).
     """
     cat = open_catalog(settings)
     if not checked and dest.exists():
         cat.check(dest, kind, subject)
     with atomic_path(dest) as tmp:
-        write(tmp)
-        t0 = time.perf_counter()
-        digest = sha256_file(tmp)
-        size = os.stat(tmp).st_size
+        if callable(write):
+            write(tmp)
+            t0 = time.perf_counter()
+            digest = sha256_file(tmp)
+            size = os.stat(tmp).st_size
+        else:
+            data = memoryview(write)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            t0 = time.perf_counter()
+            digest = hashlib.sha256(data).hexdigest()
+            size = data.nbytes
         cat.seconds += time.perf_counter() - t0
-        cat.put_intent(dest, kind, subject, digest, size, rows, first, last, run_id, analysis_hash)
-    cat.commit_intents([dest])
+        cat.put_intent(dest, kind, subject, digest, size, rows, first, last, run_id, analysis_hash, also)
+    if commit:
+        cat.commit_intents([dest])
 
 
 DELETED = "-"  # the sha256 of an intent to delete a file

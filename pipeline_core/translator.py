@@ -14,10 +14,11 @@ timestamp the newer file wins) and for each:
 4. rejects the whole file when more than ``max_bad_row_fraction`` of its rows are bad, or when
    its bar times are implausible in Chicago (a bar in the future, or more than 1 % of the bars
    in the 16:00–16:59 break or on a Saturday: the input time zone is probably wrong);
-5. records the changed bar range (``Catalog.record_changes``), then upserts the bars into the
-   store (each year file replaced atomically);
-6. only then records the file in the catalogue and archives (or deletes, or keeps) the raw file and
-   its export signal files.
+5. upserts the bars into the store (each year file replaced atomically); the changed bar range
+   is recorded in the catalogue in the same transaction as each year file's intent, before the
+   file is renamed into place;
+6. only then records the file in the catalogue (in one transaction with the year files' records)
+   and archives (or deletes, or keeps) the raw file and its export signal files.
 
 A rejected file is moved unchanged to ``data/raw/quarantine/`` with ``<name>.error.txt``
 beside it (file, line, rule); the others go on and the stage ends ``partial``. A crash at any
@@ -1035,13 +1036,28 @@ def translate_file(
         return "quarantined", None, exc
     del pieces
 
-    def record(first: datetime, last: datetime) -> None:
-        # durable before the store changes, so a crash cannot lose the analyzer's pending work
-        cat.record_changes(instrument, first, last)
+    # The changed range goes into the catalogue with each year file's intent: durable before the
+    # store changes, so a crash cannot lose the analyzer's pending work. The year files' records
+    # are committed with the raw file's record below (one transaction, not two).
+    written: list[Path] = []
+    try:
+        with catalog.instrument_lock(settings, instrument):
+            result.changed = store.upsert_years(
+                settings, instrument, list(years.items()), record_changes=True, uncommitted=written)
+        years.clear()
+        return _record_translated(settings, rep, cat, path, st, result, run_id, sizes, written, t0)
+    finally:
+        if written:  # not committed with a raw record (an error on the way): committed alone
+            cat.commit_intents(written)
 
-    with catalog.instrument_lock(settings, instrument):
-        result.changed = store.upsert_years(settings, instrument, list(years.items()), before_write=record)
-    years.clear()
+
+def _record_translated(
+    settings: Settings, rep: Reporter, cat: Catalog, path: Path, st: os.stat_result,
+    result: FileResult, run_id: str | None, sizes: set[int], written: list[Path], t0: float,
+) -> tuple[str, FileResult | None, Any]:
+    """Record a translated raw file (with the year files ``written`` from it: their records
+    commit in the same transaction, and the list is emptied) and archive it."""
+    name, digest, instrument = path.name, result.sha256, result.instrument
     result.seconds = time.perf_counter() - t0
     dest = archive_dest(settings, path)
     entry = {
@@ -1071,14 +1087,16 @@ def translate_file(
         # read (hash above); that version is gone, so it is recorded as such and not archived,
         # and the file as it is now is taken by the next run.
         entry.update(status="changed_after_store", archived_path=None)
-        cat.add_raw(entry)
+        cat.add_raw(entry, commit=written)
+        written.clear()
         rep.warning(
             f"{safe(name)}: changed while it was stored ({what}); the bars read are stored, the "
             "file stays in data/raw and is taken again next run", file=name)
         return "translated", result, None
     # Recorded before the move: a crash in between leaves the file in data/raw, where the next
     # run finds its sha256 in the catalogue and archives it as already ingested.
-    cat.add_raw(entry)
+    cat.add_raw(entry, commit=written)
+    written.clear()
     sizes.add(st.st_size)
     dispose(settings, path, dest)
     return "translated", result, None
