@@ -42,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_core import clock
-from pipeline_core.fsutil import atomic_path, fsync_dir, read_json
+from pipeline_core.fsutil import (
+    atomic_path,
+    fsync_dir,
+    fsync_file,
+    read_json,
+    replace_durably,
+    temp_beside,
+)
 from pipeline_core.osfiles import fail_point
 from pipeline_core.settings import CHICAGO, Settings, describe_analysis_change
 
@@ -694,6 +701,77 @@ def write_recorded(
         cat.put_intent(dest, kind, subject, digest, size, rows, first, last, run_id, analysis_hash, also)
     if commit:
         cat.commit_intents([dest])
+
+
+@dataclass
+class RecordedWrite:
+    """One data file for :func:`write_recorded_many`: its new content and record; ``error`` is
+    set when its own write or rename failed (it is then left as it was)."""
+
+    dest: Path
+    kind: str
+    subject: str | None
+    data: bytes | memoryview
+    rows: int | None = None
+    first: str | None = None
+    last: str | None = None
+    run_id: str | None = None
+    analysis_hash: str | None = None
+    error: OSError | None = None
+
+
+def write_recorded_many(settings: Settings, writes: list[RecordedWrite]) -> None:
+    """Write several data files and their records by the protocol (module docstring), with two
+    catalogue commits in all rather than two per file.
+
+    Each new content goes to a temporary file beside its destination and is fsynced (hashed in
+    memory); the intents of all of them commit in one transaction; each is renamed into place;
+    the folders are fsynced; the records commit in one transaction. The old files must have been
+    checked by the caller. A file whose own write or rename fails (a full disk, a permission)
+    gets its ``error`` and stays as it was; the others go on. A catalogue failure raises
+    :class:`CatalogError`; a crash at any point is finished by :func:`reconcile` as for one file.
+    """
+    cat = open_catalog(settings)
+    tmps: dict[int, Path] = {}
+    digests: dict[int, tuple[str, int]] = {}
+    try:
+        for i, w in enumerate(writes):
+            try:
+                tmp = tmps[i] = temp_beside(w.dest)
+                data = memoryview(w.data)
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                fsync_file(tmp)
+                t0 = time.perf_counter()
+                digests[i] = (hashlib.sha256(data).hexdigest(), data.nbytes)
+                cat.seconds += time.perf_counter() - t0
+            except OSError as exc:
+                w.error = exc
+        ready = [i for i in range(len(writes)) if writes[i].error is None]
+        if not ready:
+            return
+        with cat.tx() as c:
+            for i in ready:
+                w = writes[i]
+                c.execute(
+                    "INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (cat.rel(w.dest), w.kind, w.subject, digests[i][0], digests[i][1], w.rows, w.first,
+                     w.last, w.run_id, clock.iso_now(), w.analysis_hash),
+                )
+        renamed: list[Path] = []
+        for i in ready:
+            try:
+                replace_durably(tmps[i], writes[i].dest, sync_dir=False)
+                renamed.append(writes[i].dest)
+            except OSError as exc:
+                writes[i].error = exc
+        for folder in sorted({p.parent for p in renamed}):
+            fsync_dir(folder)
+        cat.commit_intents(renamed)
+    finally:
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 DELETED = "-"  # the sha256 of an intent to delete a file
