@@ -466,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(name)
     for name in SINGLE_THREAD_ENV:  # the stages' own environment comes with each request
         os.environ.pop(name, None)
+    # pyarrow sets up its pandas shim (importing and parsing pandas' version) at its first
+    # conversion of Python objects, which the analyzer and the merger make: once, here
+    with contextlib.suppress(Exception):
+        sys.modules["pyarrow"].array([0])
     if args.root:
         # Warm what every stage does first (reading the settings compiles their patterns): the
         # children inherit the caches. Only a warm-up: a failure here is the stage's to report.
