@@ -12,7 +12,8 @@ with the ratio plain / warm. The whole-command figures are also given against tw
 measured in the same run: a bare interpreter start (``python -c pass``) and the start cost of a
 stage process (``python -c "import pipeline_core.protocol, pandas, pyarrow.parquet"``).
 Targets on 2 cores: (a) under 2 s (warm: under 0.2 s), (b) under 10 s (warm: under 0.8 s),
-(c) warm under 30 ms.
+(c) warm under 30 ms; the run ends with one line per target of issue 13 (warm, plain, the ratio,
+met or missed).
 
 The two-year history is built once under ``bench/_work/run/`` (git-ignored) and reused.
 ``python bench/run.py [--years 2] [--repeat 3]``
@@ -55,6 +56,17 @@ def timed(argv: list[str], warm: bool = True) -> tuple[float, subprocess.Complet
 
 def ratio(warm: float, plain: float) -> str:
     return f"plain/warm {plain / warm:.1f}x" if warm > 0 else "plain/warm -"
+
+
+def verdict(value: float, limit: float) -> str:
+    return "MET" if value < limit else "MISSED"
+
+
+def target_line(what: str, warm: float, plain: float, limit: float, unit: str = "s") -> str:
+    """One line of the closing summary: warm and plain in this run, their ratio, the target."""
+    scale, fmt = (1000, "{:.0f} ms") if unit == "ms" else (1, "{:.2f} s")
+    w, p, lim = fmt.format(warm * scale), fmt.format(plain * scale), fmt.format(limit * scale)
+    return f"  {what}: warm {w}, plain {p}, {ratio(warm, plain)}; target warm < {lim}: {verdict(warm, limit)}"
 
 
 async def stage_first_line(root: Path, launcher: object | None) -> tuple[float, float]:
@@ -220,14 +232,18 @@ def main() -> None:
     # (a) nothing to do
     root_a = fresh_copy(history_root, "a_nothing")
     a: dict[str, float] = {}
+    a_engine: dict[str, float] = {}
     for name, warm in MODES:
         times_a = []
+        engine_a = []
         for _ in range(args.repeat):
             secs, got = timed(qtsw(root_a, "--run-now", "--no-ui"), warm)
             if got.returncode != 0:
                 sys.exit(f"(a) failed: {got.stdout}\n{got.stderr}")
             times_a.append(secs)
+            engine_a.append(last_report(root_a)["duration_seconds"])
         a[name] = statistics.median(times_a)
+        a_engine[name] = statistics.median(engine_a)
         print(f"(a) nothing to do, {name}: {a[name]:.2f} s wall (median of {args.repeat}; target < 2 s"
               f"{', warm < 0.2 s' if warm else ''}) = {a[name] / bare:.1f}x bare start, "
               f"{a[name] / stage_start:.1f}x a stage start")
@@ -286,6 +302,15 @@ def main() -> None:
               f"(median of {args.repeat})")
         print(f"    {breakdown(report_d)}")
     print(f"    {ratio(d['warm'], d['plain'])}")
+
+    print(f"targets (issue 13; medians, warm and plain measured in this run, {os.cpu_count()} cpus, "
+          f"load average {os.getloadavg()[0]:.1f} at the end):")
+    print(target_line(f"one new day x {len(INSTRUMENTS)}, engine serving (d)", d["warm"], d["plain"], 0.8))
+    print(target_line(f"one new day x {len(INSTRUMENTS)}, whole command (b)", b["warm"], b["plain"], 0.8))
+    print(target_line("a stage start, to its first line (c)", c["warm"][0], c["plain"][0], 0.030, unit="ms"))
+    print(target_line("nothing to do, the engine's run (a)", a_engine["warm"], a_engine["plain"], 0.2))
+    print(target_line("nothing to do, whole command (a)", a["warm"], a["plain"], 0.2)
+          + f" (the command's own interpreter start and imports: a bare start is {bare:.2f} s)")
 
 if __name__ == "__main__":
     main()

@@ -42,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_core import clock
-from pipeline_core.fsutil import atomic_path, fsync_dir, read_json
+from pipeline_core.fsutil import (
+    atomic_path,
+    fsync_dir,
+    fsync_file,
+    read_json,
+    replace_durably,
+    temp_beside,
+)
 from pipeline_core.osfiles import fail_point
 from pipeline_core.settings import CHICAGO, Settings, describe_analysis_change
 
@@ -305,13 +312,16 @@ class Catalog:
             for r in self.query("SELECT name, size, mtime_ns FROM raw_files WHERE mtime_ns IS NOT NULL")
         }
 
-    def add_raw(self, record: dict[str, Any]) -> int:
-        """Record one raw file; returns its ingestion order."""
+    def add_raw(self, record: dict[str, Any], commit: list[Path] = ()) -> int:  # type: ignore[assignment]
+        """Record one raw file; returns its ingestion order. The intents of ``commit`` (data files
+        written from it) become records in the same transaction."""
         cols = [c for c in _RAW_COLUMNS if c in record]
         values = [
             json.dumps(record[c], sort_keys=True) if c == "dropped" else record[c] for c in cols
         ]
         with self.tx() as c:
+            for p in commit:
+                _commit_intent(c, self.rel(p))
             cur = c.execute(
                 f"INSERT INTO raw_files ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                 values,
@@ -414,8 +424,13 @@ class Catalog:
 
     def put_intent(self, path: Path, kind: str, subject: str | None, sha: str, size: int,
                    rows: int | None, first: str | None, last: str | None, run_id: str | None,
-                   analysis_hash: str | None = None) -> None:
+                   analysis_hash: str | None = None,
+                   also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Record the intent to rename a written file onto ``path`` (``also`` adds its own
+        statements to the same transaction)."""
         with self.tx() as c:
+            if also is not None:
+                also(c)
             c.execute(
                 "INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (self.rel(path), kind, subject, sha, size, rows, first, last, run_id, clock.iso_now(),
@@ -456,14 +471,7 @@ class Catalog:
     def record_changes(self, instrument: str, first: datetime, last: datetime) -> None:
         """Widen the instrument's changed range to include [first, last]."""
         with self.tx() as c:
-            row = c.execute("SELECT first, last FROM changes WHERE instrument=?", (instrument,)).fetchone()
-            if row:
-                first = min(first, datetime.fromisoformat(row[0]))
-                last = max(last, datetime.fromisoformat(row[1]))
-            c.execute(
-                "INSERT OR REPLACE INTO changes VALUES (?,?,?)",
-                (instrument, first.astimezone(CHICAGO).isoformat(), last.astimezone(CHICAGO).isoformat()),
-            )
+            widen_changes(c, instrument, first, last)
 
     def read_changes(self) -> dict[str, tuple[datetime, datetime]]:
         """Per instrument, the (first, last) bar time changed and not yet analysed (Chicago)."""
@@ -563,6 +571,18 @@ _RAW_COLUMNS = (
 )
 
 
+def widen_changes(c: sqlite3.Connection, instrument: str, first: datetime, last: datetime) -> None:
+    """Within a transaction: widen the instrument's changed range to include [first, last]."""
+    row = c.execute("SELECT first, last FROM changes WHERE instrument=?", (instrument,)).fetchone()
+    if row:
+        first = min(first, datetime.fromisoformat(row[0]))
+        last = max(last, datetime.fromisoformat(row[1]))
+    c.execute(
+        "INSERT OR REPLACE INTO changes VALUES (?,?,?)",
+        (instrument, first.astimezone(CHICAGO).isoformat(), last.astimezone(CHICAGO).isoformat()),
+    )
+
+
 def _commit_intent(c: sqlite3.Connection, rel: str) -> None:
     row = c.execute("SELECT * FROM intents WHERE path=?", (rel,)).fetchone()
     if row is None:
@@ -640,7 +660,7 @@ def write_recorded(
     dest: Path,
     kind: str,
     subject: str | None,
-    write: Callable[[Path], None],
+    write: Callable[[Path], None] | bytes | memoryview,
     *,
     rows: int | None = None,
     first: str | None = None,
@@ -648,24 +668,110 @@ def write_recorded(
     run_id: str | None = None,
     checked: bool = False,
     analysis_hash: str | None = None,
+    also: Callable[[sqlite3.Connection], None] | None = None,
+    commit: bool = True,
 ) -> None:
     """Write a data file and its catalogue record by the protocol (module docstring).
 
-    ``write(tmp)`` writes the new content to ``tmp``. Unless ``checked`` (the caller already
-    checked the old file), an existing ``dest`` is checked against its record first and a
-    mismatch raises :class:`DamageError` without writing anything.
+    ``write`` is the new content (bytes: hashed as they are, not read back), or a function
+    ``write(tmp)`` that writes it to ``tmp``. Unless ``checked`` (the caller already checked
+    the old file), an existing ``dest`` is checked against its record first and a mismatch
+    raises :class:`DamageError` without writing anything. ``also`` adds its statements to the
+    intent's transaction (durable before the rename). With ``commit=False`` the record is left
+    as an intent that the caller commits (:meth:`Catalog.commit_intents`, or
+    :meth:`Catalog.add_raw`); a crash before that is finished like any other (``reconcile``).
     """
     cat = open_catalog(settings)
     if not checked and dest.exists():
         cat.check(dest, kind, subject)
     with atomic_path(dest) as tmp:
-        write(tmp)
-        t0 = time.perf_counter()
-        digest = sha256_file(tmp)
-        size = os.stat(tmp).st_size
+        if callable(write):
+            write(tmp)
+            t0 = time.perf_counter()
+            digest = sha256_file(tmp)
+            size = os.stat(tmp).st_size
+        else:
+            data = memoryview(write)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            t0 = time.perf_counter()
+            digest = hashlib.sha256(data).hexdigest()
+            size = data.nbytes
         cat.seconds += time.perf_counter() - t0
-        cat.put_intent(dest, kind, subject, digest, size, rows, first, last, run_id, analysis_hash)
-    cat.commit_intents([dest])
+        cat.put_intent(dest, kind, subject, digest, size, rows, first, last, run_id, analysis_hash, also)
+    if commit:
+        cat.commit_intents([dest])
+
+
+@dataclass
+class RecordedWrite:
+    """One data file for :func:`write_recorded_many`: its new content and record; ``error`` is
+    set when its own write or rename failed (it is then left as it was)."""
+
+    dest: Path
+    kind: str
+    subject: str | None
+    data: bytes | memoryview
+    rows: int | None = None
+    first: str | None = None
+    last: str | None = None
+    run_id: str | None = None
+    analysis_hash: str | None = None
+    error: OSError | None = None
+
+
+def write_recorded_many(settings: Settings, writes: list[RecordedWrite]) -> None:
+    """Write several data files and their records by the protocol (module docstring), with two
+    catalogue commits in all rather than two per file.
+
+    Each new content goes to a temporary file beside its destination and is fsynced (hashed in
+    memory); the intents of all of them commit in one transaction; each is renamed into place;
+    the folders are fsynced; the records commit in one transaction. The old files must have been
+    checked by the caller. A file whose own write or rename fails (a full disk, a permission)
+    gets its ``error`` and stays as it was; the others go on. A catalogue failure raises
+    :class:`CatalogError`; a crash at any point is finished by :func:`reconcile` as for one file.
+    """
+    cat = open_catalog(settings)
+    tmps: dict[int, Path] = {}
+    digests: dict[int, tuple[str, int]] = {}
+    try:
+        for i, w in enumerate(writes):
+            try:
+                tmp = tmps[i] = temp_beside(w.dest)
+                data = memoryview(w.data)
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                fsync_file(tmp)
+                t0 = time.perf_counter()
+                digests[i] = (hashlib.sha256(data).hexdigest(), data.nbytes)
+                cat.seconds += time.perf_counter() - t0
+            except OSError as exc:
+                w.error = exc
+        ready = [i for i in range(len(writes)) if writes[i].error is None]
+        if not ready:
+            return
+        with cat.tx() as c:
+            for i in ready:
+                w = writes[i]
+                c.execute(
+                    "INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (cat.rel(w.dest), w.kind, w.subject, digests[i][0], digests[i][1], w.rows, w.first,
+                     w.last, w.run_id, clock.iso_now(), w.analysis_hash),
+                )
+        renamed: list[Path] = []
+        for i in ready:
+            try:
+                replace_durably(tmps[i], writes[i].dest, sync_dir=False)
+                renamed.append(writes[i].dest)
+            except OSError as exc:
+                writes[i].error = exc
+        for folder in sorted({p.parent for p in renamed}):
+            fsync_dir(folder)
+        cat.commit_intents(renamed)
+    finally:
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 DELETED = "-"  # the sha256 of an intent to delete a file

@@ -48,9 +48,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``."""
+def temp_beside(dest: Path) -> Path:
+    """A new, empty temporary file beside ``dest`` (its folder made if need be), with the mode a
+    data file gets; its name (``.<name>.*.tmp``) is what :func:`remove_stale_temp_files` finds."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fail_point(dest)
@@ -60,17 +60,35 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; a data file gets the umask's mode
     finally:
         os.close(fd)
-    tmp = Path(tmp_name)
+    return Path(tmp_name)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: Path, dest: Path, sync_dir: bool = True) -> None:
+    """Rename a complete, fsynced ``tmp`` onto ``dest`` (and fsync the folder unless the caller
+    does it once for several renames)."""
+    _crash_point(dest)
+    os.replace(tmp, dest)
+    if sync_dir:
+        fsync_dir(dest.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``."""
+    dest = Path(dest)
+    tmp = temp_beside(dest)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _crash_point(dest)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        fsync_file(tmp)
+        replace_durably(tmp, dest)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -66,6 +66,15 @@ WARM_MODULES = (
     "pipeline_core.analyzer.runner",
     "pipeline_core.merger",
 )
+# Stage modules whose ``python -m`` run is exactly ``sys.exit(<entry>())`` (their ``__main__``
+# block, or the package's ``__main__.py``): a child calls the entry of the module the launcher
+# already imported rather than executing the module's source again as ``__main__`` (a third of
+# a stage's start). Anything else runs through runpy, as ``python -m`` would.
+MAIN_ENTRIES = {
+    "pipeline_core.translator": ("pipeline_core.translator", "main"),
+    "pipeline_core.merger": ("pipeline_core.merger", "main"),
+    "pipeline_core.analyzer": ("pipeline_core.analyzer.runner", "main"),
+}
 # libraries that would start a thread at import; a forking process must have none
 SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
 MAX_MESSAGE = 4 << 20
@@ -370,6 +379,14 @@ def _run_target(target: Target) -> None:
     if target.kind == "module":
         sys.argv = [target.name, *target.args]
         sys.path[0] = os.getcwd()
+        entry = MAIN_ENTRIES.get(target.name)
+        module = sys.modules.get(entry[0]) if entry else None
+        if entry is not None and module is not None and module.__file__:
+            # the module as the launcher imported it (this fork has run nothing of it since):
+            # the same state ``python -m`` would give it, without running its source again
+            sys.argv[0] = module.__file__ if target.name == entry[0] else os.path.join(
+                os.path.dirname(module.__file__), "__main__.py")
+            sys.exit(getattr(module, entry[1])())
         # ``python -m`` runs a module that nothing has imported yet: without this, runpy would
         # warn on the stage's output that the launcher imported it
         existing = sys.modules.get(target.name)
@@ -449,6 +466,17 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(name)
     for name in SINGLE_THREAD_ENV:  # the stages' own environment comes with each request
         os.environ.pop(name, None)
+    # pyarrow sets up its pandas shim (importing and parsing pandas' version) at its first
+    # conversion of Python objects, which the analyzer and the merger make: once, here
+    with contextlib.suppress(Exception):
+        sys.modules["pyarrow"].array([0])
+    if args.root:
+        # Warm what every stage does first (reading the settings compiles their patterns): the
+        # children inherit the caches. Only a warm-up: a failure here is the stage's to report.
+        from pipeline_core.settings import load_settings
+
+        with contextlib.suppress(Exception):
+            load_settings(root=args.root)
     import gc
 
     gc.collect()

@@ -69,6 +69,7 @@ from pipeline_core.settings import Settings
 KEY = ("Date", "Time", "Session", "Instrument")  # the merge key: Direction and Result are not in it
 
 GroupKey = tuple[str, int, int]  # (stream, year, month)
+WRITE_BATCH = 64  # monthly files merged, then written together (bounded memory, steady progress)
 
 
 class RunFileError(Exception):
@@ -395,19 +396,26 @@ def merge(settings: Settings, reporter: Reporter | None = None) -> MergeSummary:
     last_n, step = 0, max(1, total // 25)
     if reporter:
         reporter.progress(0, total, "merging monthly files")
-    for n, key in enumerate(sorted(groups), start=1):
-        outcome = _merge_one(settings, key, groups[key])
-        summary.groups.append(outcome)
-        if outcome.error is None:
-            for s in groups[key]:
-                done[s.run.journal_key].add(_group_id(key))
-        if reporter:
-            _report_group(reporter, settings, outcome)
-            now = time.monotonic()
-            # every few percent of the files or every half second, and the last one
-            if n == total or n - last_n >= step or now - last_report >= 0.5:
-                reporter.progress(n, total, "monthly files merged", stream=key[0])
-                last_report, last_n = now, n
+    keys = sorted(groups)
+    n = 0
+    for b in range(0, total, WRITE_BATCH):
+        # Merged a batch at a time and written together: two catalogue commits per batch, not
+        # two per monthly file.
+        batch = [(key, *_merge_one(settings, key, groups[key])) for key in keys[b : b + WRITE_BATCH]]
+        _write_groups(settings, [(outcome, w) for _, outcome, w in batch if w is not None])
+        for key, outcome, _ in batch:
+            n += 1
+            summary.groups.append(outcome)
+            if outcome.error is None:
+                for s in groups[key]:
+                    done[s.run.journal_key].add(_group_id(key))
+            if reporter:
+                _report_group(reporter, settings, outcome)
+                now = time.monotonic()
+                # every few percent of the files or every half second, and the last one
+                if n == total or n - last_n >= step or now - last_report >= 0.5:
+                    reporter.progress(n, total, "monthly files merged", stream=key[0])
+                    last_report, last_n = now, n
 
     # Which folders are complete: every file loaded and every group of every file written.
     complete = [
@@ -451,8 +459,9 @@ def _remove_streams_of_removed_instruments(
 ) -> None:
     """Monthly files of instruments the settings no longer name hold results the settings would
     not produce: they go (each file counted; its rows in ``rows_removed``)."""
-    files = monthly_files(settings)
-    for stream in catalog.removed_streams(settings):
+    removed = catalog.removed_streams(settings)
+    files = monthly_files(settings) if removed else {}
+    for stream in removed:
         for path in files.get(stream, []):
             try:
                 rows = pq.read_metadata(path).num_rows
@@ -473,12 +482,39 @@ def _remove_streams_of_removed_instruments(
             )
 
 
+def _write_groups(settings: Settings, todo: list[tuple[GroupOutcome, catalog.RecordedWrite]]) -> None:
+    """Write the monthly files of a batch of merged groups (one catalogue commit for their
+    intents, one for their records); a group whose file could not be written fails alone."""
+    if not todo:
+        return
+    try:
+        catalog.write_recorded_many(settings, [w for _, w in todo])
+    except CatalogError as exc:
+        for outcome, _ in todo:
+            outcome.action, outcome.damaged, outcome.error = "failed", True, str(exc)
+        return
+    except OSError as exc:  # the folders' fsync: the files may be new, their records not yet
+        for outcome, _ in todo:
+            outcome.action = "failed"
+            outcome.error = f"{outcome.path}: {type(exc).__name__}: {exc}"
+        return
+    for outcome, w in todo:
+        if w.error is not None:
+            outcome.action = "failed"
+            outcome.error = f"{outcome.path}: {type(w.error).__name__}: {w.error}"
+        else:
+            outcome.action = "written"
+
+
 def _merge_one(
     settings: Settings, key: GroupKey, sources: list[_Source]
-) -> GroupOutcome:
+) -> tuple[GroupOutcome, catalog.RecordedWrite | None]:
+    """Merge one group (stream, year, month): its outcome, and the monthly file to write (None
+    when there is nothing to write, the file was removed, or the group failed)."""
     stream, year, month = key
     path = monthly_path(settings, stream, year, month)
     outcome = GroupOutcome(stream, year, month, path)
+    write = None
     try:
         if path.exists():
             catalog.open_catalog(settings).check(path, catalog.MONTHLY, stream)
@@ -510,23 +546,22 @@ def _merge_one(
                 catalog.remove_recorded(settings, path)
                 fsync_dir(path.parent)
                 outcome.action = "deleted"
-            return outcome
+            return outcome, None
         if existing is not None and not changed and same_meta:
-            return outcome
+            return outcome, None
         meta[META_UPDATED] = clock.iso_now()
         table = result.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
         dates = table.column("Date")
-        catalog.write_recorded(
-            settings, path, catalog.MONTHLY, stream,
-            lambda tmp: pq.write_table(table, tmp, write_page_checksum=True),
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, write_page_checksum=True)
+        write = catalog.RecordedWrite(
+            path, catalog.MONTHLY, stream, sink.getvalue(),
             rows=table.num_rows,
             first=str(pc.min(dates).as_py()) if table.num_rows else None,
             last=str(pc.max(dates).as_py()) if table.num_rows else None,
             run_id=newest.run_id,
-            checked=True,
             analysis_hash=newest.analysis_hash,
         )
-        outcome.action = "written"
     except (DamageError, CatalogError) as exc:  # named, with the repair; blocks this group only
         outcome.action = "failed"
         outcome.damaged = True
@@ -534,7 +569,7 @@ def _merge_one(
     except Exception as exc:  # a failed group keeps its run folders for the next merge
         outcome.action = "failed"
         outcome.error = f"{path}: {type(exc).__name__}: {exc}"
-    return outcome
+    return outcome, write
 
 
 def _report_group(rep: Reporter, settings: Settings, g: GroupOutcome) -> None:

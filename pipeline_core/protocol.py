@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,10 +82,12 @@ class Reporter:
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
         self.result_sent = False
+        self._lock = threading.Lock()  # a stage's threads may report: each line goes out whole
 
     def _send(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+        with self._lock:
+            self.out.write(line + "\n")
+            self.out.flush()
 
     def say(self, text: str) -> None:
         """Free text for the operator: one output line per line of ``text``, each escaped

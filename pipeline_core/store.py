@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -115,6 +117,13 @@ def _ts_ms(table: pa.Table) -> np.ndarray:
     else:
         col = col.chunk(0)
     return np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col), offset=col.offset * 8)
+
+
+def _last_ms(table: pa.Table, first: bool = False) -> int:
+    """The last (or first) ``timestamp`` of a non-empty table, as epoch ms, whatever its chunks."""
+    chunks = [c for c in table.column("timestamp").chunks if len(c)]
+    c = chunks[0] if first else chunks[-1]
+    return int(np.frombuffer(c.buffers()[1], dtype=np.int64, count=len(c), offset=c.offset * 8)[0 if first else -1])
 
 
 def read_year(
@@ -329,8 +338,9 @@ def merge_year(old: pa.Table | None, new: pa.Table) -> pa.Table:
         return new
     if new.num_rows == 0:
         return old
-    if _ts_ms(new)[0] > _ts_ms(old)[-1]:  # the common case: bars appended after the last one
-        return pa.concat_tables([old, new]).combine_chunks()
+    if _last_ms(new, first=True) > _last_ms(old):  # the common case: bars appended after the last one
+        # left in two chunks: the writer takes them as they are (combining would copy the year)
+        return pa.concat_tables([old, new])
     _, pos, matched, _ = _match(old, new)
     keep_old = np.ones(old.num_rows, dtype=bool)
     keep_old[pos[matched]] = False
@@ -353,17 +363,24 @@ def with_instrument(table: pa.Table, inst: str) -> pa.Table:
     return table.append_column(SCHEMA.field("instrument"), [instrument_column(inst, table.num_rows)])
 
 
-def _write_year(settings: Settings, inst: str, path: Path, table: pa.Table, base: Path | None) -> None:
+def _write_year(
+    settings: Settings, inst: str, path: Path, table: pa.Table, base: Path | None,
+    also: Callable[[sqlite3.Connection], None] | None = None, commit: bool = True,
+) -> None:
     if base is not None:  # a rebuild's new store: recorded when it replaces the old one
         write_parquet_atomic(path, table, **WRITE_OPTIONS)
         return
-    ts = _ts_ms(table)
+    # encoded in memory: hashed as written, not read back from the disk
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **WRITE_OPTIONS)
     catalog.write_recorded(
         settings, path, catalog.STORE, inst,
-        lambda tmp: pq.write_table(table, tmp, **WRITE_OPTIONS),
+        sink.getvalue(),
+        also=also,
+        commit=commit,
         rows=table.num_rows,
-        first=ms_to_datetime(int(ts[0])).isoformat() if len(ts) else None,
-        last=ms_to_datetime(int(ts[-1])).isoformat() if len(ts) else None,
+        first=ms_to_datetime(_last_ms(table, first=True)).isoformat() if table.num_rows else None,
+        last=ms_to_datetime(_last_ms(table)).isoformat() if table.num_rows else None,
         checked=True,
     )
 
@@ -397,6 +414,9 @@ def upsert_years(
     years: Iterable[tuple[int, pa.Table]],
     before_write: Callable[[datetime, datetime], None] | None = None,
     base: Path | None = None,
+    *,
+    record_changes: bool = False,
+    uncommitted: list[Path] | None = None,
 ) -> tuple[datetime, datetime] | None:
     """Like :func:`upsert_bars` for bars already normalised and cut by Chicago year (sorted,
     unique; the ``instrument`` column may be left out: it is added as each year is written).
@@ -404,6 +424,12 @@ def upsert_years(
     Every existing year file it touches is checked against the catalogue first: a damaged one
     raises :class:`~pipeline_core.catalog.DamageError` before anything is written. With
     ``base`` (a rebuild) the files go to that folder and are not recorded.
+
+    ``record_changes`` widens the instrument's changed range in the catalogue (for the
+    analyzer) in the same transaction as each year file's intent: durable before any store
+    file changes, at no commit of its own. With ``uncommitted`` (a list) the year files'
+    records are left as intents and their paths appended: the caller commits them (with the
+    raw file's record, say).
     """
     cat = catalog.open_catalog(settings) if base is None else None
     # Two passes so the changed range is known (and handed to ``before_write``) before any
@@ -435,11 +461,24 @@ def upsert_years(
     if before_write is not None:
         before_write(*changed)
 
+    also = None
+    if record_changes and base is None:
+        def also(c: sqlite3.Connection) -> None:
+            catalog.widen_changes(c, inst, *changed)
+
+    lock = threading.Lock()
+
     def write(item: tuple[int, pa.Table]) -> None:
         year, new = item
         path = store_path(settings, inst, year, base)
-        old = read_year(path) if path.exists() else None
-        _write_year(settings, inst, path, merge_year(old, with_instrument(new, inst)), base)
+        # Every row of the year file holds ``inst`` (its whole file was checked by sha256 above):
+        # the column is built, not decoded (a third of the read).
+        old = with_instrument(read_year(path, columns=PRICE_COLUMNS), inst) if path.exists() else None
+        _write_year(settings, inst, path, merge_year(old, with_instrument(new, inst)), base,
+                    also, commit=uncommitted is None)
+        if uncommitted is not None:
+            with lock:
+                uncommitted.append(path)
 
     # Parquet encoding releases the GIL: write the year files on every core.
     workers = min(len(todo), os.cpu_count() or 1, 4)

@@ -14,10 +14,11 @@ timestamp the newer file wins) and for each:
 4. rejects the whole file when more than ``max_bad_row_fraction`` of its rows are bad, or when
    its bar times are implausible in Chicago (a bar in the future, or more than 1 % of the bars
    in the 16:00–16:59 break or on a Saturday: the input time zone is probably wrong);
-5. records the changed bar range (``Catalog.record_changes``), then upserts the bars into the
-   store (each year file replaced atomically);
-6. only then records the file in the catalogue and archives (or deletes, or keeps) the raw file and
-   its export signal files.
+5. upserts the bars into the store (each year file replaced atomically); the changed bar range
+   is recorded in the catalogue in the same transaction as each year file's intent, before the
+   file is renamed into place;
+6. only then records the file in the catalogue (in one transaction with the year files' records)
+   and archives (or deletes, or keeps) the raw file and its export signal files.
 
 A rejected file is moved unchanged to ``data/raw/quarantine/`` with ``<name>.error.txt``
 beside it (file, line, rule); the others go on and the stage ends ``partial``. A crash at any
@@ -961,7 +962,7 @@ def translate_file(
     cat: Catalog,
     run_id: str | None,
     sizes: set[int] | None = None,
-    progress: ByteProgress | None = None,
+    progress: FileReading | None = None,
 ) -> tuple[str, FileResult | None, Any]:
     """Translate one ready raw file. Returns ``(outcome, result, extra)`` with outcome
     ``translated``, ``already_ingested`` (extra: the earlier catalogue record) or
@@ -1038,13 +1039,28 @@ def translate_file(
         return "quarantined", None, exc
     del pieces
 
-    def record(first: datetime, last: datetime) -> None:
-        # durable before the store changes, so a crash cannot lose the analyzer's pending work
-        cat.record_changes(instrument, first, last)
+    # The changed range goes into the catalogue with each year file's intent: durable before the
+    # store changes, so a crash cannot lose the analyzer's pending work. The year files' records
+    # are committed with the raw file's record below (one transaction, not two).
+    written: list[Path] = []
+    try:
+        with catalog.instrument_lock(settings, instrument):
+            result.changed = store.upsert_years(
+                settings, instrument, list(years.items()), record_changes=True, uncommitted=written)
+        years.clear()
+        return _record_translated(settings, rep, cat, path, st, result, run_id, sizes, written, t0)
+    finally:
+        if written:  # not committed with a raw record (an error on the way): committed alone
+            cat.commit_intents(written)
 
-    with catalog.instrument_lock(settings, instrument):
-        result.changed = store.upsert_years(settings, instrument, list(years.items()), before_write=record)
-    years.clear()
+
+def _record_translated(
+    settings: Settings, rep: Reporter, cat: Catalog, path: Path, st: os.stat_result,
+    result: FileResult, run_id: str | None, sizes: set[int], written: list[Path], t0: float,
+) -> tuple[str, FileResult | None, Any]:
+    """Record a translated raw file (with the year files ``written`` from it: their records
+    commit in the same transaction, and the list is emptied) and archive it."""
+    name, digest, instrument = path.name, result.sha256, result.instrument
     result.seconds = time.perf_counter() - t0
     dest = archive_dest(settings, path)
     entry = {
@@ -1074,14 +1090,16 @@ def translate_file(
         # read (hash above); that version is gone, so it is recorded as such and not archived,
         # and the file as it is now is taken by the next run.
         entry.update(status="changed_after_store", archived_path=None)
-        cat.add_raw(entry)
+        cat.add_raw(entry, commit=written)
+        written.clear()
         rep.warning(
             f"{safe(name)}: changed while it was stored ({what}); the bars read are stored, the "
             "file stays in data/raw and is taken again next run", file=name)
         return "translated", result, None
     # Recorded before the move: a crash in between leaves the file in data/raw, where the next
     # run finds its sha256 in the catalogue and archives it as already ingested.
-    cat.add_raw(entry)
+    cat.add_raw(entry, commit=written)
+    written.clear()
     sizes.add(st.st_size)
     dispose(settings, path, dest)
     return "translated", result, None
@@ -1090,54 +1108,66 @@ def translate_file(
 class ByteProgress:
     """The stage's progress in bytes of its input files read (``unit`` ``bytes``): a message at
     each file's start, then within a file every 2 % of all the bytes or every second, whichever
-    comes first, and one at the end."""
+    comes first, and one at the end. Files read side by side (one thread per instrument) add
+    up: each has its own :class:`FileReading`."""
 
     STEP = 0.02
     EVERY = 1.0  # seconds
 
     def __init__(self, rep: Reporter, sizes: list[int]) -> None:
         self.rep = rep
+        self.sizes = sizes
         self.total = sum(sizes)
         self.files = len(sizes)
-        self.base = 0  # bytes of the files before the current one
-        self.size = 0
-        self.index = 0
-        self.name = ""
+        self._done = [0] * len(sizes)  # bytes read of each file
+        self._lock = threading.Lock()
         self._last_done = -1
         self._last_time = 0.0
 
-    def start_file(self, index: int, name: str, size: int) -> None:
-        self.index, self.name, self.size = index, name, size
-        self.send(0, force=True)
-
-    def end_file(self) -> None:
-        self.base += self.size
-        self.size = 0
-
-    def within(self, done_in_file: int) -> None:
-        self.send(done_in_file)
+    def start_file(self, index: int, name: str) -> FileReading:
+        reading = FileReading(self, index, name)
+        self._send(index, name, 0, force=True)
+        return reading
 
     def finish(self) -> None:
         self.rep.progress(self.total, self.total, f"{self.total / 1e6:.1f} MB read, {self.files} file(s)",
                           unit="bytes", files=self.files)
 
-    def send(self, done_in_file: int, *, force: bool = False) -> None:
-        done = min(self.base + min(done_in_file, self.size), self.total)
-        now = time.monotonic()
-        if not force and (done - self._last_done < self.STEP * self.total and now - self._last_time < self.EVERY):
-            return
-        if done >= self.total > 0 and not force:
-            return  # the last one is finish()'s
-        self._last_done, self._last_time = done, now
-        self.rep.progress(
-            done, self.total,
-            f"{done / 1e6:.1f} of {self.total / 1e6:.1f} MB read (file {self.index + 1}/{self.files}: {self.name})",
-            unit="bytes", file=self.name, files=self.files,
-        )
+    def _send(self, index: int, name: str, done_in_file: int, *, force: bool = False) -> None:
+        with self._lock:
+            self._done[index] = max(self._done[index], min(done_in_file, self.sizes[index]))
+            done = min(sum(self._done), self.total)
+            now = time.monotonic()
+            if not force and (done - self._last_done < self.STEP * self.total and now - self._last_time < self.EVERY):
+                return
+            if done >= self.total > 0 and not force:
+                return  # the last one is finish()'s
+            self._last_done, self._last_time = done, now
+            self.rep.progress(
+                done, self.total,
+                f"{done / 1e6:.1f} of {self.total / 1e6:.1f} MB read (file {index + 1}/{self.files}: {name})",
+                unit="bytes", file=name, files=self.files,
+            )
+
+
+class FileReading:
+    """One file's share of :class:`ByteProgress`: how much of it has been read."""
+
+    def __init__(self, progress: ByteProgress, index: int, name: str) -> None:
+        self.progress, self.index, self.name = progress, index, name
+
+    def within(self, done_in_file: int) -> None:
+        self.progress._send(self.index, self.name, done_in_file)
+
+    def end(self) -> None:
+        """The file is done (translated, rejected or failed): all its bytes count as read."""
+        p = self.progress
+        with p._lock:
+            p._done[self.index] = p.sizes[self.index]
 
 
 def _parse(
-    path: Path, settings: Settings, rep: Reporter, name: str, progress: ByteProgress | None = None
+    path: Path, settings: Settings, rep: Reporter, name: str, progress: FileReading | None = None
 ) -> tuple[Layout, list[Piece]]:
     """parse_file, reporting the bytes parsed as it goes."""
 
@@ -1146,6 +1176,37 @@ def _parse(
             progress.within(done)
 
     return parse_file(path, settings, on_piece=on_piece)
+
+
+def concurrent_groups(files: list[Path], settings: Settings) -> list[list[Path]] | None:
+    """The ready files cut by instrument (each group in file order) when they may be translated
+    concurrently, one group per worker; None when they go one after another.
+
+    A quarter-hour's exports are small files, one per instrument, each parsed on one core and
+    most of its time spent rewriting its own year file: the instruments share nothing but the
+    catalogue, so they run side by side. They go one after another when a file is big enough to
+    be parsed in pieces (it uses every core by itself), or when two files have the same size
+    (one may be a copy of the other: the later one must find the earlier's hash recorded).
+    """
+    if len(files) < 2 or settings.effective_workers < 2:
+        return None
+    piece_bytes = int(os.environ.get(PIECE_BYTES_ENV) or PIECE_BYTES)
+    groups: dict[str, list[Path]] = {}
+    sizes: set[int] = set()
+    for path in files:
+        try:
+            size = path.lstat().st_size
+        except FileNotFoundError:
+            continue
+        if size >= piece_bytes or size in sizes:
+            return None
+        sizes.add(size)
+        try:
+            key = parse_instrument(path.name, settings)
+        except RawFileError:
+            key = f"\0{path.name}"  # rejected on its own
+        groups.setdefault(key, []).append(path)
+    return list(groups.values()) if len(groups) > 1 else None
 
 
 def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
@@ -1203,102 +1264,66 @@ def run(args: argparse.Namespace, settings: Settings, rep: Reporter) -> str:
         except OSError:
             file_sizes.append(0)
     progress = ByteProgress(rep, file_sizes)
-    for i, path in enumerate(files):
-        progress.end_file()
+    lock = threading.Lock()  # the counts and the messages of files translated concurrently
+    index = {path: i for i, path in enumerate(files)}
+
+    def one(path: Path) -> None:
+        nonlocal damaged
         try:
             size = path.lstat().st_size
         except FileNotFoundError:
             rep.say(f"{path.name}: gone before it was translated; skipped")
-            continue
-        progress.start_file(i, path.name, file_sizes[i])
+            return
+        reading = progress.start_file(index[path], path.name)
         try:
-            outcome, res, extra = translate_file(path, settings, rep, cat, args.run_id, sizes, progress)
+            outcome, res, extra = translate_file(path, settings, rep, cat, args.run_id, sizes, reading)
         except FileChanged as exc:  # taken again next run; the run is not the worse for it
-            counts["changed"] += 1
-            rep.warning(str(exc), file=path.name, reason="changed_while_read")
-            rep.metric(f"{path.name}: changed while read", file=path.name, status="changed", what=exc.what)
-            continue
+            with lock:
+                counts["changed"] += 1
+                rep.warning(str(exc), file=path.name, reason="changed_while_read")
+                rep.metric(f"{path.name}: changed while read", file=path.name, status="changed", what=exc.what)
+            return
         except (DamageError, CatalogError) as exc:  # named, with its repair; blocks this file only
-            counts["errors"] += 1
-            damaged += isinstance(exc, DamageError)
-            errors.append(str(exc))
-            rep.warning(f"{path.name}: not translated: {exc}; the file stays in data/raw", file=path.name)
-            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
-            continue
+            with lock:
+                counts["errors"] += 1
+                damaged += isinstance(exc, DamageError)
+                errors.append(str(exc))
+                rep.warning(f"{path.name}: not translated: {exc}; the file stays in data/raw", file=path.name)
+                rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
+            return
         except OSError as exc:  # a full disk, a permission: named, no traceback; the others go on
-            counts["errors"] += 1
-            text = os_error_text(exc)
-            errors.append(f"{safe(path.name)}: {text}")
-            rep.warning(f"{path.name}: not translated: {text}; the file stays in data/raw", file=path.name)
-            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=text)
-            continue
+            with lock:
+                counts["errors"] += 1
+                text = os_error_text(exc)
+                errors.append(f"{safe(path.name)}: {text}")
+                rep.warning(f"{path.name}: not translated: {text}; the file stays in data/raw", file=path.name)
+                rep.metric(f"{path.name}: failed", file=path.name, status="error", error=text)
+            return
         except Exception as exc:  # one file's unexpected failure must not stop the others
-            counts["errors"] += 1
-            errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
-            rep.say(traceback.format_exc())
-            rep.warning(f"{path.name}: translation failed: {exc}; the file stays in data/raw", file=path.name)
-            rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
-            continue
-        counts["bytes"] += size
-        if outcome == "quarantined":
-            counts["quarantined"] += 1
-            if len(counts["quarantined_files"]) < QUARANTINE_LISTED:
-                counts["quarantined_files"].append(
-                    {"file": safe(path.name), "rule": extra.rule, "line": extra.line, "reason": safe(str(extra.reason))}
-                )
-            rep.warning(f"quarantined {path.name}: {extra.reason}", file=path.name, rule=extra.rule, line=extra.line)
-            rep.metric(
-                f"{path.name}: quarantined ({extra.rule})",
-                file=path.name,
-                status="quarantined",
-                rule=extra.rule,
-                line=extra.line,
-                reason=extra.reason,
-            )
-        elif outcome == "already_ingested":
-            counts["already_ingested"] += 1
-            when = extra.get("ingested_at", "?")
-            rep.warning(f"{path.name}: already ingested at {when} (same sha256); not translated again", file=path.name, ingested_at=when)
-            rep.metric(f"{path.name}: already ingested at {when}", file=path.name, status="already_ingested", ingested_at=when)
-        else:
-            assert res is not None
-            counts["translated"] += 1
-            _count_file(counts, res)
-            mb_s = res.size / 1e6 / res.seconds if res.seconds > 0 else 0.0
-            dropped = ", ".join(f"{RULES[r]} {n} (first at line {res.first_lines.get(r)})" for r, n in res.dropped.items())
-            rep.say(
-                f"{res.name}: {res.instrument} {res.rows_kept} bars kept of {res.rows_in} rows"
-                + (f"; dropped {dropped}" if dropped else "")
-                + (f"; {res.duplicates} duplicate timestamp(s), last kept" if res.duplicates else "")
-                + (f"; {res.first_bar:%Y-%m-%d %H:%M} to {res.last_bar:%Y-%m-%d %H:%M} Chicago" if res.first_bar and res.last_bar else "")
-                + f"; {res.size / 1e6:.1f} MB in {res.seconds:.2f} s ({mb_s:.0f} MB/s)"
-            )
-            if res.ambiguous:
-                rep.warning(
-                    f"{res.name}: {res.ambiguous} bar(s) at a wall time that occurs twice in its "
-                    "time zone (the autumn clock change) were read as the first occurrence",
-                    file=res.name,
-                )
-            rep.metric(
-                f"{res.name}: {res.rows_kept} bars kept",
-                file=res.name,
-                status="translated",
-                instrument=res.instrument,
-                form=res.form,
-                rows_in=res.rows_in,
-                rows_kept=res.rows_kept,
-                dropped=res.dropped,
-                first_bad_line=res.first_lines,
-                duplicates=res.duplicates,
-                ambiguous=res.ambiguous,
-                first_bar=_iso(res.first_bar),
-                last_bar=_iso(res.last_bar),
-                changed_first=_iso(res.changed[0]) if res.changed else None,
-                changed_last=_iso(res.changed[1]) if res.changed else None,
-                seconds=round(res.seconds, 3),
-                mb_per_s=round(mb_s, 1),
-            )
-    progress.end_file()
+            with lock:
+                counts["errors"] += 1
+                errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
+                rep.say(traceback.format_exc())
+                rep.warning(f"{path.name}: translation failed: {exc}; the file stays in data/raw", file=path.name)
+                rep.metric(f"{path.name}: failed", file=path.name, status="error", error=str(exc))
+            return
+        finally:
+            reading.end()
+        with lock:
+            _report_file(rep, counts, path, size, outcome, res, extra)
+
+    groups = concurrent_groups(files, settings)
+    if groups is None:
+        for path in files:
+            one(path)
+    else:
+        def group(paths: list[Path]) -> None:
+            for path in paths:
+                one(path)
+
+        with ThreadPoolExecutor(max_workers=min(len(groups), settings.effective_workers),
+                                thread_name_prefix="instrument") as pool:
+            list(pool.map(group, groups))
     progress.finish()
     counts["seconds"] = round(time.perf_counter() - t_start, 3)
     summary = (
@@ -1327,6 +1352,72 @@ def _names(files: list[dict[str, Any]], count: int, shown: int = 3) -> str:
     names = [str(f["file"]) for f in files[:shown]]
     more = count - len(names)
     return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+def _report_file(
+    rep: Reporter, counts: dict[str, Any], path: Path, size: int, outcome: str,
+    res: FileResult | None, extra: Any,
+) -> None:
+    """Count one file's outcome and report it (a line, a warning, a metric)."""
+    counts["bytes"] += size
+    if outcome == "quarantined":
+        counts["quarantined"] += 1
+        if len(counts["quarantined_files"]) < QUARANTINE_LISTED:
+            counts["quarantined_files"].append(
+                {"file": safe(path.name), "rule": extra.rule, "line": extra.line, "reason": safe(str(extra.reason))}
+            )
+        rep.warning(f"quarantined {path.name}: {extra.reason}", file=path.name, rule=extra.rule, line=extra.line)
+        rep.metric(
+            f"{path.name}: quarantined ({extra.rule})",
+            file=path.name,
+            status="quarantined",
+            rule=extra.rule,
+            line=extra.line,
+            reason=extra.reason,
+        )
+    elif outcome == "already_ingested":
+        counts["already_ingested"] += 1
+        when = extra.get("ingested_at", "?")
+        rep.warning(f"{path.name}: already ingested at {when} (same sha256); not translated again", file=path.name, ingested_at=when)
+        rep.metric(f"{path.name}: already ingested at {when}", file=path.name, status="already_ingested", ingested_at=when)
+    else:
+        assert res is not None
+        counts["translated"] += 1
+        _count_file(counts, res)
+        mb_s = res.size / 1e6 / res.seconds if res.seconds > 0 else 0.0
+        dropped = ", ".join(f"{RULES[r]} {n} (first at line {res.first_lines.get(r)})" for r, n in res.dropped.items())
+        rep.say(
+            f"{res.name}: {res.instrument} {res.rows_kept} bars kept of {res.rows_in} rows"
+            + (f"; dropped {dropped}" if dropped else "")
+            + (f"; {res.duplicates} duplicate timestamp(s), last kept" if res.duplicates else "")
+            + (f"; {res.first_bar:%Y-%m-%d %H:%M} to {res.last_bar:%Y-%m-%d %H:%M} Chicago" if res.first_bar and res.last_bar else "")
+            + f"; {res.size / 1e6:.1f} MB in {res.seconds:.2f} s ({mb_s:.0f} MB/s)"
+        )
+        if res.ambiguous:
+            rep.warning(
+                f"{res.name}: {res.ambiguous} bar(s) at a wall time that occurs twice in its "
+                "time zone (the autumn clock change) were read as the first occurrence",
+                file=res.name,
+            )
+        rep.metric(
+            f"{res.name}: {res.rows_kept} bars kept",
+            file=res.name,
+            status="translated",
+            instrument=res.instrument,
+            form=res.form,
+            rows_in=res.rows_in,
+            rows_kept=res.rows_kept,
+            dropped=res.dropped,
+            first_bad_line=res.first_lines,
+            duplicates=res.duplicates,
+            ambiguous=res.ambiguous,
+            first_bar=_iso(res.first_bar),
+            last_bar=_iso(res.last_bar),
+            changed_first=_iso(res.changed[0]) if res.changed else None,
+            changed_last=_iso(res.changed[1]) if res.changed else None,
+            seconds=round(res.seconds, 3),
+            mb_per_s=round(mb_s, 1),
+        )
 
 
 def _count_file(counts: dict[str, Any], res: FileResult) -> None:

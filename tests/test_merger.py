@@ -392,3 +392,31 @@ def test_merged_files_hold_the_newest_row_of_every_key(
     for rows in monthly_rows(settings).values():
         assert [(r["Date"], r["Time"]) for r in rows] == sorted((r["Date"], r["Time"]) for r in rows)
     assert list(settings.analyzer_temp_dir.iterdir()) == []
+
+
+def test_a_month_that_cannot_be_written_fails_alone_and_the_retry_completes(settings: Settings) -> None:
+    # the monthly files of a merge are written together: one that fails must not take the others
+    write_run(settings, "A", "ES", [row("ES", D1, "07:30", "Win", profit=10.0), row("ES", D3, "07:30")],
+              created_ns=1)
+    october = monthly_path(settings, "ES1", 2025, 10)
+    november = monthly_path(settings, "ES1", 2025, 11)
+
+    code, messages = run_stage(settings, env={"QTSW_FAIL_WRITE": f"*/{october.name}"})
+
+    res = result_of(messages)
+    assert code == 1 and res.body["status"] == "failure"
+    assert str(october) in res.body["error"] and "No space left on device" in res.body["error"]
+    assert not october.exists() and not list(october.parent.glob(".*.tmp"))
+    assert [r["Result"] for r in read_monthly_file(november).to_pylist()] == ["NoTrade"]
+    cat = catalog.open_catalog(settings)
+    assert cat.record(november) is not None and cat.record(october) is None
+    assert not cat.query("SELECT * FROM intents")
+    assert (settings.analyzer_temp_dir / "A").exists()  # kept for the retry
+
+    code, messages = run_stage(settings)
+
+    assert code == 0 and result_of(messages).body["status"] == "success"
+    assert [r["Result"] for r in read_monthly_file(october).to_pylist()] == ["Win"]
+    assert [r["Result"] for r in read_monthly_file(november).to_pylist()] == ["NoTrade"]
+    assert not (settings.analyzer_temp_dir / "A").exists()
+    assert catalog.sha256_file(october) == catalog.open_catalog(settings).record(october).sha256

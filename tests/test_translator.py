@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_core import catalog, fsutil, protocol, sample, store
+from pipeline_core import catalog, fsutil, protocol, sample, store, translator
 from pipeline_core.settings import CHICAGO, Settings, load_settings
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
@@ -780,3 +780,53 @@ def test_semicolon_header_and_a_repeated_wall_time(root: Path) -> None:
     assert first.astimezone(CHICAGO).isoformat() == "2025-11-02T01:30:00-05:00"
     assert run.metric("NQ.csv")["ambiguous"] == 1
     assert any("occurs twice" in w["msg"] for w in run.of("warning"))
+
+
+# --- instruments side by side ----------------------------------------------------------------------
+
+
+def test_instruments_translated_side_by_side_each_store_as_alone(settings: Settings, tmp_path: Path) -> None:
+    (settings.root / "qtsw.toml").write_text("[engine]\nworkers = 3\n")
+    s = load_settings(root=settings.root, env=ENV)
+    days = {"ES": 3, "NQ": 4, "GC": 5}  # different sizes: nothing can be a copy of another
+    files = {inst: put(s, f"DataExport_{inst}_20251127_0{i}0000_UTC.csv", make_bars(inst, days=n, seed=i))
+             for i, (inst, n) in enumerate(days.items(), start=1)}
+    groups = translator.concurrent_groups(sorted(files.values(), key=lambda p: p.name), s)
+    assert groups is not None and sorted(len(g) for g in groups) == [1, 1, 1]
+    # the same files, one after another, on a second root: the reference
+    alone = load_settings(root=tmp_path / "alone", env=ENV)
+    alone.ensure_dirs()
+    for inst, path in files.items():
+        (alone.raw_dir / path.name).write_bytes(path.read_bytes())
+        settle(alone.raw_dir / path.name)
+        assert run_translator(alone.root).counts["translated"] == 1, inst
+
+    run = run_translator(s.root)
+
+    assert run.rc == 0 and run.result["status"] == "success"
+    assert run.counts["translated"] == 3 and run.counts["files"] == 3
+    assert run.counts["instruments"] == {i: stored(alone, i).num_rows for i in days}
+    for inst in days:
+        assert stored(s, inst).equals(stored(alone, inst)), inst
+        assert archived(s, files[inst].name) and not files[inst].exists()
+    # every store file's record matches it, and no intent is left uncommitted
+    cat = catalog.open_catalog(s)
+    assert not cat.query("SELECT * FROM intents")
+    for rec in cat.records(catalog.STORE):
+        assert catalog.sha256_file(cat.abs(rec.path)) == rec.sha256
+    assert set(catalog.open_catalog(s).read_changes()) == set(days)
+    progress = [m["done"] for m in run.of("progress")]
+    assert progress == sorted(progress)  # counted up whatever order the files finish in
+
+
+def test_same_size_or_big_files_go_one_after_another(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    (settings.root / "qtsw.toml").write_text("[engine]\nworkers = 3\n")
+    s = load_settings(root=settings.root, env=ENV)
+    es = put(s, "ES.csv", make_bars("ES", days=3))
+    nq = put_text(s, "NQ.csv", es.read_bytes())  # the same size (a copy, say)
+    tr = translator
+    assert tr.concurrent_groups([es, nq], s) is None
+    gc = put(s, "GC.csv", make_bars("GC", days=4))
+    assert tr.concurrent_groups([es, gc], s) is not None
+    monkeypatch.setenv(tr.PIECE_BYTES_ENV, str(es.stat().st_size))  # ES now parses in pieces
+    assert tr.concurrent_groups([es, gc], s) is None
