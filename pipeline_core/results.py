@@ -12,6 +12,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,6 +348,7 @@ class ResultSet:
         self.year = dd.astype("datetime64[Y]").astype(np.int32) + 1970
         self.month = (dd.astype("datetime64[M]").astype(np.int32) % 12 + 1).astype(np.int8)
         self._masks: dict[Any, np.ndarray] = {}
+        self._figures: dict[Any, Any] = {}  # stats, curves and matrices already computed
 
     # --- what there is -----------------------------------------------------------------
     @property
@@ -415,8 +417,21 @@ class ResultSet:
         present = np.unique(self.stream[self.mask(flt)])
         return [self.streams[i] for i in present]
 
+    def _remembered(self, key: Any, make: Callable[[], Any]) -> Any:
+        """A figure computed once per result set (its rows never change: a changed file makes a
+        new set), so a screen opened again, or a step back, shows at once."""
+        found = self._figures.get(key)
+        if found is None:
+            if len(self._figures) > 4096:
+                self._figures.clear()
+            found = self._figures[key] = make()
+        return found
+
     def stats(self, flt: ResultFilter, period: Period = ALL_TIME, stream: str | None = None) -> Stats:
         """The figures of one stream (or of all streams: ``stream=None``) for a period."""
+        return self._remembered(("stats", flt, period, stream), lambda: self._stats(flt, period, stream))
+
+    def _stats(self, flt: ResultFilter, period: Period, stream: str | None) -> Stats:
         m = self.mask(flt, period, stream)
         res = self.result[m]
         counts = np.bincount(res[res >= 0], minlength=5)
@@ -463,10 +478,13 @@ class ResultSet:
 
     def equity(self, flt: ResultFilter, period: Period = ALL_TIME, stream: str | None = None) -> Curve:
         """Cumulative dollars per trade date of one stream, or of all streams (``None``)."""
-        return self._curve(self.mask(flt, period, stream))
+        return self._remembered(("equity", flt, period, stream), lambda: self._curve(self.mask(flt, period, stream)))
 
     def matrix(self, flt: ResultFilter, year: int) -> Matrix:
         """The stream × month dollars of ``year`` (streams: those with rows under the filter)."""
+        return self._remembered(("matrix", flt, year), lambda: self._matrix(flt, year))
+
+    def _matrix(self, flt: ResultFilter, year: int) -> Matrix:
         streams = self.shown_streams(flt)
         m = self.mask(flt, Period(year))
         idx = self.stream[m].astype(np.int64) * 12 + (self.month[m].astype(np.int64) - 1)

@@ -128,17 +128,18 @@ def compute_view(rs: ResultSet, flt: ResultFilter, year: int, month: Period, str
     """The figures of the view; ``every_stream`` False leaves the statistics tab's rows out
     (computed when that tab is opened)."""
     periods = [month, Period(year), ALL_TIME]
+    stream_stats = [(p, rs.stats(flt, p, stream)) for p in periods]
     return View(
         year=year,
         month=month,
         stream=stream,
         matrix=rs.matrix(flt, year),
-        stream_stats=[(p, rs.stats(flt, p, stream)) for p in periods],
+        stream_stats=stream_stats,
         every_stream=every_stream,
         all_stats=[(s or ALL, p, rs.stats(flt, p, s)) for s in [*rs.shown_streams(flt), None] for p in periods]
         if every_stream else [],
         curve=rs.equity(flt, ALL_TIME, stream),
-        curve_stats=rs.stats(flt, ALL_TIME, stream),
+        curve_stats=stream_stats[-1][1],  # all time: the curve's own figures
     )
 
 
