@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def alive(pid: int) -> bool:
@@ -93,3 +97,27 @@ def children_of(pid: int) -> list[int]:
         except OSError:
             continue
     return [c for c in out if alive(c)]
+
+
+def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll ``cond`` until it returns something true (returned); fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """SIGTERM, then wait; SIGKILL only if it did not end within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import pytest
+from processes import terminate
 from test_control import clean_env, start_engine, stop_engine
 
 from pipeline_core import catalog, history
@@ -276,14 +276,7 @@ async def test_two_consoles_attached_at_once_see_the_same_events(tmp_path: Path)
                 rows1, rows2 = _row_seqs(panel1, run_id), _row_seqs(panel2, run_id)
         assert proc.poll() is None, "the engine outlived both consoles"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        terminate(proc)
 
     [run] = history.read_runs(settings)
     assert run["status"] == "success" and run["run_id"] == run_id

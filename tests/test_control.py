@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from processes import terminate, wait_until
 
 from pipeline_core import catalog, clock, history
 from pipeline_core.control import (
@@ -58,17 +59,6 @@ def far_schedule() -> str:
     return (clock.now() - timedelta(minutes=2)).strftime("%H:%M")
 
 
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def start_engine(root: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """``qtsw --no-ui`` on ``root``; its output goes to a file beside the root (a pipe nobody
     reads would fill up and hold the engine's printer)."""
@@ -83,14 +73,7 @@ def start_engine(root: Path, env: dict[str, str] | None = None) -> subprocess.Po
 
 
 def stop_engine(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    terminate(proc)
     return (proc.root.parent / "engine.out").read_text()[-3000:]  # type: ignore[attr-defined]
 
 
@@ -102,7 +85,7 @@ def connect_when_up(path: Path, proc: subprocess.Popen[str], timeout: float = 30
         except NoEngine:
             return None
 
-    return wait_for(attempt, f"the engine to serve {path}", timeout)
+    return wait_until(attempt, f"the engine to serve {path}", timeout)
 
 
 class Served:
@@ -115,7 +98,7 @@ class Served:
         return Connection(self.path)
 
     def wait_idle(self, conn: Connection, timeout: float = 60.0) -> None:
-        wait_for(lambda: conn.snapshot()["current"] is None, "the engine to be idle", timeout)
+        wait_until(lambda: conn.snapshot()["current"] is None, "the engine to be idle", timeout)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +196,10 @@ def test_commands_accepted_and_refused(served: Served) -> None:
         assert msgs[-1]["event"]["event"] == "success"
         assert history.read_runs(served.settings)[-1]["run_id"] == run_id
 
-        # cancel, from another client, while the analyzer runs
+        # cancel, from another client, while the analyzer runs: held at its end (where it
+        # writes the catalogue) so that a warm run cannot end before the cancel arrives
+        hold = contextlib.ExitStack()
+        hold.enter_context(catalog.hold_writes(served.settings))
         started = conn.command("run_now", full=True)
         assert started["type"] == "accepted"
         run_id = started["run_id"]
@@ -223,8 +209,11 @@ def test_commands_accepted_and_refused(served: Served) -> None:
             ev = (msg or {}).get("event") or {}
             return ev.get("run_id") == run_id and ev.get("stage") == "analyzer" and ev.get("event") == "start"
 
-        wait_for(analyzer_started, "the analyzer to start")
-        cancel = other.command("cancel")
+        try:
+            wait_until(analyzer_started, "the analyzer to start")
+            cancel = other.command("cancel")
+        finally:
+            hold.close()
         assert cancel["type"] == "accepted" and cancel["run_id"] == run_id
         msgs = read_until_run_ends(conn, run_id)
         assert msgs[-1]["event"]["event"] == "cancelled"
@@ -254,7 +243,7 @@ def test_two_clients_subscribed_mid_run_see_the_same_events(served: Served) -> N
             ev = msg.get("event") or {}
             return ev.get("run_id") == run_id and ev.get("stage") == "analyzer" and ev.get("event") != "start"
 
-        wait_for(mid_run, "the analyzer to report")
+        wait_until(mid_run, "the analyzer to report")
         reply = b.subscribe()
         hold.close()
         assert reply == {"type": "subscribed", "id": b._ids, "run_id": run_id}

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from processes import alive, children_of
+from processes import alive, children_of, wait_until
 from test_control import clean_env, start_engine, stop_engine
 
 from pipeline_core import history
@@ -51,14 +51,7 @@ def qtsw(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 def poll(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return wait_until(cond, what, timeout)
 
 
 def launch_web(root: Path, *extra: str) -> subprocess.Popen[str]:
