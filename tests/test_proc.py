@@ -270,7 +270,9 @@ def test_cancel_kills_the_group(tmp_path: Path, how: proc.WarmLauncher | None) -
     assert "cancelled" in (tmp_path / "s.log").read_text()
     # after a cancel, stopping the processes is what was asked for: said plainly, not as an alarm
     assert rec.notes[0] == "cancelled: stopping the stage's processes"
-    assert any(n.endswith("terminated as asked") for n in rec.notes), rec.notes
+    # (terminated, or killed when a loaded machine kept them past the 0.5 s grace)
+    assert any(n.startswith("stopped: process group ") and n.endswith(("terminated as asked", "killed as asked"))
+               for n in rec.notes), rec.notes
     assert not any("still running" in n for n in rec.notes), rec.notes
 
 
