@@ -10,7 +10,10 @@ month (the worker's figures painted):
 * *cold*: no cache at all (the first open after the files were written, or a cleared cache);
 * *cache*: what a fresh start sees: this process remembers nothing, ``data/cache`` holds the
   figures' columns of every file (the file's (mtime, size, inode) unchanged);
-* *warm*: a second open in the same console.
+* *warm*: a second open in the same console;
+* *start*: the first open in a console started a few seconds before with only the disk cache
+  (the console reads the results ahead after drawing its first screen: this is what an
+  operator who starts ``qtsw`` and presses ``s`` sees).
 
 Baselines measured in the same run: reading the same 2,880 files' result columns with plain
 ``pyarrow.parquet.read_table`` (one after the other), and ``load_results`` alone per case.
@@ -126,12 +129,20 @@ def load_alone(s: Settings, case: str) -> float:
 async def open_screen(s: Settings, cases: list[str]) -> dict[str, tuple[float, float]]:
     """(wall, CPU) seconds from the key press to the figures painted, per case, in one console;
     case ``help`` opens the help screen instead (the cost of opening any screen)."""
+    if "start" in cases:
+        results.forget_cache()  # a console process just started: only the disk cache
     app = build_app(s, Engine(s, now=lambda: FIXED_NOW), {}, clock=lambda: FIXED_NOW)
     out: dict[str, tuple[float, float]] = {}
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause(0.5)
+        if "start" in cases:
+            # the operator presses s a few seconds after the console appeared: by then it has
+            # read the results ahead (from the disk cache) in its counters' thread
+            deadline = time.monotonic() + 30
+            while str(s.root) not in results._built and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         for case in cases:
-            if case not in ("warm", "help"):
+            if case not in ("warm", "help", "start"):
                 results.forget_cache()
             if case == "cold":
                 s.results_cache_path.unlink(missing_ok=True)
@@ -165,7 +176,7 @@ def main() -> None:
             loads[case].append(load_alone(s, case))
     for case, times in loads.items():
         print(f"load_results alone, {case:5s}: {statistics.median(times) * 1000:8.0f} ms (median of {len(times)})")
-    cases = ["help", "cold", "cache", "warm"]
+    cases = ["start", "help", "cold", "cache", "warm"]
     screen: dict[str, list[tuple[float, float]]] = {c: [] for c in cases}
     for _ in range(args.repeat):
         for case, v in asyncio.run(open_screen(s, cases)).items():
@@ -173,7 +184,7 @@ def main() -> None:
     help_wall = statistics.median(w for w, _ in screen["help"])
     help_cpu = statistics.median(c for _, c in screen["help"])
     print(f"baseline: the help screen opened and painted:  {help_wall * 1000:8.0f} ms wall, {help_cpu * 1000:6.0f} ms CPU")
-    for case in cases[1:]:
+    for case in [c for c in cases if c != "help"]:
         wall = statistics.median(w for w, _ in screen[case])
         cpu = statistics.median(c for _, c in screen[case])
         verdict = "" if case == "cold" else ("  target < 300 ms: met" if wall < 0.3 else "  target < 300 ms: NOT met")

@@ -719,6 +719,24 @@ def _empty_cache_table() -> pa.Table:
     )
 
 
+def read_ahead(settings: Settings) -> ResultSet | None:
+    """Load the results and compute what the results screen shows first (the newest month's
+    year matrix, all streams' figures for the month, its year and all time, the all-time curve)
+    so that the screen opens at once. Only when the disk cache exists: a first reading of every
+    monthly file is left to the operator's first look. Returns the result set read, if any."""
+    if not settings.results_cache_path.exists():
+        return None
+    rs = load_results(settings)
+    month = rs.latest_month()
+    if month is not None and month.year is not None:
+        flt = ResultFilter()
+        rs.matrix(flt, month.year)
+        for period in (month, Period(month.year), ALL_TIME):
+            rs.stats(flt, period, None)
+        rs.equity(flt, ALL_TIME, None)
+    return rs
+
+
 def forget_cache() -> None:
     """Drop what this process remembers of the monthly files (the next load reads the disk
     cache, or the files)."""

@@ -70,6 +70,7 @@ FLOOD_EVENTS = 1000  # this many events waiting: a flood, drawn at most every FL
 FLOOD_SECONDS = 0.25  # (each drawing of the screen costs the same whatever the number of events)
 STATUS_SECONDS = 1.0  # header clock, elapsed times, progress bars
 COUNTERS_SECONDS = 3.0  # raw files, store, pending work (a thread worker)
+READ_AHEAD_AFTER = 2.0  # seconds after start before the results are read ahead (see _read_results_ahead)
 PANE_LINES = 2000  # per stage pane; the full output is in the stage's .log file
 EVENT_CAPACITY = 100_000  # events kept in memory for the table and its filter
 EVENT_WINDOW = 150  # rows in the live table at most (the store keeps the rest, filterable)
@@ -206,6 +207,8 @@ class QtswApp(App[int]):
         self._past_runs: set[str] = set()  # runs that ended before the console started
         self._panes_ready: set[str] = set()  # stage panes laid out at least once
         self._attached_once = False
+        self._started_at = time.monotonic()
+        self._read_ahead_for: object = object()  # the last run whose results were read ahead
         self._told_no_engine = False
         # ``qtsw web``: the console is in a browser tab; read-only unless started with control
         self.web = bool(self.options.get("web"))
@@ -506,6 +509,24 @@ class QtswApp(App[int]):
     def refresh_counters(self) -> None:
         counters = read_counters(self.settings)  # file stats, off the event loop
         self.call_from_thread(self._show_counters, counters)
+        self._read_results_ahead()
+
+    def _read_results_ahead(self) -> None:
+        """Once after start and once after each run, from the counters' thread: the results
+        screen's first figures are computed before the operator asks (it then opens at once)."""
+        snap = self.snapshot
+        if snap is None or snap.current is not None or time.monotonic() - self._started_at < READ_AHEAD_AFTER:
+            return  # not while the console draws its first screen, nor while a run writes
+        last = (snap.last_run or {}).get("run_id")
+        if last == self._read_ahead_for:
+            return
+        self._read_ahead_for = last
+        from pipeline_core import results  # numpy and pyarrow: not at the console's start
+
+        try:
+            results.read_ahead(self.settings)
+        except Exception:  # noqa: BLE001 - the screen reads them itself, and says what failed
+            pass
 
     def _show_counters(self, counters: Counters) -> None:
         self.query_one("#counters", CountersPanel).show(counters)

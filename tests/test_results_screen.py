@@ -138,6 +138,41 @@ async def test_matrix_statistics_keys_filters_and_export(tmp_path):
 
 
 @pytest.mark.anyio
+async def test_results_are_read_ahead_so_the_screen_opens_with_them(tmp_path):
+    """With the results' disk cache present, the console reads them and computes the screen's
+    first figures itself, after its first screen is drawn; the screen then shows those very
+    figures (nothing recomputed). Without the cache nothing is read ahead."""
+    s = make_root(tmp_path, write_fixture)
+    app = console(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app._started_at -= 60  # its first screen long drawn
+        await app.refresh_counters().wait()  # the counters' refresh, which reads ahead
+        assert str(s.root) not in results._built, "read ahead without a disk cache"
+        await pilot.press("q")
+    results.load_results(s)  # what a first look at the results leaves: the disk cache
+    assert s.results_cache_path.exists()
+    results.forget_cache()  # a new console process remembers nothing
+    app = console(s)
+    async with app.run_test(size=(80, 24)) as pilot:
+        def read_ahead() -> results.ResultSet | None:
+            built = results._built.get(str(s.root))
+            return built[2] if built is not None else None
+
+        await settle(pilot, lambda: read_ahead() is not None, "the results read ahead")
+        rs = read_ahead()
+        assert rs is not None
+        month = rs.latest_month()
+        assert month is not None and month.year is not None
+        await settle(pilot, lambda: ("equity", ResultFilter(), results.ALL_TIME, None) in rs._figures,
+                     "the first figures computed ahead")
+        matrix = rs._figures[("matrix", ResultFilter(), month.year)]
+        screen = await open_results(pilot)
+        assert screen.rs is rs and screen.view is not None
+        assert screen.view.matrix is matrix  # the figures computed ahead, not again
+        await pilot.press("escape", "q")
+
+
+@pytest.mark.anyio
 async def test_a_root_without_results_says_so(tmp_path):
     s = make_root(tmp_path, lambda s: None)
     app = console(s)
