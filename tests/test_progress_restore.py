@@ -241,6 +241,10 @@ def test_the_run_line_keeps_its_stage_at_80_columns() -> None:
     # attached, the longer host label: the estimate still comes before anything that is cut
     line = header_lines(snap, now, host="attached pid 123456 since 10:00", width=78)[1].plain
     assert line.index("45% ~1:02:05 left") + len("45% ~1:02:05 left") <= 78, line
+    # ... and then says only the engine's pid, so the running stage stays in sight too
+    assert line.startswith("attached 123456  ") and "analyzer 2:02" in line and len(line) <= 78, line
+    wide = header_lines(snap, now, host="attached pid 123456 since 10:00", width=160)[1].plain
+    assert wide.startswith("attached pid 123456 since 10:00  ")
 
 
 def test_typical_stage_times_come_from_recent_good_runs(tmp_path: Path) -> None:

@@ -40,7 +40,14 @@ def header_lines(
         bottom = _bottom_line(snap, now, hint, host, stale, trigger=False)
         if len(bottom.plain) > width:
             bottom = _bottom_line(snap, now, hint, host, stale, trigger=False, stage_word=False)
+        if len(bottom.plain) > width:  # then the host says only whose engine: its pid
+            bottom = _bottom_line(snap, now, hint, short_host(host), stale, trigger=False, stage_word=False)
     return top, bottom
+
+
+def short_host(host: str) -> str:
+    """``attached pid 123 since 10:00`` → ``attached 123`` (a web console keeps its prefix)."""
+    return host.split(" since ", 1)[0].replace("attached pid ", "attached ", 1)
 
 
 def _top_line(snap: EngineSnapshot, now: datetime, alerts: int) -> Text:
