@@ -33,6 +33,7 @@ from pipeline_core.usage import (
     EXIT_USAGE,
     UsageParser,
     describe_os_error,
+    root_options,
     root_problem,
 )
 
@@ -442,8 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "NinjaTrader exporter writes them. Creates the data root if it does not exist. The same "
         "seed and last date always give the same files.",
     )
-    parser.add_argument("--root", metavar="PATH", help="data root (default: $QTSW_ROOT, else the folder qtsw is installed in)")
-    parser.add_argument("--config", metavar="FILE", help="settings file (default: <root>/qtsw.toml)")
+    root_options(parser)
     parser.add_argument("--days", type=int, default=10, metavar="N", help="trading days per instrument (default: 10)")
     parser.add_argument(
         "--instruments", default=",".join(DEFAULT_INSTRUMENTS), metavar="LIST",

@@ -12,6 +12,14 @@ from typing import Any, NoReturn
 
 EXIT_USAGE = 4  # bad arguments, bad settings, a data root that cannot be used: could not start
 EXIT_FAILURE = 2
+ROOT_HELP = "data root (default: $QTSW_ROOT, else the folder qtsw is installed in)"
+CONFIG_HELP = "settings file (default: <root>/qtsw.toml)"
+
+
+def root_options(parser: argparse.ArgumentParser) -> None:
+    """``--root PATH`` and ``--config FILE``, as every command that reads a data root takes them."""
+    parser.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
 
 
 class UsageParser(argparse.ArgumentParser):

@@ -43,6 +43,7 @@ from pipeline_core.usage import (
     UsageParser,
     command_settings,
     describe_os_error,
+    root_options,
     root_problem,
 )
 
@@ -56,8 +57,6 @@ _VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 _Parser = UsageParser  # bad arguments exit 4 in every command
 
 
-ROOT_HELP = "data root (default: $QTSW_ROOT, else the folder qtsw is installed in)"
-CONFIG_HELP = "settings file (default: <root>/qtsw.toml)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +83,7 @@ exit codes: 0 success, 1 partial (or problems found), 2 failure (or a file that
 cannot be read or written), 3 cancelled, 4 could not start (bad arguments or
 settings, a missing data root, the engine already running)""",
     )
-    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
-    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    root_options(p)
     p.add_argument("--no-ui", action="store_true", help="run headless: events printed as they happen")
     p.add_argument("--attach", action="store_true",
                    help="only attach a console to the engine running on the data root (exit 4 if none)")
@@ -472,8 +470,7 @@ def _ctl(argv: list[str]) -> int:
     p = _Parser(prog="qtsw ctl", description="Send a command to the engine running on the data "
                 "root, through its control socket. Exit codes: 0 accepted, 4 no engine running or "
                 "the command refused (the reason on stderr), 2 the engine answered something unexpected.")
-    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
-    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    root_options(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_now = sub.add_parser("run-now", help="start a full run now")
     run_now.add_argument("--full", action="store_true", help="re-analyse everything")
@@ -648,8 +645,7 @@ def _status(argv: list[str]) -> int:
     p = _Parser(prog="qtsw status", description="What is where in a data root: raw files ready, "
                 "being exported and quarantined, the bar store, pending analysis and merges, monthly "
                 "result files, the last runs and whether an engine is running. Changes nothing.")
-    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
-    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    root_options(p)
     p.add_argument("--json", action="store_true", help="print it as one JSON object")
     p.add_argument("--runs", type=int, default=5, metavar="N", help="how many recent runs to list (default: 5)")
     args = p.parse_args(argv)

@@ -13,19 +13,13 @@ import json
 import sys
 from typing import Any
 
-from pipeline_core.usage import command_settings
-
-EXIT_CANNOT_START = 4
+from pipeline_core.usage import EXIT_USAGE as EXIT_CANNOT_START
+from pipeline_core.usage import UsageParser, command_settings, root_options
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    from qtsw_tui.cli import _Parser
-
-    p = _Parser(prog=prog, description=description)
-    from qtsw_tui.cli import CONFIG_HELP, ROOT_HELP
-
-    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
-    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p = UsageParser(prog=prog, description=description)
+    root_options(p)
     return p
 
 

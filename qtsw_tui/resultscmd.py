@@ -162,7 +162,7 @@ def _set(text: str | None) -> frozenset[str] | None:
 def main(argv: list[str]) -> int:
     """``qtsw results [--year Y] [--month M] [--stream S] [--session S1] [--slot HH:MM]
     [--provisional] [--csv|--json]``."""
-    from pipeline_core.usage import UsageParser, command_settings
+    from pipeline_core.usage import UsageParser, command_settings, root_options
 
     p = UsageParser(
         prog="qtsw results",
@@ -171,8 +171,7 @@ def main(argv: list[str]) -> int:
         "--provisional. Exit 0 (also without results), 1 when a monthly file could not be read, "
         "4 bad arguments or settings, or a data root that does not exist.",
     )
-    p.add_argument("--root", metavar="PATH", help="data root (default: $QTSW_ROOT, else the folder qtsw is installed in)")
-    p.add_argument("--config", metavar="FILE", help="settings file (default: <root>/qtsw.toml)")
+    root_options(p)
     p.add_argument("--year", type=int, help="the matrix's year (default: the newest with results)")
     p.add_argument("--month", type=int, choices=range(1, 13), metavar="1-12",
                    help="the month of the statistics (default: the newest of the year)")

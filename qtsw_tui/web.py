@@ -34,7 +34,7 @@ import socket
 import sys
 from typing import Any
 
-from pipeline_core.usage import EXIT_USAGE, UsageParser, command_settings
+from pipeline_core.usage import EXIT_USAGE, UsageParser, command_settings, root_options
 
 # The page loads only from this server (textual-serve's page also asks for a web font from
 # elsewhere: refused, no request leaves), and no other site may frame it (a framed console
@@ -69,12 +69,10 @@ missing data root, another address without --public, the port in use)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qtsw_tui.cli import CONFIG_HELP, ROOT_HELP
 
     p = UsageParser(prog="qtsw web", description=DESCRIPTION, epilog=EPILOG,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
-    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    root_options(p)
     p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
                    help="address to listen on (default: 127.0.0.1, this machine only); "
                    "any other needs --public")
