@@ -318,6 +318,16 @@ class Matrix:
     provisional: set[tuple[str, int]]
 
 
+def _remember(store: dict[Any, Any], limit: int, key: Any, make: Callable[[], Any]) -> Any:
+    """``store[key]``, made by ``make()`` the first time; past ``limit`` entries the store starts over."""
+    found = store.get(key)
+    if found is None:
+        if len(store) > limit:
+            store.clear()
+        found = store[key] = make()
+    return found
+
+
 class ResultSet:
     """Every row of the monthly files (only :data:`STAT_COLUMNS`), as arrays, with the dollar
     value of each row from the settings' point values. Build it with :func:`load_results`."""
@@ -386,13 +396,8 @@ class ResultSet:
             m = m & self._memo(("stream", code), lambda: self.stream == code)
         return m
 
-    def _memo(self, key: Any, make: Any) -> np.ndarray:
-        found = self._masks.get(key)
-        if found is None:
-            if len(self._masks) > 256:
-                self._masks.clear()
-            found = self._masks[key] = make()
-        return found
+    def _memo(self, key: Any, make: Callable[[], np.ndarray]) -> np.ndarray:
+        return _remember(self._masks, 256, key, make)  # a mask is a bool per row: keep few
 
     def _period_mask(self, period: Period) -> np.ndarray:
         m = self.year == period.year
@@ -420,12 +425,7 @@ class ResultSet:
     def _remembered(self, key: Any, make: Callable[[], Any]) -> Any:
         """A figure computed once per result set (its rows never change: a changed file makes a
         new set), so a screen opened again, or a step back, shows at once."""
-        found = self._figures.get(key)
-        if found is None:
-            if len(self._figures) > 4096:
-                self._figures.clear()
-            found = self._figures[key] = make()
-        return found
+        return _remember(self._figures, 4096, key, make)
 
     def stats(self, flt: ResultFilter, period: Period = ALL_TIME, stream: str | None = None) -> Stats:
         """The figures of one stream (or of all streams: ``stream=None``) for a period."""
