@@ -448,6 +448,17 @@ async def test_pause_and_resume_show_in_the_header(tmp_path):
     assert "Schedule paused" in scheduler_log and "Schedule resumed" in scheduler_log
 
 
+async def run_held_in_translator(pilot, s: Settings) -> contextlib.ExitStack:
+    """Press r with the catalogue held: the run stays in its translator (at its first catalogue
+    write) until the returned hold is closed — with warm stage starts a whole run is over
+    before a key pressed after it could reach it."""
+    hold = held_in_analyzer(s)
+    await pilot.press("r")
+    await wait_for(pilot, lambda: (cur := pilot.app.engine.snapshot().current) is not None
+                   and cur.stage == "translator", "the translator to run")
+    return hold
+
+
 def held_in_analyzer(s: Settings) -> contextlib.ExitStack:
     """Hold the pending-work lock: each analyzer process then waits at its end (where it
     clears its changed range), so the run cannot leave the analyzer until this is closed —
@@ -463,15 +474,7 @@ async def test_cancel_asks_first_then_cancels_and_leaves_no_process(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("c")  # nothing to cancel: says so, asks nothing
         assert not isinstance(app.screen, ConfirmScreen)
-        # the run stays in the translator (at its first catalogue write) until the cancel lands:
-        # with warm stage starts a whole run is over before a key could reach it
-        hold = held_in_analyzer(s)
-        await pilot.press("r")
-        await wait_for(
-            pilot,
-            lambda: (cur := app.engine.snapshot().current) is not None and cur.stage == "translator",
-            "the translator to run",
-        )
+        hold = await run_held_in_translator(pilot, s)  # until the cancel lands
         await pilot.press("c")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("r", "t", "c", "q")  # a question on screen takes only its answer
@@ -505,10 +508,7 @@ async def test_the_cancel_question_names_the_stage_running_now(tmp_path):
     s = sample_root(tmp_path / "root", days=2, instruments=["ES", "NQ"])
     app = console(s)
     async with app.run_test(size=SIZE) as pilot:
-        hold = held_in_analyzer(s)  # the translator waits at its first catalogue write
-        await pilot.press("r")
-        await wait_for(pilot, lambda: (cur := app.engine.snapshot().current) is not None
-                       and cur.stage == "translator", "the translator to run")
+        hold = await run_held_in_translator(pilot, s)
         await pilot.press("c")
         assert isinstance(app.screen, ConfirmScreen)
         question = lambda: str(app.screen.query_one("#confirm-question").render())  # noqa: E731
@@ -526,10 +526,7 @@ async def test_quit_during_a_run_asks_then_stops_the_engine_cleanly(tmp_path):
     s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
     app = console(s)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("r")
-        await wait_for(pilot, lambda: app.engine.snapshot().current is not None
-                       and app.engine.snapshot().current.stage == "analyzer", "the analyzer to run")
-        hold = held_in_analyzer(s)
+        hold = await run_held_in_translator(pilot, s)  # taken after the run began, it could end first
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
@@ -923,10 +920,7 @@ async def test_history_and_results_keep_the_header(tmp_path):
     s = sample_root(tmp_path / "root", days=5, instruments=["ES", "NQ", "CL", "GC"], **{"engine.workers": 1})
     app = console(s)
     async with app.run_test(size=SIZE) as pilot:
-        hold = held_in_analyzer(s)  # the translator waits at its first catalogue write
-        await pilot.press("r")
-        await wait_for(pilot, lambda: (cur := app.engine.snapshot().current) is not None
-                       and cur.stage == "translator", "the translator to run")
+        hold = await run_held_in_translator(pilot, s)
         for key, screen_type in (("h", HistoryScreen), ("s", ResultsScreen)):
             await pilot.press(key)
             assert isinstance(app.screen, screen_type)
