@@ -514,8 +514,16 @@ async def test_the_cancel_question_names_the_stage_running_now(tmp_path):
         question = lambda: str(app.screen.query_one("#confirm-question").render())  # noqa: E731
         assert "(translator running)" in question()
         hold.close()
+        # held again as soon as the analyzer runs (its processes wait at their end), since the
+        # question follows the run at the console's status refresh, once a second
+        deadline = time.monotonic() + DEADLINE
+        while (cur := app.engine.snapshot().current) is not None and cur.stage == "translator":
+            assert time.monotonic() < deadline, "the run never left the translator"
+            await asyncio.sleep(0.002)
+        hold = held_in_analyzer(s)
         await wait_for(pilot, lambda: "(analyzer running)" in question() or "(merger running)" in question(),
                        "the question to follow the run")
+        hold.close()
         await pilot.press("n")
         await wait_for(pilot, lambda: not app.engine.busy, "the run to end")
         assert history.read_runs(s)[-1]["status"] == "success"
