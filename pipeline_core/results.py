@@ -737,6 +737,13 @@ def read_ahead(settings: Settings) -> ResultSet | None:
     return rs
 
 
+def remembered(settings: Settings) -> bool:
+    """Whether this process has read the results of ``settings``' root before (then
+    :func:`load_results` only checks the files' keys, unless some changed)."""
+    with _memory_lock:
+        return str(settings.root) in _built
+
+
 def forget_cache() -> None:
     """Drop what this process remembers of the monthly files (the next load reads the disk
     cache, or the files)."""

@@ -166,9 +166,49 @@ async def test_results_are_read_ahead_so_the_screen_opens_with_them(tmp_path):
         await settle(pilot, lambda: ("equity", ResultFilter(), results.ALL_TIME, None) in rs._figures,
                      "the first figures computed ahead")
         matrix = rs._figures[("matrix", ResultFilter(), month.year)]
+        frames = first_frames(app)
         screen = await open_results(pilot)
         assert screen.rs is rs and screen.view is not None
         assert screen.view.matrix is matrix  # the figures computed ahead, not again
+        # read in the screen's mount, not by a worker: its very first frame holds the figures
+        assert frames and frames[0] is True
+        await pilot.press("escape", "q")
+
+
+def first_frames(app: QtswApp) -> list[bool]:
+    """Per frame the results screen is painted with (as a terminal would be sent it), whether
+    it showed the figures."""
+    frames: list[bool] = []
+    display = app._display
+
+    def watch(screen, renderable) -> None:
+        display(screen, renderable)
+        if renderable is not None and isinstance(screen, ResultsScreen) and not app._batch_count:
+            frames.append(screen.view is not None)
+
+    app._display = watch
+    return frames
+
+
+@pytest.mark.anyio
+async def test_results_opened_again_show_a_changed_file_at_once(tmp_path):
+    """The second look at the results: their files' keys are checked as the screen mounts, so
+    the first frame shows the figures, and a monthly file removed since is gone from them."""
+    s = make_root(tmp_path, write_fixture)
+    app = console(s)
+    async with app.run_test(size=(160, 48)) as pilot:
+        frames = first_frames(app)
+        res = await open_results(pilot)
+        assert frames[0] is False  # the first look: read by a worker, the frame says so
+        assert "CL1" in res.view.matrix.streams
+        await pilot.press("escape")
+        for path in results.monthly_files(s)["CL1"]:
+            path.unlink()
+        frames.clear()
+        res = await open_results(pilot)
+        assert frames[0] is True
+        assert "CL1" not in res.view.matrix.streams
+        assert [r[0] for r in text_rows(res, "#results-matrix")] == ["ES1", "ES2", "MES1", "Total"]
         await pilot.press("escape", "q")
 
 

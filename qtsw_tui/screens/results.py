@@ -206,26 +206,49 @@ class ResultsScreen(Screen[None]):
         yield KeyFooter()
 
     def on_mount(self) -> None:
-        self._load()
+        if results.remembered(self.settings):
+            # Read before (ahead, or at an earlier look): checking the files' keys and taking
+            # the remembered figures is a few milliseconds, so the figures are there at the
+            # screen's first paint, without a worker's round trip and a second layout.
+            self._loaded(*self._read(), view=True)
+        else:
+            self._load()
 
     # --- reading (worker threads) ---------------------------------------------------------
-    @work(thread=True, exclusive=True, exit_on_error=False, group="results-load")
-    def _load(self) -> None:
+    def _read(self) -> tuple[ResultSet, dict[str, str]]:
         rs = results.load_results(self.settings)
         try:
             stale = catalog.stale_results(self.settings)
         except Exception:  # the catalogue's own trouble is shown by the counters
             stale = {}
-        self.app.call_from_thread(self._loaded, rs, stale)
+        return rs, stale
 
-    def _loaded(self, rs: ResultSet, stale: dict[str, str]) -> None:
+    @work(thread=True, exclusive=True, exit_on_error=False, group="results-load")
+    def _load(self) -> None:
+        rs, stale = self._read()
+        latest = rs.latest_month()
+        # the first view's figures in the same thread: one hop back to the screen
+        flt, stream = self.flt, self.stream
+        first = None if latest is None else (flt, compute_view(rs, flt, latest.year, latest, stream, False))
+        self.app.call_from_thread(self._loaded, rs, stale, first)
+
+    def _loaded(self, rs: ResultSet, stale: dict[str, str],
+                first: tuple[ResultFilter, View] | None = None, *, view: bool = False) -> None:
+        """The results read; ``first`` the newest month's figures computed with them, or
+        ``view`` to compute those here."""
         self.rs, self.stale = rs, stale
         latest = rs.latest_month()
         if latest is None:
             self._status("no monthly results yet")
             return
         self.year, self.month = latest.year, latest
-        self._recompute()
+        if view:
+            first = (self.flt, compute_view(rs, self.flt, latest.year, latest, self.stream, False))
+        stats_tab = self.query_one("#results-tabs", TabbedContent).active == "tab-stats"
+        if first is not None and first[0] == self.flt and first[1].stream == self.stream and not stats_tab:
+            self._show(*first)
+        else:  # the operator moved on while they were read, or wants every stream's rows
+            self._recompute()
 
     def _recompute(self) -> None:
         if self.rs is None or self.year is None or self.month is None:
