@@ -216,6 +216,8 @@ def _main(argv: list[str]) -> int:
     try:
         lock.acquire()
     except LockHeld as exc:
+        if args.no_ui and (args.run_now or args.stage) and not args.schedule:
+            return _hand_over(settings, args, held=str(exc))
         if args.no_ui:
             _err(str(exc))
             return EXIT_CANNOT_START
@@ -235,6 +237,19 @@ def _main(argv: list[str]) -> int:
         return _headless(engine, args, not_before)
     finally:
         lock.release()
+
+
+def _hand_over(settings: Any, args: argparse.Namespace, *, held: str) -> int:
+    """A one-off run on a root whose engine serves: that engine runs it; this command follows."""
+    from qtsw_tui.handover import HandOverError, hand_over
+    from qtsw_tui.headless import HeadlessPrinter
+
+    printer = HeadlessPrinter(sys.stdout, json_mode=args.json, verbose=args.verbose)
+    try:
+        return hand_over(settings, printer, stage=args.stage, full=bool(args.full), held=held)
+    except HandOverError as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_START
 
 
 def _start_launcher(settings: Any) -> Any:

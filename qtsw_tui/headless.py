@@ -164,14 +164,17 @@ class HeadlessPrinter:
 
     def summary(self, rs: RunState, report: str | None = None) -> None:
         """The last line of a headless run: status, stages, where the report is."""
+        self.summary_line(rs.run_id, rs.status, {n: st.state for n, st in rs.stages.items()}, report)
+
+    def summary_line(self, run_id: str, status: str, stages: dict[str, str], report: str | None = None) -> None:
+        """:meth:`summary` from the run's figures (a run followed through the control socket)."""
         if self.json_mode:
             return
-        stages = ", ".join(f"{n} {st.state}" for n, st in rs.stages.items())
-        text = f"run {rs.run_id[:8]} {rs.status}: {stages}"
+        text = f"run {run_id[:8]} {status}: " + ", ".join(f"{n} {state}" for n, state in stages.items())
         if report:
             text += f" (report {report})"
         style = {"success": "bold green", "partial": "bold yellow", "cancelled": "bold yellow"}.get(
-            rs.status, "bold red"
+            status, "bold red"
         )
         self._line(text, style)
 
