@@ -4,7 +4,9 @@
 (b) a run that ingests one new day of bars for those six instruments on top of that history;
 (c) a stage start: from asking for the stage to its first output line (the merger, in process);
 (d) the run of (b) in an engine that is already serving (the scheduler's case: its launcher is
-    warm before the run starts), timed in process.
+    warm before the run starts), timed in process;
+(e) the command of (b), ``qtsw --run-now --no-ui``, on a root whose engine serves (installed as
+    a service): the command hands the run to that engine and follows it to its end.
 
 Each figure is measured twice in the same run: with warm starts (stages forked by the warm
 launcher, ``engine.warm_start = true``, the default) and plain (each stage a fresh interpreter),
@@ -29,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -144,6 +146,46 @@ def serving_run(root: Path, warm: bool) -> tuple[float, dict]:
     if report["status"] != "success":
         sys.exit(f"(d) the run ended {report['status']}: {report.get('error')}")
     return out["secs"], report
+
+
+def handed_over(root: Path, warm: bool) -> float:
+    """``qtsw --run-now --no-ui`` on a root whose engine serves (started, its launcher warmed by
+    a handed merger run with nothing to merge): the command's wall time, the run handed over."""
+    from pipeline_core.control import Connection, NoEngine, socket_path
+    from pipeline_core.settings import load_settings
+
+    s = load_settings(root=root, env={})
+    with open(root / "engine.out", "wb") as out:
+        # its schedule's first mark about a day away: only the bench's runs happen
+        engine = subprocess.Popen(qtsw(root, "--no-ui", "--schedule", _chicago_hhmm(-120)), stdout=out,
+                                  stderr=subprocess.STDOUT, env=env(warm))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                Connection(socket_path(s)).close()
+                break
+            except NoEngine:
+                if time.monotonic() > deadline or engine.poll() is not None:
+                    sys.exit(f"(e) the engine did not serve: {(root / 'engine.out').read_text()[-2000:]}")
+                time.sleep(0.02)
+        secs, got = timed(qtsw(root, "--stage", "merger", "--no-ui"), warm)
+        if got.returncode != 0:
+            sys.exit(f"(e) the warm-up failed ({got.returncode}):\n{got.stdout}\n{got.stderr}")
+        secs, got = timed(qtsw(root, "--run-now", "--no-ui"), warm)
+        if got.returncode != 0 or "handed to the engine" not in got.stdout:
+            sys.exit(f"(e) failed ({got.returncode}):\n{got.stdout}\n{got.stderr}")
+        return secs
+    finally:
+        engine.terminate()
+        engine.wait(60)
+
+
+def _chicago_hhmm(offset_seconds: float) -> str:
+    """HH:MM of Chicago time now plus ``offset_seconds``."""
+    from pipeline_core import clock
+
+    return (clock.now() + timedelta(seconds=offset_seconds)).strftime("%H:%M")
 
 
 def qtsw(root: Path, *args: str) -> list[str]:
@@ -303,10 +345,29 @@ def main() -> None:
         print(f"    {breakdown(report_d)}")
     print(f"    {ratio(d['warm'], d['plain'])}")
 
+    # (e) the command of (b) on a root whose engine serves (a service): the run is handed over
+    e: dict[str, float] = {}
+    for name, warm in MODES:
+        times_e = []
+        report_e = None
+        for i in range(args.repeat):
+            root_e = with_new_day(f"e_new_day_{name}_{i}")
+            times_e.append(handed_over(root_e, warm))
+            report_e = last_report(root_e)
+            shutil.rmtree(root_e)
+        e[name] = statistics.median(times_e)
+        print(f"(e) one new day x {len(INSTRUMENTS)}, whole command handed to a serving engine, {name}: "
+              f"{e[name]:.2f} s wall (median of {args.repeat})")
+        assert report_e is not None
+        print(f"    {breakdown(report_e)}")
+    print(f"    {ratio(e['warm'], e['plain'])}")
+
     print(f"targets (issue 13; medians, warm and plain measured in this run, {os.cpu_count()} cpus, "
           f"load average {os.getloadavg()[0]:.1f} at the end):")
     print(target_line(f"one new day x {len(INSTRUMENTS)}, engine serving (d)", d["warm"], d["plain"], 0.8))
     print(target_line(f"one new day x {len(INSTRUMENTS)}, whole command (b)", b["warm"], b["plain"], 0.8))
+    print(target_line(f"one new day x {len(INSTRUMENTS)}, whole command, engine serving (e)", e["warm"],
+                      e["plain"], 0.8))
     print(target_line("a stage start, to its first line (c)", c["warm"][0], c["plain"][0], 0.030, unit="ms"))
     print(target_line("nothing to do, the engine's run (a)", a_engine["warm"], a_engine["plain"], 0.2))
     print(target_line("nothing to do, whole command (a)", a["warm"], a["plain"], 0.2)
