@@ -72,6 +72,11 @@ def to_numpy(values: pa.Array | pa.ChunkedArray, dtype: type | np.dtype) -> np.n
     return np.frombuffer(values.buffers()[1], dtype=dtype, count=n, offset=off * width)
 
 
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """``schema.empty_table()`` (which builds its columns through pandas)."""
+    return pa.Table.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+
+
 def string_array(values: Sequence[str]) -> pa.StringArray:
     """Python strings as an arrow string array (``pa.array(values, pa.string())``)."""
     raw = [v.encode() for v in values]
@@ -91,12 +96,15 @@ _NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float64(): np.flo
 
 
 def scalar(value: str | float | None, type_: pa.DataType) -> pa.Scalar:
-    """``pa.scalar(value, type_)`` for a compute function's argument: a string, a null, or a
-    number of an int32, int64 or float64 type (a Python value there is converted by pandas)."""
+    """``pa.scalar(value, type_)`` for a compute function's argument: a string, a null, a
+    boolean or a number of an int32, int64 or float64 type (a Python value given there is
+    converted by pandas)."""
     if value is None:
         return pa.nulls(1, type_)[0]
     if pa.types.is_string(type_):
         return repeat_string(str(value), 1)[0]
+    if pa.types.is_boolean(type_):
+        return to_arrow(np.array([bool(value)]), type_)[0]
     return to_arrow(np.array([value], dtype=_NUMPY_TYPES[type_]), type_)[0]
 
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline_core import catalog
+from pipeline_core import arrays, catalog
 from pipeline_core.arrays import indices as _indices
 from pipeline_core.arrays import repeat_string, to_arrow, to_numpy
 from pipeline_core.catalog import DamageError
@@ -90,7 +90,7 @@ def store_years(settings: Settings, inst: str) -> list[int]:
 
 
 def empty_table(columns: Sequence[str] | None = None) -> pa.Table:
-    return _schema(_columns(columns)).empty_table()
+    return arrays.empty_table(_schema(_columns(columns)))
 
 
 def _to_ms(dt: datetime) -> int:
