@@ -322,17 +322,22 @@ class Launcher:
                 child.reply.close()
 
     def _kill_children(self) -> None:
-        """The engine is gone: the stages it started end with it (SIGTERM, then SIGKILL)."""
+        """The engine is gone: the stages it started end with it, each with its process group
+        (SIGTERM, then SIGKILL to what is left of the group: a stage that ended at SIGTERM
+        may leave a child that ignores it)."""
         if not self.children:
             return
-        for pid in list(self.children):
+        groups = list(self.children)
+        for pid in groups:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace
-        while self.children and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             self._reap()
+            if not self.children and not any(_group_alive(g) for g in groups):
+                break
             time.sleep(0.02)
-        for pid in list(self.children):
+        for pid in groups:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
@@ -343,6 +348,17 @@ class Launcher:
 
 def _ignore(*_: Any) -> None:
     return None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` still has a member."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _warm_arrow() -> None:
