@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from pipeline_core import catalog, clock
 from pipeline_core.analyzer.strategy import RESULT_SCHEMA
+from pipeline_core.arrays import empty_table, indices, scalar, to_numpy, unique_codes
 from pipeline_core.catalog import CatalogError, DamageError
 from pipeline_core.fsutil import fsync_dir, remove_stale_temp_files
 from pipeline_core.protocol import Reporter, stage_main
@@ -199,13 +200,14 @@ def load_run_file(path: Path) -> RunFile:
         if table.column(name).null_count:
             raise RunFileError(f"{path}: column {name} has empty values")
     if table.num_rows:
-        if not pc.all(pc.equal(table.column("Instrument"), instrument)).as_py():
+        if not pc.all(pc.equal(table.column("Instrument"), scalar(instrument, pa.string()))).as_py():
             bad = pc.unique(table.column("Instrument")).to_pylist()
             raise RunFileError(
                 f"{path}: rows of instrument(s) {', '.join(map(str, bad))} in the file of {instrument}"
             )
         expected_stream = pc.binary_join_element_wise(
-            table.column("Instrument"), pc.utf8_slice_codeunits(table.column("Session"), 1), ""
+            table.column("Instrument"), pc.utf8_slice_codeunits(table.column("Session"), 1),
+            scalar("", pa.string()),
         )
         if not pc.all(pc.equal(table.column("Stream"), expected_stream)).as_py():
             raise RunFileError(f"{path}: Stream is not Instrument + session digit in some rows")
@@ -239,12 +241,10 @@ def _split_by_month(table: pa.Table) -> dict[GroupKey, np.ndarray]:
     """Row indices of ``table`` per (stream, year, month), vectorised."""
     if table.num_rows == 0:
         return {}
-    streams, stream_code = np.unique(
-        table.column("Stream").to_numpy(zero_copy_only=False), return_inverse=True
-    )
+    streams, stream_code = unique_codes(table.column("Stream"))
     dates = table.column("Date")
-    ym = pc.year(dates).to_numpy() * 12 + (pc.month(dates).to_numpy() - 1)
-    code = stream_code.astype(np.int64) * 1_000_000 + ym
+    ym = to_numpy(pc.year(dates), np.int64) * 12 + (to_numpy(pc.month(dates), np.int64) - 1)
+    code = stream_code * 1_000_000 + ym
     order = np.argsort(code, kind="stable")
     uniq, starts = np.unique(code[order], return_index=True)
     out: dict[GroupKey, np.ndarray] = {}
@@ -266,10 +266,9 @@ class _Source:
 
 def _key_codes(table: pa.Table) -> list[np.ndarray]:
     """Sortable integer codes of the key columns (:data:`KEY`: Date, Time, Session, Instrument)."""
-    codes = [table.column(KEY[0]).cast(pa.int32()).to_numpy()]
+    codes = [to_numpy(table.column(KEY[0]).cast(pa.int32()), np.int32)]
     for name in KEY[1:]:
-        values = table.column(name).to_numpy(zero_copy_only=False)
-        codes.append(np.unique(values, return_inverse=True)[1])
+        codes.append(unique_codes(table.column(name))[1])
     return codes
 
 
@@ -278,9 +277,9 @@ def _rows_equal(a: pa.Table, b: pa.Table) -> np.ndarray:
     same = np.ones(a.num_rows, dtype=bool)
     for name in a.column_names:
         x, y = a.column(name), b.column(name)
-        eq = pc.fill_null(pc.equal(x, y), False)
+        eq = pc.fill_null(pc.equal(x, y), scalar(False, pa.bool_()))
         both_null = pc.and_(pc.is_null(x), pc.is_null(y))
-        same &= pc.or_(eq, both_null).to_numpy(zero_copy_only=False)
+        same &= to_numpy(pc.or_(eq, both_null), bool)
     return same
 
 
@@ -299,13 +298,13 @@ def merge_group(
         ranks.append(np.zeros(existing.num_rows, dtype=np.int64))
     for s in sources:
         if len(s.rows):
-            parts.append(s.run.table.take(pa.array(s.rows)))
+            parts.append(s.run.table.take(indices(s.rows)))
             ranks.append(np.full(len(s.rows), s.rank, dtype=np.int64))
     cut = max((s.rank for s in sources if s.run.full), default=0)
     covered = next((s.run.covered for s in sources if s.run.full and s.rank == cut), None)
     counts = {"added": 0, "replaced": 0, "unchanged": 0, "removed": 0, "kept_without_bars": 0}
     if not parts:
-        return RESULT_SCHEMA.empty_table(), counts
+        return empty_table(RESULT_SCHEMA), counts
     combined = pa.concat_tables(parts)
     rank = np.concatenate(ranks)
     date, tcode, scode, icode = _key_codes(combined)
@@ -330,12 +329,12 @@ def merge_group(
     counts["removed"] = int(np.sum(existed & ~has_winner))
     touched = existed & has_winner & (last_rank > 0)
     if touched.any():
-        old = combined.take(pa.array(order[starts[touched]]))
-        new = combined.take(pa.array(order[ends[touched]]))
+        old = combined.take(indices(order[starts[touched]]))
+        new = combined.take(indices(order[ends[touched]]))
         same = _rows_equal(old, new)
         counts["unchanged"] = int(same.sum())
         counts["replaced"] = int((~same).sum())
-    result = combined.take(pa.array(order[ends[has_winner]]))
+    result = combined.take(indices(order[ends[has_winner]]))
     return result, counts
 
 

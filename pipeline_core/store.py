@@ -10,6 +10,7 @@ rename), so a crash leaves every year file either old or new.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -24,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline_core import catalog
+from pipeline_core import arrays, catalog
+from pipeline_core.arrays import indices as _indices
+from pipeline_core.arrays import repeat_string, to_arrow, to_numpy
 from pipeline_core.catalog import DamageError
 from pipeline_core.fsutil import write_parquet_atomic
 from pipeline_core.settings import CHICAGO, Settings
@@ -61,18 +64,6 @@ WRITE_OPTIONS: dict = {
 _YEAR_FILE = re.compile(r"^(?P<inst>[A-Z0-9]+)_(?P<year>\d{4})\.parquet$")
 
 
-def to_arrow(values: np.ndarray, type_: pa.DataType) -> pa.Array:
-    """A numpy array as an arrow array of fixed-width ``type_`` (zero-copy when contiguous).
-
-    Used instead of ``pa.array``, which checks for pandas objects and so imports pandas
-    (a third of a second at a stage's start-up).
-    """
-    values = np.ascontiguousarray(values)
-    return pa.Array.from_buffers(type_, len(values), [None, pa.py_buffer(values)])
-
-
-def _indices(idx: np.ndarray) -> pa.Array:
-    return to_arrow(idx.astype(np.int64, copy=False), pa.int64())
 
 
 def store_dir(settings: Settings, inst: str, base: Path | None = None) -> Path:
@@ -99,7 +90,7 @@ def store_years(settings: Settings, inst: str) -> list[int]:
 
 
 def empty_table(columns: Sequence[str] | None = None) -> pa.Table:
-    return _schema(_columns(columns)).empty_table()
+    return arrays.empty_table(_schema(_columns(columns)))
 
 
 def _to_ms(dt: datetime) -> int:
@@ -162,9 +153,9 @@ def _read_year(
         ts_idx = pf.schema_arrow.get_field_index("timestamp")
         groups = []
         for i in range(meta.num_row_groups):
-            stats = meta.row_group(i).column(ts_idx).statistics
-            if stats is not None and stats.has_min_max:
-                lo, hi = _stat_ms(stats.min), _stat_ms(stats.max)
+            bounds = _stat_bounds_ms(meta.row_group(i).column(ts_idx).statistics)
+            if bounds is not None:
+                lo, hi = bounds
                 if start_ms is not None and hi < start_ms:
                     continue
                 if end_ms is not None and lo >= end_ms:
@@ -193,6 +184,28 @@ def _stat_ms(value: object) -> int:
     if isinstance(value, datetime):
         return _to_ms(value)
     return int(value)  # type: ignore[call-overload]
+
+
+_UNIT_DIVISOR = {"milliseconds": 1, "microseconds": 1_000, "nanoseconds": 1_000_000}
+
+
+def _stat_bounds_ms(stats: pq.Statistics | None) -> tuple[int, int] | None:
+    """The min and max of a ``timestamp`` column chunk's statistics as epoch ms (None when it
+    has none).
+
+    Read from the raw int64 values and the unit of the column's logical type: ``stats.min`` of
+    a tz-aware timestamp is a Python datetime, which pyarrow builds through pandas (importing
+    it: 0.2 s at a stage's start). Anything but an int64 UTC-adjusted timestamp (not written
+    by the store) takes that slower path.
+    """
+    if stats is None or not stats.has_min_max:
+        return None
+    if stats.physical_type == "INT64":
+        logical = json.loads(stats.logical_type.to_json())
+        div = _UNIT_DIVISOR.get(logical.get("timeUnit"))
+        if logical.get("Type") == "Timestamp" and logical.get("isAdjustedToUTC") and div:
+            return int(stats.min_raw) // div, int(stats.max_raw) // div
+    return _stat_ms(stats.min), _stat_ms(stats.max)
 
 
 def _schema(columns: list[str] | None) -> pa.Schema:
@@ -271,7 +284,7 @@ def normalise(table: pa.Table, inst: str) -> pa.Table:
 def chicago_years(ts_ms: np.ndarray) -> np.ndarray:
     """The Chicago calendar year of each epoch-millisecond moment."""
     arr = to_arrow(ts_ms, pa.timestamp("ms", tz="America/Chicago"))
-    return pc.year(arr).to_numpy(zero_copy_only=False)
+    return to_numpy(pc.year(arr), np.int64)
 
 
 def split_years(table: pa.Table) -> dict[int, pa.Table]:
@@ -300,7 +313,7 @@ def _match(old: pa.Table, new: pa.Table) -> tuple[np.ndarray, np.ndarray, np.nda
         old_idx = pos[matched]
         differs = np.zeros(int(matched.sum()), dtype=bool)
         for c in PRICE_COLUMNS:
-            differs |= old.column(c).to_numpy()[old_idx] != new.column(c).to_numpy()[matched]
+            differs |= to_numpy(old.column(c), np.float64)[old_idx] != to_numpy(new.column(c), np.float64)[matched]
         changed[matched] = differs
     return new_ts, pos, matched, changed
 
@@ -312,10 +325,8 @@ def last_stored_ms(path: Path) -> int | None:
     if meta.num_row_groups == 0:
         return None
     col = meta.schema.to_arrow_schema().get_field_index("timestamp")
-    stats = meta.row_group(meta.num_row_groups - 1).column(col).statistics
-    if stats is None or not stats.has_min_max:
-        return None
-    return _stat_ms(stats.max)
+    bounds = _stat_bounds_ms(meta.row_group(meta.num_row_groups - 1).column(col).statistics)
+    return None if bounds is None else bounds[1]
 
 
 def changed_range(old: pa.Table | None, new: pa.Table) -> tuple[int, int] | None:
@@ -351,9 +362,7 @@ def merge_year(old: pa.Table | None, new: pa.Table) -> pa.Table:
 def instrument_column(inst: str, n: int) -> pa.StringArray:
     """``inst`` repeated ``n`` times, built from buffers: converting Python objects
     (``pa.scalar``, ``pa.repeat``, ``pa.array``) makes pyarrow import pandas (0.3 s)."""
-    raw = inst.encode()
-    offsets = np.arange(0, (n + 1) * len(raw), len(raw), dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(raw * n))
+    return repeat_string(inst, n)
 
 
 def with_instrument(table: pa.Table, inst: str) -> pa.Table:

@@ -58,6 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline_core import catalog, clock, store
+from pipeline_core.arrays import scalar, to_arrow, to_numpy
 from pipeline_core.catalog import Catalog, CatalogError, DamageError
 from pipeline_core.fsutil import (
     fsync_dir,
@@ -74,7 +75,6 @@ from pipeline_core.rawfiles import (
 )
 from pipeline_core.safetext import name_problem, safe, safe_filename
 from pipeline_core.settings import CHICAGO, Settings
-from pipeline_core.store import to_arrow
 
 STAGE = "translator"
 
@@ -329,8 +329,8 @@ def _numbers(col: pa.Array, tolerant: bool) -> tuple[np.ndarray, np.ndarray | No
         return _np(col, np.float64), None
     s = pc.utf8_trim_whitespace(col)
     ok = pc.or_(pc.match_substring_regex(s, _NUMBER_RE), pc.match_substring_regex(s, _NANLIKE_RE))
-    vals = pc.cast(pc.if_else(ok, s, "0"), pa.float64())
-    return vals.to_numpy(zero_copy_only=False), ~ok.to_numpy(zero_copy_only=False)
+    vals = pc.cast(pc.if_else(ok, s, scalar("0", s.type)), pa.float64())
+    return to_numpy(vals, np.float64), ~to_numpy(ok, bool)
 
 
 def _strict(text: pa.Array, well_formed: pa.Array, fmt: str, day_at: int, sec_at: int) -> pa.Array:
@@ -339,12 +339,18 @@ def _strict(text: pa.Array, well_formed: pa.Array, fmt: str, day_at: int, sec_at
     ``strptime`` rolls an impossible date over (30 February becomes 2 March) and accepts a
     leap second: a time only counts when its day and second read back unchanged.
     """
-    safe = pc.if_else(well_formed, text, None)
+    safe = pc.if_else(well_formed, text, scalar(None, text.type))
     secs = pc.strptime(safe, format=fmt, unit="s", error_is_null=True)
     day = pc.cast(pc.utf8_slice_codeunits(safe, day_at, day_at + 2), pa.int64())
     sec = pc.cast(pc.utf8_slice_codeunits(safe, sec_at, sec_at + 2), pa.int64())
     real = pc.and_(pc.equal(pc.day(secs), day), pc.equal(pc.second(secs), sec))
-    return pc.if_else(real, secs, None)
+    return pc.if_else(real, secs, scalar(None, secs.type))
+
+
+def _seconds(secs: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch seconds of a timestamp[s] array with nulls (0 there), and where it has a value."""
+    good = to_numpy(pc.is_valid(secs), bool)
+    return to_numpy(pc.fill_null(secs.cast(pa.int64()), scalar(0, pa.int64())), np.int64), good
 
 
 def _times(batch: pa.RecordBatch, layout: Layout, tolerant: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -359,20 +365,19 @@ def _times(batch: pa.RecordBatch, layout: Layout, tolerant: bool) -> tuple[np.nd
             return ts, None
         d, t = pc.utf8_trim_whitespace(d), pc.utf8_trim_whitespace(t)
         ok = pc.and_(pc.match_substring_regex(d, _DATE_RE), pc.match_substring_regex(t, _TIME_RE))
-        text = pc.binary_join_element_wise(d, pc.utf8_slice_codeunits(t, 0, 8), " ")
+        text = pc.binary_join_element_wise(d, pc.utf8_slice_codeunits(t, 0, 8), scalar(" ", t.type))
         secs = _strict(text, ok, "%Y-%m-%d %H:%M:%S", 8, 17)
-        frac = pc.utf8_slice_codeunits(pc.if_else(ok, t, "00:00:00"), 9, 12)
-        frac_ms = pc.cast(pc.if_else(pc.equal(frac, ""), "0", pc.utf8_rpad(frac, 3, "0")), pa.int64())
-        good = pc.is_valid(secs).to_numpy(zero_copy_only=False)
-        base = pc.fill_null(secs.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        return base * 1000 + frac_ms.to_numpy(zero_copy_only=False), ~good
+        frac = pc.utf8_slice_codeunits(pc.if_else(ok, t, scalar("00:00:00", t.type)), 9, 12)
+        frac_ms = pc.cast(pc.if_else(pc.equal(frac, scalar("", frac.type)), scalar("0", frac.type),
+                                     pc.utf8_rpad(frac, 3, "0")), pa.int64())
+        base, good = _seconds(secs)
+        return base * 1000 + to_numpy(frac_ms, np.int64), ~good
     if layout.form == "ninjatrader":
         s = batch.column("stamp")
         if tolerant:
             s = pc.utf8_trim_whitespace(s)
         secs = _strict(s, pc.match_substring_regex(s, _STAMP_RE), "%Y%m%d %H%M%S", 6, 13)
-        good = pc.is_valid(secs).to_numpy(zero_copy_only=False)
-        base = pc.fill_null(secs.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+        base, good = _seconds(secs)
         return base * 1000, ~good
     col = batch.column("timestamp_utc")
     if not tolerant:
@@ -382,9 +387,9 @@ def _times(batch: pa.RecordBatch, layout: Layout, tolerant: bool) -> tuple[np.nd
     # a well-formed string can still name an impossible date or time: check them too
     core = pc.replace_substring(pc.utf8_slice_codeunits(s, 0, 19), " ", "T")
     ok = pc.is_valid(_strict(core, ok, "%Y-%m-%dT%H:%M:%S", 8, 17))
-    safe = pc.if_else(ok, s, "1970-01-01T00:00:00Z")
+    safe = pc.if_else(ok, s, scalar("1970-01-01T00:00:00Z", s.type))
     ts = pc.cast(safe, pa.timestamp("ms", tz="UTC")).cast(pa.int64())
-    return ts.to_numpy(zero_copy_only=False), ~ok.to_numpy(zero_copy_only=False)
+    return to_numpy(ts, np.int64), ~to_numpy(ok, bool)
 
 
 def _to_utc(local_ms: np.ndarray, zone: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -396,8 +401,8 @@ def _to_utc(local_ms: np.ndarray, zone: str) -> tuple[np.ndarray, np.ndarray, in
     naive = to_arrow(local_ms, pa.timestamp("ms"))
     early = pc.assume_timezone(naive, zone, ambiguous="earliest", nonexistent="earliest")
     late = pc.assume_timezone(naive, zone, ambiguous="latest", nonexistent="latest")
-    e = early.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    diff = late.cast(pa.int64()).to_numpy(zero_copy_only=False) - e
+    e = to_numpy(early.cast(pa.int64()), np.int64)
+    diff = to_numpy(late.cast(pa.int64()), np.int64) - e
     missing = (diff > 0) & (diff < 60_000)  # a skipped wall time: 'earliest' is 1 ms before
     ambiguous = int(np.count_nonzero(diff >= 60_000))
     return e, missing, ambiguous

@@ -21,7 +21,7 @@ def alive(pid: int) -> bool:
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # (gone between the open and the read: ESRCH)
         return False
     return stat[stat.rfind(")") + 2] not in "ZX"
 

@@ -388,6 +388,26 @@ def test_a_warm_stage_is_forked_single_threaded_in_its_own_session(
     assert seen[0]["random"][1] != seen[1]["random"][1]
 
 
+def test_a_warm_stage_has_the_stages_imported_but_not_pandas(
+    tmp_path: Path, warm_launcher: proc.WarmLauncher
+) -> None:
+    # pandas doubled the launcher's start (a whole command waits for it) and no stage uses it
+    argv = script(
+        tmp_path,
+        """
+        import json
+        print(json.dumps({m: m in sys.modules for m in
+                          ("pipeline_core.translator", "pipeline_core.merger", "pyarrow.parquet", "pandas")}))
+        rep.result("success", "done")
+        """,
+    )
+    rec = Recorder()
+    out = run(argv, tmp_path, rec, how=warm_launcher)
+    assert out.status == "success"
+    assert json.loads(rec.lines[0]) == {
+        "pipeline_core.translator": True, "pipeline_core.merger": True, "pyarrow.parquet": True, "pandas": False}
+
+
 def test_the_launcher_killed_mid_stage_fails_it_clearly_and_a_new_one_takes_over(tmp_path: Path) -> None:
     launcher = proc.WarmLauncher(grace=0.5)
     launcher.start()

@@ -47,6 +47,7 @@ from pipeline_core.analyzer.strategy import (
     candidate_dates,
     date_window,
 )
+from pipeline_core.arrays import date_numbers, dates_array, to_numpy
 from pipeline_core.catalog import CatalogError, DamageError
 from pipeline_core.fsutil import write_parquet_atomic
 from pipeline_core.protocol import Reporter, stage_main
@@ -142,7 +143,7 @@ def stored_dates(settings: Settings, inst: str, cfg: StrategyConfig) -> list[dat
         path = store.store_path(settings, inst, year)
         cat.check_once(path, catalog.STORE, inst)
         col = store.read_year(path, columns=["timestamp"]).column(0)
-        ts = col.cast(pa.timestamp("ns", tz="UTC")).combine_chunks().to_numpy().view(np.int64)
+        ts = to_numpy(col.cast(pa.timestamp("ns", tz="UTC")), np.int64)
         # candidate_dates looks at bar times only; the prices are a zero-copy stand-in.
         zero = np.broadcast_to(np.float64(0.0), ts.shape)
         out.extend(candidate_dates(Bars(ts, zero, zero, zero, zero), cfg))
@@ -197,7 +198,7 @@ def load_bars_for_dates(
     last_lo, last_hi = windows[-1]
     tail = read_bar_range(settings, inst, last_lo, last_hi + _NEXT_BAR_MARGIN)
     end_ms = _epoch_ms(last_hi)
-    ts = tail.column("timestamp").cast(pa.int64()).to_numpy()
+    ts = to_numpy(tail.column("timestamp").cast(pa.int64()), np.int64)
     cut = int(np.searchsorted(ts, end_ms))
     if cut < len(ts):
         parts.append(tail.slice(0, cut + 1))
@@ -420,7 +421,7 @@ def _write_output(
     settings changed) stands for the instrument's whole history."""
     path = output_path(settings, run_id, inst)
     mode = "full" if full else "incremental"
-    day_numbers = pa.array(dates, pa.date32()).cast(pa.int32()).to_numpy()
+    day_numbers = date_numbers(dates)
     covered = day_numbers if full else None
     if path.exists() and not full:
         # The same run analysed this instrument before: keep its rows for the other dates.
@@ -428,7 +429,7 @@ def _write_output(
         if prev_meta.get(META_MODE) == "full":
             mode = "full"
             covered = np.union1d(decode_dates(prev_meta.get(META_COVERED, "")), day_numbers)
-        keep = pc.invert(pc.is_in(prev.column("Date"), value_set=pa.array(dates, pa.date32())))
+        keep = pc.invert(pc.is_in(prev.column("Date"), value_set=dates_array(dates)))
         prev = prev.filter(keep)
         result = pa.concat_tables([prev, result]).sort_by(
             [("Date", "ascending"), ("Time", "ascending"), ("Session", "ascending")]

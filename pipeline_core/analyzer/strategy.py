@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline_core import clock
+from pipeline_core.arrays import empty_table, indices, string_array, to_arrow, to_numpy
 from pipeline_core.settings import CHICAGO, Session, Settings
 
 __all__ = [
@@ -203,13 +204,13 @@ class Bars:
             raise ValueError(f"bar table column timestamp must be a time-zone-aware timestamp, got {col.type}")
         if col.null_count:
             raise ValueError(f"bar table has {col.null_count} null timestamp(s)")
-        ts = pc.cast(col, pa.timestamp("ns", tz="UTC")).to_numpy().view(np.int64)
+        ts = to_numpy(pc.cast(col, pa.timestamp("ns", tz="UTC")), np.int64)
         prices = {}
         for name in ("open", "high", "low", "close"):
             c = table.column(name)
             if c.null_count:
                 raise ValueError(f"bar table column {name} has {c.null_count} null value(s)")
-            arr = np.asarray(c.to_numpy(), dtype=np.float64)
+            arr = to_numpy(c, np.float64) if c.type == pa.float64() else np.asarray(c.to_numpy(), dtype=np.float64)
             bad = np.flatnonzero(np.isnan(arr))
             if len(bad):
                 raise ValueError(f"bar table column {name} is NaN at {_fmt_ns(int(ts[bad[0]]))}")
@@ -711,19 +712,19 @@ def _to_table(
     slots: Sequence[tuple[Session, time]],
 ) -> pa.Table:
     if not parts:
-        return RESULT_SCHEMA.empty_table()
+        return empty_table(RESULT_SCHEMA)
     col = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     notrade = col["result"] == _NOTRADE
 
     def price(key: str, *, nullable: bool = False) -> pa.Array:
         values = np.round(col[key] * cfg.tick, ticks.decimals)
-        return pa.array(values, type=pa.float64(), mask=notrade if nullable else None)
+        return to_arrow(values, pa.float64(), mask=notrade if nullable else None)
 
     def stamp(key: str) -> pa.Array:
-        return pa.array(col[key] // 1_000_000, type=_CHICAGO_TS, mask=notrade)
+        return to_arrow(col[key] // 1_000_000, _CHICAGO_TS, mask=notrade)
 
     def text(values: Sequence[str], codes: np.ndarray) -> pa.Array:
-        return pa.array(list(values), type=pa.string()).take(pa.array(codes))
+        return string_array(list(values)).take(indices(codes))
 
     def slot_text(values: list[str]) -> pa.Array:
         return text(values, col["slot"])
@@ -732,15 +733,15 @@ def _to_table(
     target = round(ticks.target * cfg.tick, ticks.decimals)
     range_ticks = col["range_high"] - col["range_low"]
     arrays = [
-        pa.array(col["day"], type=pa.date32()),
+        to_arrow(col["day"].astype(np.int32, copy=False), pa.date32()),
         slot_text([t.strftime("%H:%M") for _, t in slots]),
         stamp("entry_ns"),
         stamp("exit_ns"),
-        pa.array(np.full(count, target), type=pa.float64()),
+        to_arrow(np.full(count, target, dtype=np.float64), pa.float64()),
         price("peak"),
         text(_DIRECTION_NAMES, col["direction"]),
         text(_RESULT_NAMES, col["result"]),
-        pa.array(np.round(range_ticks * cfg.tick, ticks.decimals), type=pa.float64()),
+        to_arrow(np.round(range_ticks * cfg.tick, ticks.decimals).astype(np.float64, copy=False), pa.float64()),
         slot_text([cfg.instrument + s.stream_digit for s, _ in slots]),
         text([cfg.instrument], np.zeros(count, dtype=np.int64)),
         slot_text([s.name for s, _ in slots]),
@@ -751,6 +752,6 @@ def _to_table(
         price("exit", nullable=True),
         price("stop", nullable=True),
         price("target", nullable=True),
-        pa.array(col["final"], type=pa.bool_()),
+        to_arrow(col["final"], pa.bool_()),
     ]
     return pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
