@@ -224,8 +224,8 @@ def _row_seqs(panel: EventsPanel, run_id: str) -> list[int]:
 
 
 async def test_two_consoles_attached_at_once_see_the_same_events(tmp_path: Path) -> None:
-    """Two consoles on one engine whose run writes thousands of events: one attached from the
-    start, one attaching mid-run (its catch-up bounded to the run's story and its newest 100
+    """Two consoles on one engine whose run writes thousands of events (each reads them from the
+    run's event file, as a console does by default): one attached from the start, one attaching mid-run (its catch-up bounded to the run's story and its newest 100
     detail events, as a console asks). Both end with the run's events in their event stores and
     tables with no gap and no duplicate: the first all of them, as the run's event file has them;
     the second every event from the first one its catch-up kept on, and every start and end."""
@@ -273,6 +273,9 @@ async def test_two_consoles_attached_at_once_see_the_same_events(tmp_path: Path)
                 # the tables draw their rows at most once a second in a flood: wait for the last
                 await wait_for(p2, lambda: not panel1._stale and not panel2._stale, "the tables' last rows")
                 stored1, stored2 = _seqs(panel1, run_id), _seqs(panel2, run_id)
+                # both read the run's live events from its file (the engine sent them notices)
+                assert first.file_events and first.file_reads and second.file_reads
+                assert first.bad_lines == second.bad_lines == 0
                 rows1, rows2 = _row_seqs(panel1, run_id), _row_seqs(panel2, run_id)
         assert proc.poll() is None, "the engine outlived both consoles"
     finally:
