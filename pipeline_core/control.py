@@ -13,7 +13,7 @@ repeats. The first message must be ``hello`` with the protocol ``version``::
     > {"type":"run_now","id":3,"full":false}         (also: stage + "stage", pause, resume, cancel)
     < {"type":"accepted","id":3,"command":"run_now","run_id":…}
     < {"type":"refused","id":3,"command":"run_now","reason":"a run is active: ab12cd34"}
-    > {"type":"subscribe","id":4}                     (a console: "tail":N, see below)
+    > {"type":"subscribe","id":4}                     (a console: "tail":N, "events":"file", see below)
     < {"type":"subscribed","id":4,"run_id":…}
     < {"n":38,"type":"snapshot","snapshot":{…}}                      the catch-up …
     < {"n":39,"type":"event","catchup":true,"event":{v1 event}}
@@ -33,6 +33,26 @@ never neither; a client that reconnects de-duplicates by ``(run_id, seq)``. With
 the catch-up keeps of the run's progress, metric and log events only the newest N (log
 warnings and errors are kept), with all its other events: what a console shows, in a bounded
 catch-up however many events the run has written.
+
+With ``"events":"file"`` (the default is ``"stream"``, all of the above) a subscriber reads a
+run's live events from the run's event file (``logs/events/pipeline_<run_id>.jsonl``; a peer is
+the engine's uid or root, so it may), and the engine sends it none of them. Its catch-up is the
+same; ``caught_up`` then says where in which file its live events begin, and live, in place of
+the run's events, it gets at most one notice every COALESCE_SECONDS, and one soon after any
+event was written (every event is written to its file before it is published)::
+
+    < {"type":"subscribed","id":4,"run_id":…,"events":"file"}
+    < … the catch-up, as above …
+    < {"n":41,"type":"caught_up","events":"file","run_id":…,"offset":18230}   (run_id null: none yet)
+    < {"n":42,"type":"events","run_id":…,"seq":812}   read the run's file on: events up to 812 are there
+
+The client reads the file's complete lines from ``offset`` on (a run it has not read yet: from
+0), to its last newline (the engine may be writing the next line); a notice for another run
+comes only after the last one for the run before. Output lines, snapshots, replies and the
+scheduler's own events (``run_id`` "scheduler") come on the socket, as for a stream subscriber.
+A file subscriber's ``n`` counts the messages of its own live log (shared by every file
+subscriber), consecutive as well. Notices are made once for all file subscribers: the engine's
+work per event does not depend on how many there are.
 
 Every subscription message is encoded once, whatever the number of clients: it is appended to
 one live log, and each client's writer sends from its own cursor in it, many messages per write.
