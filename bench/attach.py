@@ -9,11 +9,13 @@ one go, on the same machine:
     run's flood (started once the run has written about a third of its events). Target < 1 s;
 (b) event delay: from an event's timestamp (taken as it is written) to its arrival in each of
     C client processes subscribed to the engine; p50 / p99 / max over all events and clients.
-    Target p99 < 100 ms;
+    Target p99 < 100 ms. Twice: C stream clients (every event sent on the socket) and C file
+    clients (``"events":"file"``: a notice on the socket, the events read from the run's file on
+    each notice; arrival is having read the event's line);
 (c) the engine's run time (its report's duration) and the engine process's CPU seconds per
-    run, with no client, with C protocol clients (the processes of (b): they only receive), and
-    with C attached consoles (the Textual console over ``RemoteEngine``, headless, 120x40, its
-    event table on screen). The ratios are the cost of serving them; target within 5 %. The
+    run, with no client, with C protocol clients of each mode (the processes of (b): they only
+    receive), and with C attached consoles (the Textual console over ``RemoteEngine``, which
+    subscribes in file mode, headless, 120x40, its event table on screen). The ratios are the cost of serving them; target within 5 %. The
     engine's CPU time is what serving costs the engine itself; its run time is also what the
     clients' own CPU takes from it on a machine with fewer cores than processes (each console
     processes every event: the consoles' CPU seconds are printed too).
@@ -97,19 +99,53 @@ def engine_main(root: str, events: int) -> None:
         anyio.run(main)
 
 
-def client_main(sock: str) -> None:
+def _ends_run(line: bytes) -> bool:
+    return b'"stage":"pipeline"' in line and (b'"event":"success"' in line or b'"event":"failure"' in line
+                                              or b'"event":"cancelled"' in line)
+
+
+def client_main(sock: str, mode: str = "stream") -> None:
     """A subscriber: prints ``ready``, then the delays of the live events of the next run. It
     measures arrival: each line's timestamp is sliced out, not the whole line decoded (what a
-    console then does with an event is the console's own cost, measured in bench/console.py)."""
+    console then does with an event is the console's own cost, measured in bench/console.py).
+    ``mode`` "file": the events are read from the run's file on each notice (arrival: read)."""
     from pipeline_core.control import Connection
+    from pipeline_core.events import run_event_path
 
     conn = Connection(Path(sock), timeout=120)
-    conn.subscribe()
-    while conn.next_message(120).get("type") != "caught_up":
-        pass
+    conn.subscribe(events=mode)
+    offsets: dict[str, int] = {}
+    while True:
+        msg = conn.next_message(120)
+        if msg.get("type") == "caught_up":
+            if mode == "file" and msg.get("run_id"):
+                offsets[msg["run_id"]] = int(msg["offset"])
+            break
+    events_dir = Path(sock).parent / "events"
     print("ready", flush=True)
     delays: list[float] = []
     key = b'"timestamp":"'
+
+    def arrived(line: bytes, now: float) -> bool:
+        i = line.find(key) + len(key)
+        ts = line[i:line.find(b'"', i)].decode()
+        delays.append(now - datetime.fromisoformat(ts).timestamp())
+        return _ends_run(line)
+
+    def read_file(run_id: str) -> bool:
+        path = run_event_path(events_dir, run_id)
+        with open(path, "rb") as fh:
+            fh.seek(offsets.get(run_id, 0))
+            data = fh.read()
+        now = time.time()
+        end = data.rfind(b"\n") + 1
+        offsets[run_id] = offsets.get(run_id, 0) + end
+        ended = False
+        for line in data[:end].split(b"\n"):
+            if line:
+                ended = arrived(line, now) or ended
+        return ended
+
     buf = b"".join(line + b"\n" for line in conn._lines) + conn._buf
     ended = False
     while not ended:
@@ -119,14 +155,10 @@ def client_main(sock: str) -> None:
         now = time.time()
         *lines, buf = (buf + chunk).split(b"\n")
         for line in lines:
-            if b'"type":"event"' not in line:
-                continue
-            i = line.find(key) + len(key)
-            ts = line[i:line.find(b'"', i)].decode()
-            delays.append(now - datetime.fromisoformat(ts).timestamp())
-            if b'"stage":"pipeline"' in line and (b'"event":"success"' in line or b'"event":"failure"' in line
-                                                  or b'"event":"cancelled"' in line):
-                ended = True
+            if b'"type":"events"' in line:  # a notice: read the run's file
+                ended = read_file(json.loads(line)["run_id"]) or ended
+            elif b'"type":"event"' in line and b'"run_id":"scheduler"' not in line:
+                ended = arrived(line, now) or ended
     print(json.dumps({"delays": delays}), flush=True)
 
 
@@ -266,26 +298,29 @@ def main() -> int:
         idle_attach = [_attach_time(root) for _ in range(3)]
         alone: list[float] = []
         served: list[float] = []
+        filed: list[float] = []
         consoled: list[float] = []
-        delays: list[float] = []
+        delays: dict[str, list[float]] = {"stream": [], "file": []}
         busy_attach: list[float] = []
         cpu_alone: list[float] = []
         cpu_served: list[float] = []
+        cpu_filed: list[float] = []
         cpu_consoled: list[float] = []
         cpu_consoles: list[float] = []
         shown: list[int] = []  # events each console showed (all, unless it was cut off)
         cut_off: list[int] = []  # times each console fell behind, was cut off and reattached
         for _ in range(args.repeat):
             alone.append(_run(conn, settings, cpu_alone, engine.pid))
-            clients = [subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings))],
-                                        stdout=subprocess.PIPE, text=True, env=_env())
-                       for _ in range(args.clients)]
-            for c in clients:
-                assert c.stdout is not None and c.stdout.readline().strip() == "ready"
-            served.append(_run(conn, settings, cpu_served, engine.pid))
-            for c in clients:
-                out, _ = c.communicate(timeout=300)
-                delays.extend(json.loads(out.strip().splitlines()[-1])["delays"])
+            for mode, walls, cpus in (("stream", served, cpu_served), ("file", filed, cpu_filed)):
+                clients = [subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings)), mode],
+                                            stdout=subprocess.PIPE, text=True, env=_env())
+                           for _ in range(args.clients)]
+                for c in clients:
+                    assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+                walls.append(_run(conn, settings, cpus, engine.pid))
+                for c in clients:
+                    out, _ = c.communicate(timeout=300)
+                    delays[mode].extend(json.loads(out.strip().splitlines()[-1])["delays"])
             consoles = [subprocess.Popen([sys.executable, __file__, "follow", str(root)], stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True, env=_env())
                         for _ in range(args.clients)]
@@ -321,12 +356,10 @@ def main() -> int:
             engine.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    delays.sort()
+    def pct(xs: list[float], p: float) -> float:
+        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
 
-    def pct(p: float) -> float:
-        return delays[min(len(delays) - 1, int(p * len(delays)))] * 1000
-
-    a, s = statistics.median(alone), statistics.median(served)
+    a, s, f = statistics.median(alone), statistics.median(served), statistics.median(filed)
     print(f"events per run: {args.events + 8} (a translator reporting {args.events} metrics); "
           f"{args.clients} clients; {args.repeat} runs each way; {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at the end")
@@ -337,18 +370,22 @@ def main() -> int:
           f"(runs {runs(idle_attach)})  target < 1 s")
     print(f"    attach, during the flood: median {statistics.median(busy_attach):.2f} s "
           f"(runs {runs(busy_attach)})  target < 1 s")
-    print(f"(b) event delay over {len(delays)} deliveries to {args.clients} protocol clients: p50 {pct(0.5):.1f} ms, "
-          f"p99 {pct(0.99):.1f} ms, max {delays[-1] * 1000:.1f} ms  target p99 < 100 ms")
+    for mode, xs in delays.items():
+        xs.sort()
+        print(f"(b) event delay over {len(xs)} deliveries to {args.clients} {mode} clients: p50 {pct(xs, 0.5):.1f} ms, "
+              f"p99 {pct(xs, 0.99):.1f} ms, max {xs[-1] * 1000:.1f} ms  target p99 < 100 ms")
     c = statistics.median(consoled)
-    ca, cs, cc = (statistics.median(x) for x in (cpu_alone, cpu_served, cpu_consoled))
+    ca, cs, cf, cc = (statistics.median(x) for x in (cpu_alone, cpu_served, cpu_filed, cpu_consoled))
     print(f"(c) the engine's run time (wall), {args.events} events; target: ratio <= 1.05")
     print(f"      alone {a:.2f} s (runs {runs(alone)})")
-    print(f"      {args.clients} protocol clients {s:.2f} s (runs {runs(served)}); ratio {s / a:.3f}")
-    print(f"      {args.clients} consoles {c:.2f} s (runs {runs(consoled)}); ratio {c / a:.3f}")
+    print(f"      {args.clients} stream clients {s:.2f} s (runs {runs(served)}); ratio {s / a:.3f}")
+    print(f"      {args.clients} file clients {f:.2f} s (runs {runs(filed)}); ratio {f / a:.3f}")
+    print(f"      {args.clients} consoles (file mode) {c:.2f} s (runs {runs(consoled)}); ratio {c / a:.3f}")
     print("    the engine process's CPU seconds per run (what serving costs the engine itself)")
     print(f"      alone {ca:.2f} s (runs {runs(cpu_alone)})")
-    print(f"      {args.clients} protocol clients {cs:.2f} s (runs {runs(cpu_served)}); ratio {cs / ca:.3f}")
-    print(f"      {args.clients} consoles {cc:.2f} s (runs {runs(cpu_consoled)}); ratio {cc / ca:.3f}")
+    print(f"      {args.clients} stream clients {cs:.2f} s (runs {runs(cpu_served)}); ratio {cs / ca:.3f}")
+    print(f"      {args.clients} file clients {cf:.2f} s (runs {runs(cpu_filed)}); ratio {cf / ca:.3f}")
+    print(f"      {args.clients} consoles (file mode) {cc:.2f} s (runs {runs(cpu_consoled)}); ratio {cc / ca:.3f}")
     print(f"    the consoles: cut off for falling behind (and reattached, catching up with the newest "
           f"events only) {sum(cut_off)} times in {len(cut_off)} console runs; events each showed: "
           f"{', '.join(str(x) for x in shown)}")
@@ -362,7 +399,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "engine":
         engine_main(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
-        client_main(sys.argv[2])
+        client_main(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "stream")
     elif len(sys.argv) > 1 and sys.argv[1] == "console":
         console_main(sys.argv[2], float(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "follow":
