@@ -15,7 +15,11 @@ one go, on the same machine:
 (c) the engine's run time (its report's duration) and the engine process's CPU seconds per
     run, with no client, with C protocol clients of each mode (the processes of (b): they only
     receive), and with C attached consoles (the Textual console over ``RemoteEngine``, which
-    subscribes in file mode, headless, 120x40, its event table on screen). The ratios are the cost of serving them; target within 5 %. The
+    subscribes in file mode, headless, 120x40, its event table on screen). Two more runs tell
+    serving from sharing the cores: C file clients that take the notices and read no file
+    (what serving costs the engine, with clients that use no CPU), and C processes that only
+    spin, with no client (what C busy processes cost the engine's CPU time on this machine,
+    serving nothing). The ratios are the cost of serving them; target within 5 %. The
     engine's CPU time is what serving costs the engine itself; its run time is also what the
     clients' own CPU takes from it on a machine with fewer cores than processes (each console
     processes every event: the consoles' CPU seconds are printed too).
@@ -113,7 +117,7 @@ def client_main(sock: str, mode: str = "stream") -> None:
     from pipeline_core.events import run_event_path
 
     conn = Connection(Path(sock), timeout=120)
-    conn.subscribe(events=mode)
+    conn.subscribe(events="file" if mode == "notices" else mode)
     offsets: dict[str, int] = {}
     while True:
         msg = conn.next_message(120)
@@ -123,6 +127,10 @@ def client_main(sock: str, mode: str = "stream") -> None:
             break
     events_dir = Path(sock).parent / "events"
     print("ready", flush=True)
+    if mode == "notices":  # a file client that reads no file: what serving it costs the engine
+        while conn.sock.recv(1 << 20):
+            pass
+        return
     delays: list[float] = []
     key = b'"timestamp":"'
 
@@ -305,6 +313,8 @@ def main() -> int:
         cpu_alone: list[float] = []
         cpu_served: list[float] = []
         cpu_filed: list[float] = []
+        cpu_quiet: list[float] = []  # file clients that read no file
+        cpu_spun: list[float] = []  # processes that spin, no client
         cpu_consoled: list[float] = []
         cpu_consoles: list[float] = []
         shown: list[int] = []  # events each console showed (all, unless it was cut off)
@@ -321,6 +331,17 @@ def main() -> int:
                 for c in clients:
                     out, _ = c.communicate(timeout=300)
                     delays[mode].extend(json.loads(out.strip().splitlines()[-1])["delays"])
+            for what, cpus in (("notices", cpu_quiet), ("spin", cpu_spun)):
+                cmd = ([sys.executable, __file__, "client", str(socket_path(settings)), "notices"] if what == "notices"
+                       else [sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"])
+                others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env())
+                          for _ in range(args.clients)]
+                for c in others:
+                    assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+                _run(conn, settings, cpus, engine.pid)
+                for c in others:
+                    c.terminate()
+                    c.communicate(timeout=60)
             consoles = [subprocess.Popen([sys.executable, __file__, "follow", str(root)], stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True, env=_env())
                         for _ in range(args.clients)]
@@ -375,7 +396,8 @@ def main() -> int:
         print(f"(b) event delay over {len(xs)} deliveries to {args.clients} {mode} clients: p50 {pct(xs, 0.5):.1f} ms, "
               f"p99 {pct(xs, 0.99):.1f} ms, max {xs[-1] * 1000:.1f} ms  target p99 < 100 ms")
     c = statistics.median(consoled)
-    ca, cs, cf, cc = (statistics.median(x) for x in (cpu_alone, cpu_served, cpu_filed, cpu_consoled))
+    ca, cs, cf, cc, cq, cp = (statistics.median(x) for x in (cpu_alone, cpu_served, cpu_filed, cpu_consoled,
+                                                             cpu_quiet, cpu_spun))
     print(f"(c) the engine's run time (wall), {args.events} events; target: ratio <= 1.05")
     print(f"      alone {a:.2f} s (runs {runs(alone)})")
     print(f"      {args.clients} stream clients {s:.2f} s (runs {runs(served)}); ratio {s / a:.3f}")
@@ -386,6 +408,10 @@ def main() -> int:
     print(f"      {args.clients} stream clients {cs:.2f} s (runs {runs(cpu_served)}); ratio {cs / ca:.3f}")
     print(f"      {args.clients} file clients {cf:.2f} s (runs {runs(cpu_filed)}); ratio {cf / ca:.3f}")
     print(f"      {args.clients} consoles (file mode) {cc:.2f} s (runs {runs(cpu_consoled)}); ratio {cc / ca:.3f}")
+    print(f"      {args.clients} file clients that read no file (serving alone) {cq:.2f} s (runs {runs(cpu_quiet)}); "
+          f"ratio {cq / ca:.3f}")
+    print(f"      {args.clients} spinning processes, no client (sharing the cores alone) {cp:.2f} s "
+          f"(runs {runs(cpu_spun)}); ratio {cp / ca:.3f}")
     print(f"    the consoles: cut off for falling behind (and reattached, catching up with the newest "
           f"events only) {sum(cut_off)} times in {len(cut_off)} console runs; events each showed: "
           f"{', '.join(str(x) for x in shown)}")
