@@ -900,14 +900,15 @@ class ControlServer:
         self._published(self._files)
 
     async def _send_notices(self) -> None:
-        """At most one notice every COALESCE_SECONDS, and one soon after any run event: a flood
-        of events costs a file subscriber a message per COALESCE_SECONDS, not one per event."""
+        """At most one notice every COALESCE_SECONDS, and one soon after any run event (at the
+        next turn of the loop after a quiet spell): a flood of events costs a file subscriber a
+        message per COALESCE_SECONDS, not one per event."""
         while True:
             self._notice_wake = wake = anyio.Event()
             if self._fresh_run is None:
                 await wake.wait()
-            await anyio.sleep(COALESCE_SECONDS)
             self._notice()
+            await anyio.sleep(COALESCE_SECONDS)
 
     async def _watch_snapshot(self) -> None:
         while True:
