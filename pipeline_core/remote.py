@@ -382,7 +382,7 @@ class RemoteEngine:
         elif kind == "events":  # a run's event file has grown: read it (file mode)
             run_id = msg.get("run_id")
             if isinstance(run_id, str) and run_id and "/" not in run_id:
-                self._to_read[run_id] = int(msg.get("seq") or 0)
+                self._to_read[run_id] = _whole(msg.get("seq"))
         elif kind == "output":
             run_id = str(msg.get("run_id") or "")
             if msg.get("catchup"):
@@ -399,7 +399,7 @@ class RemoteEngine:
             run_id = msg.get("run_id")
             if msg.get("events") == "file" and isinstance(run_id, str) and run_id:
                 # the run's live events begin here in its file (a new run's at 0)
-                self._note_offset(run_id, int(msg.get("offset") or 0))
+                self._note_offset(run_id, _whole(msg.get("offset")))
         elif kind == "snapshot":
             with contextlib.suppress(Exception):
                 self._snap = snapshot_from_dict(msg.get("snapshot") or {})
@@ -412,6 +412,11 @@ class RemoteEngine:
             raise ControlError(str(msg.get("error")))
         elif kind == "lagging":
             raise ControlError("this console fell behind the engine; catching up again")
+
+
+def _whole(value: Any) -> int:
+    """A count from the engine (0 if it is not one)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _why(exc: BaseException) -> str:

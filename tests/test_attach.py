@@ -345,3 +345,8 @@ async def test_a_console_reading_a_runs_file_skips_damage_and_waits_for_whole_li
     await remote._read_files()
     assert got == [("r1", 2), ("r1", 3), ("r1", 4), ("r1", 5), ("r1", 6), ("r2", 1), ("r2", 2)]
     assert remote.bad_lines == 2
+    # a notice that makes no sense is no trouble either
+    tell({"type": "events", "run_id": "r2", "seq": "x"}, {"type": "events", "run_id": 7},
+         {"type": "events", "run_id": "../r1"}, {"type": "caught_up", "events": "file", "run_id": "r3", "offset": [1]})
+    await remote._read_files()
+    assert len(got) == 7
