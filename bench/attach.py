@@ -64,6 +64,18 @@ def _env() -> dict[str, str]:
     return e
 
 
+PIN = False  # --pin: the engine (and its stages) on the first core, every client on the others
+
+
+def _on(role: str) -> dict[str, Any]:
+    """Popen arguments that put a process of ``role`` ("engine" or "client") on its cores."""
+    if not PIN:
+        return {}
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = set(cpus[:1]) if role == "engine" else set(cpus[1:])
+    return {"preexec_fn": lambda: os.sched_setaffinity(0, mine)}
+
+
 # --- the processes -------------------------------------------------------------------------------
 
 
@@ -242,7 +254,7 @@ def console_follow_main(root: str, events: str = "file") -> None:
 def _attach_time(root: Path, events: str = "file") -> float:
     t0 = time.time()
     got = subprocess.run([sys.executable, __file__, "console", str(root), repr(t0), events], capture_output=True,
-                         text=True, env=_env(), timeout=120)
+                         text=True, env=_env(), timeout=120, **_on("client"))
     if got.returncode != 0:
         raise SystemExit(f"console failed: {got.stderr[-2000:]}")
     return float(json.loads(got.stdout.strip().splitlines()[-1])["attach_seconds"])
@@ -281,9 +293,14 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--pin", action="store_true",
+                    help="the engine and its stages on the first core, the clients on the others: the engine's "
+                         "CPU time then shows what serving costs it, less what sharing its core costs")
     ap.add_argument("--console-events", choices=("file", "stream"), default="file",
                     help="how the consoles get a run's events (RemoteEngine's mode; default file)")
     args = ap.parse_args()
+    global PIN
+    PIN = args.pin and len(os.sched_getaffinity(0)) > 1
 
     from pipeline_core.control import Connection, NoEngine, socket_path
     from pipeline_core.sample import write_samples
@@ -294,7 +311,8 @@ def main() -> int:
     settings = load_settings(root=root, env={})
     settings.ensure_dirs()
     write_samples(settings, days=1, instruments=["ES"], end=date(2025, 11, 26))  # work for the translator
-    engine = subprocess.Popen([sys.executable, __file__, "engine", str(root), str(args.events)], env=_env())
+    engine = subprocess.Popen([sys.executable, __file__, "engine", str(root), str(args.events)], env=_env(),
+                              **_on("engine"))
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -325,7 +343,7 @@ def main() -> int:
             alone.append(_run(conn, settings, cpu_alone, engine.pid))
             for mode, walls, cpus in (("stream", served, cpu_served), ("file", filed, cpu_filed)):
                 clients = [subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings)), mode],
-                                            stdout=subprocess.PIPE, text=True, env=_env())
+                                            stdout=subprocess.PIPE, text=True, env=_env(), **_on("client"))
                            for _ in range(args.clients)]
                 for c in clients:
                     assert c.stdout is not None and c.stdout.readline().strip() == "ready"
@@ -336,7 +354,7 @@ def main() -> int:
             for what, cpus in (("notices", cpu_quiet), ("spin", cpu_spun)):
                 cmd = ([sys.executable, __file__, "client", str(socket_path(settings)), "notices"] if what == "notices"
                        else [sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"])
-                others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env())
+                others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env(), **_on("client"))
                           for _ in range(args.clients)]
                 for c in others:
                     assert c.stdout is not None and c.stdout.readline().strip() == "ready"
@@ -344,8 +362,9 @@ def main() -> int:
                 for c in others:
                     c.terminate()
                     c.communicate(timeout=60)
-            consoles = [subprocess.Popen([sys.executable, __file__, "follow", str(root), args.console_events], stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, env=_env())
+            consoles = [subprocess.Popen([sys.executable, __file__, "follow", str(root), args.console_events],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                                         **_on("client"))
                         for _ in range(args.clients)]
             for c in consoles:
                 assert c.stdout is not None and c.stdout.readline().strip() == "ready"
@@ -384,7 +403,8 @@ def main() -> int:
 
     print(f"events per run: {args.events + 8} (a translator reporting {args.events} metrics); "
           f"{args.clients} clients; {args.repeat} runs each way; {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} at the end")
+          f"{os.getloadavg()[0]:.1f} at the end" + ("; pinned: the engine on one core, the clients on the others"
+                                                      if PIN else ""))
     def runs(xs: list[float]) -> str:
         return ", ".join(f"{x:.2f}" for x in xs)
 
