@@ -24,8 +24,8 @@ repeats. The first message must be ``hello`` with the protocol ``version``::
     < {"type":"lagging","error":"…"}     the client fell behind: it is disconnected
 
 ``n`` numbers the messages of a subscription with consecutive integers, so a client sees a gap
-at once. A live message's ``n`` is the engine's own count of the messages it has published (the
-same for every client, so it is written once); a client's catch-up is numbered up to its first
+at once. A live message's ``n`` is the engine's own count of the messages it has published to
+subscribers of its mode (the same for every client of a mode, so it is written once); a client's catch-up is numbered up to its first
 live message, and so may begin anywhere, below 1 too. Events
 carry the ``seq`` of their event file: the catch-up reads the file up to the point where the
 client was registered for live events, so an event is in the catch-up or live, never both and
