@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pwd
+import select
 import signal
 import socket
 import stat
@@ -32,9 +33,11 @@ from processes import terminate, wait_until
 
 from pipeline_core import catalog, clock, history
 from pipeline_core.control import (
+    CLIENT_QUEUE,
     MAX_LINE,
     PROTOCOL_VERSION,
     REQUESTS,
+    WRITE_COUNT,
     Connection,
     NoEngine,
     socket_path,
@@ -287,8 +290,12 @@ def test_a_client_that_never_reads_is_disconnected_and_slows_nothing(served: Ser
         seen: dict[str, Any] = {}
         reading = threading.Thread(target=lambda: seen.update(got=read_until_run_ends(watcher, run_id)))
         reading.start()
-        # a flood of scheduler events (pause/resume) from a third client while the run goes on
-        flood = 12_000
+        # a flood of scheduler events (pause/resume) from a third client while the run goes on:
+        # more than CLIENT_QUEUE beyond what the lazy client's socket buffer and its writer's
+        # last chunk (WRITE_COUNT messages) take, however few messages the run itself publishes
+        # (a warm run, after other tests' runs, publishes few; the catch-up of a small last run
+        # does not fill the socket buffer either)
+        flood = CLIENT_QUEUE + 3 * WRITE_COUNT
         answered = 0
         for _ in range(flood // 500):
             conn.send(b"".join(json.dumps({"type": t}).encode() + b"\n" for _ in range(250)
@@ -314,7 +321,16 @@ def test_a_client_that_never_reads_is_disconnected_and_slows_nothing(served: Ser
             got.append(msg)
         ns = [m["n"] for m in got]
         assert ns == list(range(ns[0], ns[0] + len(ns)))
-        # the lazy client was cut off: reading now reaches the end of its stream
+        # the lazy client is cut off (its writes blocked a second with more than CLIENT_QUEUE
+        # messages waiting): the engine closes its end, seen here with its data still unread
+        # (before this client reads, which would unblock the engine's writes to it)
+        def closed_by_the_engine() -> bool:
+            poller = select.poll()
+            poller.register(lazy.sock, select.POLLRDHUP)
+            return any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in poller.poll(0))
+
+        wait_until(closed_by_the_engine, "the engine to cut the lazy client off", timeout=30)
+        # reading now reaches the end of its stream
         lazy.sock.settimeout(30)
         received = 0
         lagging = False
