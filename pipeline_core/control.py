@@ -13,7 +13,7 @@ repeats. The first message must be ``hello`` with the protocol ``version``::
     > {"type":"run_now","id":3,"full":false}         (also: stage + "stage", pause, resume, cancel)
     < {"type":"accepted","id":3,"command":"run_now","run_id":…}
     < {"type":"refused","id":3,"command":"run_now","reason":"a run is active: ab12cd34"}
-    > {"type":"subscribe","id":4}                     (a console: "tail":N, see below)
+    > {"type":"subscribe","id":4}                     (a console: "tail":N, "events":"file", see below)
     < {"type":"subscribed","id":4,"run_id":…}
     < {"n":38,"type":"snapshot","snapshot":{…}}                      the catch-up …
     < {"n":39,"type":"event","catchup":true,"event":{v1 event}}
@@ -24,8 +24,8 @@ repeats. The first message must be ``hello`` with the protocol ``version``::
     < {"type":"lagging","error":"…"}     the client fell behind: it is disconnected
 
 ``n`` numbers the messages of a subscription with consecutive integers, so a client sees a gap
-at once. A live message's ``n`` is the engine's own count of the messages it has published (the
-same for every client, so it is written once); a client's catch-up is numbered up to its first
+at once. A live message's ``n`` is the engine's own count of the messages it has published to
+subscribers of its mode (the same for every client of a mode, so it is written once); a client's catch-up is numbered up to its first
 live message, and so may begin anywhere, below 1 too. Events
 carry the ``seq`` of their event file: the catch-up reads the file up to the point where the
 client was registered for live events, so an event is in the catch-up or live, never both and
@@ -33,6 +33,26 @@ never neither; a client that reconnects de-duplicates by ``(run_id, seq)``. With
 the catch-up keeps of the run's progress, metric and log events only the newest N (log
 warnings and errors are kept), with all its other events: what a console shows, in a bounded
 catch-up however many events the run has written.
+
+With ``"events":"file"`` (the default is ``"stream"``, all of the above) a subscriber reads a
+run's live events from the run's event file (``logs/events/pipeline_<run_id>.jsonl``; a peer is
+the engine's uid or root, so it may), and the engine sends it none of them. Its catch-up is the
+same; ``caught_up`` then says where in which file its live events begin, and live, in place of
+the run's events, it gets at most one notice every COALESCE_SECONDS, and one soon after any
+event was written (every event is written to its file before it is published)::
+
+    < {"type":"subscribed","id":4,"run_id":…,"events":"file"}
+    < … the catch-up, as above …
+    < {"n":41,"type":"caught_up","events":"file","run_id":…,"offset":18230}   (run_id null: none yet)
+    < {"n":42,"type":"events","run_id":…,"seq":812}   read the run's file on: events up to 812 are there
+
+The client reads the file's complete lines from ``offset`` on (a run it has not read yet: from
+0), to its last newline (the engine may be writing the next line); a notice for another run
+comes only after the last one for the run before. Output lines, snapshots, replies and the
+scheduler's own events (``run_id`` "scheduler") come on the socket, as for a stream subscriber.
+A file subscriber's ``n`` counts the messages of its own live log (shared by every file
+subscriber), consecutive as well. Notices are made once for all file subscribers: the engine's
+work per event does not depend on how many there are.
 
 Every subscription message is encoded once, whatever the number of clients: it is appended to
 one live log, and each client's writer sends from its own cursor in it, many messages per write.
@@ -102,6 +122,8 @@ TRIM_AT = 4096  # live messages kept before the ones every client has been sent 
 VERBOSE_EVENTS = (b"progress", b"metric", b"log")  # what a catch-up with a tail keeps only the newest of
 SNAPSHOT_SECONDS = 0.25  # how often the snapshot is compared and a change sent to subscribers
 COMMANDS = ("run_now", "stage", "pause", "resume", "cancel")
+SCHEDULER_RUN_ID = "scheduler"  # the run_id of the scheduler's own events (scheduler.jsonl, not a run's file)
+EVENT_MODES = ("stream", "file")  # how a subscriber gets a run's events: on the socket, or from its file
 REQUESTS = ("hello", "snapshot", "subscribe", "ping", *COMMANDS)
 _PATH_MAX = 100  # sun_path holds 108 bytes; a longer path is reached through /proc/self/fd
 
@@ -270,7 +292,8 @@ class _Client:
         self.subscribed = False
         self.replies: deque[bytes] = deque()  # answers to its requests (unnumbered)
         self.catchup: list[bytes] | None = None  # subscription messages before the live ones
-        self.cursor = -1  # the index in the live log of the next live message it gets
+        self.feed: _Feed = server._stream  # the live log it reads: with run events, or notices
+        self.cursor = -1  # the index in its live log of the next live message it gets
         self.live = False  # catch-up sent: live messages go out
         self.lagging = False
         self.closing = False  # the peer closed its side: send what is waiting, then end
@@ -290,14 +313,14 @@ class _Client:
 
     def poke(self) -> None:
         """Something to send: wake its writer (if it waits)."""
-        self.server._sleepers.discard(self)
+        self.feed.sleepers.discard(self)
         self.wake.set()
 
     def behind(self) -> int:
         """Messages waiting for it: replies, catch-up and live ones not yet written."""
         waiting = len(self.replies) + len(self.catchup or ())
         if self.cursor >= 0:
-            waiting += self.server._end - self.cursor
+            waiting += self.feed.end - self.cursor
         return waiting
 
     def fall_behind(self) -> None:
@@ -305,9 +328,27 @@ class _Client:
             return
         self.lagging = True
         self.server.lagged += 1
-        self.server._sleepers.discard(self)
+        self.feed.sleepers.discard(self)
         if self.scope is not None:
             self.scope.cancel()
+
+
+class _Feed:
+    """A live log: subscription messages, each encoded and numbered once (its ``n`` is this
+    log's count of them), read by its clients from their own cursors. A stream subscriber's log
+    has every event; a file subscriber's has notices in place of a run's events."""
+
+    def __init__(self) -> None:
+        self.log: list[bytes] = []
+        self.base = 0  # the index of log[0]
+        self.end = 0  # the index of the next message (and the n of the last one)
+        self.subscribers = 0  # clients with a cursor in it
+        self.sleepers: set[_Client] = set()  # live clients whose writer waits for a message
+
+    def append(self, body: bytes) -> None:
+        """One message (a JSON object's line), numbered."""
+        self.end += 1
+        self.log.append(b'{"n":%d,' % self.end + body[1:])
 
 
 class ControlServer:
@@ -340,13 +381,18 @@ class ControlServer:
                 if isinstance(m, OutputMessage) and m.stage in self._recent:
                     self._recent[m.stage].append(_dumps({"type": "output", "run_id": m.run_id, "stage": m.stage,
                                                          "instrument": m.instrument, "line": m.line}))
-        # the live log: every subscription message once, encoded and numbered once (its ``n``
-        # is the engine's count of them); a client's cursor says how far it has been sent
-        self._log: list[bytes] = []
-        self._base = 0  # the index of _log[0]
-        self._end = 0  # the index of the next message (and the n of the last one)
-        self._subscribers = 0  # clients with a cursor
-        self._sleepers: set[_Client] = set()  # live clients whose writer waits for a message
+        # the live logs: every subscription message once, encoded and numbered once (its ``n``
+        # is the log's count of them); a client's cursor says how far it has been sent. Stream
+        # subscribers read the run's events in theirs; file subscribers read the run's event
+        # file, told by a notice in theirs when it has grown.
+        self._stream = _Feed()
+        self._files = _Feed()
+        self._feeds = (self._stream, self._files)
+        # the run whose events were written since the last notice (file subscribers), its last seq
+        self._fresh_run: str | None = None
+        self._fresh_seq = 0
+        self._notice_wake: anyio.Event | None = None  # set: a notice is due (made on the loop, in serve)
+        self.notices = 0  # notices published
         self._unsubscribe: Any = None
         self._loop_thread: int | None = None
         self._token: Any = None
@@ -416,6 +462,7 @@ class ControlServer:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_snapshot)
+                tg.start_soon(self._send_notices)
                 task_status.started()
                 while True:
                     try:
@@ -501,7 +548,7 @@ class ControlServer:
                         return
                     client.wake = anyio.Event()
                     if client.live:
-                        self._sleepers.add(client)
+                        client.feed.sleepers.add(client)
                     await client.wake.wait()
                     continue
                 client.blocked_since = time.monotonic()
@@ -528,35 +575,37 @@ class ControlServer:
             client.catchup = None
             client.live = True
             return data
-        if client.live and client.cursor < self._end:
-            i = client.cursor - self._base
-            chunk = self._log[i:i + WRITE_COUNT]  # numbered already: the same bytes for all
+        feed = client.feed
+        if client.live and client.cursor < feed.end:
+            i = client.cursor - feed.base
+            chunk = feed.log[i:i + WRITE_COUNT]  # numbered already: the same bytes for all
             client.cursor += len(chunk)
-            self._trim()
+            self._trim(feed)
             return b"".join(chunk)
         return None
 
-    def _trim(self, *, force: bool = False) -> None:
-        """Forget the live messages every client has been sent (amortised: in halves)."""
-        if len(self._log) < TRIM_AT and not force:
+    def _trim(self, feed: _Feed, *, force: bool = False) -> None:
+        """Forget the live messages of ``feed`` every client of it has been sent (amortised: in halves)."""
+        if len(feed.log) < TRIM_AT and not force:
             return
-        low = min((c.cursor for c in self.clients if c.cursor >= 0), default=self._end)
-        k = low - self._base
-        if k > 0 and (force or 2 * k >= len(self._log)):
-            del self._log[:k]
-            self._base = low
+        low = min((c.cursor for c in self.clients if c.cursor >= 0 and c.feed is feed), default=feed.end)
+        k = low - feed.base
+        if k > 0 and (force or 2 * k >= len(feed.log)):
+            del feed.log[:k]
+            feed.base = low
 
     def _drop(self, client: _Client) -> None:
         """The client leaves (or is cut off): its cursor no longer holds the live log."""
         self.clients.discard(client)
-        self._sleepers.discard(client)
+        feed = client.feed
+        feed.sleepers.discard(client)
         if client.cursor >= 0:
             client.cursor = -1
-            self._subscribers -= 1
+            feed.subscribers -= 1
         client.live = False
-        if not self._subscribers:
-            self._log.clear()
-            self._base = self._end
+        if not feed.subscribers:
+            feed.log.clear()
+            feed.base = feed.end
 
     def _cut_laggards(self) -> None:
         """Cut off the clients that fell behind: too much waiting for them, or a write to them
@@ -569,7 +618,8 @@ class ControlServer:
                     and now - client.blocked_since > STUCK_SECONDS):
                 client.fall_behind()
                 self._drop(client)
-        self._trim(force=True)
+        for feed in self._feeds:
+            self._trim(feed, force=True)
 
     async def _reader(self, client: _Client) -> None:
         buf = b""
@@ -729,6 +779,11 @@ class ControlServer:
         if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
             self._error(client, "subscribe: tail must be a whole number of events, 0 or more", msg_id)
             return
+        mode = msg.get("events", "stream")
+        if mode not in EVENT_MODES:
+            self._error(client, f"subscribe: events must be one of {', '.join(EVENT_MODES)}, "
+                        f"not {json.dumps(mode)[:40]}", msg_id)
+            return
         snap = self.engine.snapshot()
         run_id = snap.current.run_id if snap.current is not None else (
             str(snap.last_run["run_id"]) if snap.last_run and snap.last_run.get("run_id") else None)
@@ -739,17 +794,25 @@ class ControlServer:
         upto = {p: _size(p) for p in (run_file, sched_file) if p is not None}
         recent = [b'{"catchup":true,' + line[1:] for pane in self._recent.values() for line in pane]
         client.subscribed = True
-        client.cursor = self._end  # live from here: what is published from now on
-        self._subscribers += 1
-        client.reply({"type": "subscribed", "id": msg_id, "run_id": run_id})
+        client.feed = feed = self._files if mode == "file" else self._stream
+        client.cursor = feed.end  # live from here: what is published from now on
+        feed.subscribers += 1
+        reply: dict[str, Any] = {"type": "subscribed", "id": msg_id, "run_id": run_id}
+        if mode == "file":
+            reply["events"] = "file"
+        client.reply(reply)
         first = _dumps({"type": "snapshot", "snapshot": snapshot_to_dict(snap)})  # the first message
         assert client.tg is not None
         client.tg.start_soon(self._catch_up, client, run_file, sched_file, upto, [first, *recent], tail,
-                             snap.current is not None)
+                             snap.current is not None, run_id if mode == "file" else None)
 
     async def _catch_up(self, client: _Client, run_file: Path | None, sched_file: Path,
-                        upto: dict[Path, int], around: list[bytes], tail: int | None, active: bool = True) -> None:
+                        upto: dict[Path, int], around: list[bytes], tail: int | None, active: bool = True,
+                        file_run: str | None = None) -> None:
+        offset = 0  # a file subscriber's: where in the run's file its live events begin
+
         def read() -> list[bytes]:
+            nonlocal offset
             # the file's own lines, wrapped: no event is decoded and encoded again
             sched = _event_lines_upto(sched_file, upto.get(sched_file, 0), tail=SCHEDULER_TAIL_BYTES)
             out = [_CATCHUP_EVENT + line + b"}\n" for line in sched[-SCHEDULER_CATCHUP:]]
@@ -758,6 +821,8 @@ class ControlServer:
                 if not active:  # the last run: its last events, as a console that hosts shows
                     lines = lines[-LAST_RUN_EVENTS:]
                 out += [_CATCHUP_EVENT + line + b"}\n" for line in lines]
+                # a line cut short at subscribe time is not in the catch-up: it is read live
+                offset = _complete_upto(run_file, upto.get(run_file, 0))
             return out
 
         lines = await anyio.to_thread.run_sync(read)
@@ -766,39 +831,56 @@ class ControlServer:
         # the snapshot taken at subscribe time, the files, the recent output, then (from the
         # client's cursor, set at subscribe time) what was published meanwhile
         first, *recent = around
-        client.catchup = [first, *lines, *recent, _dumps({"type": "caught_up"})]
+        done: dict[str, Any] = {"type": "caught_up"}
+        if client.feed is self._files:
+            done.update(events="file", run_id=file_run, offset=offset)
+        client.catchup = [first, *lines, *recent, _dumps(done)]
         client.poke()
 
     def _broadcast(self, body: bytes) -> None:
-        """One subscription message, encoded once for every subscriber: appended to the live
-        log, from which each client's writer takes it. No work per client here."""
-        if not self._subscribers:
-            return
-        self._end += 1
-        self._log.append(b'{"n":%d,' % self._end + body[1:])
-        self._published()
+        """One subscription message, encoded once for every subscriber (once for each kind of
+        them): appended to the live logs, from which each client's writer takes it. No work per
+        client here."""
+        for feed in self._feeds:
+            if feed.subscribers:
+                feed.append(body)
+                self._published(feed)
 
-    def _published(self) -> None:
-        """A message was appended to the live log: wake the writers that wait for one."""
-        if self._sleepers:
-            for client in self._sleepers:
+    def _published(self, feed: _Feed) -> None:
+        """A message was appended to a live log: wake the writers that wait for one."""
+        if feed.sleepers:
+            for client in feed.sleepers:
                 client.wake.set()
-            self._sleepers.clear()
-        if len(self._log) > CLIENT_QUEUE_MAX:
+            feed.sleepers.clear()
+        if len(feed.log) > CLIENT_QUEUE_MAX:
             self._cut_laggards()
 
     def _on_engine(self, msg: EventMessage | OutputMessage) -> None:
         """The engine's subscriber: one JSON line built once (nothing with no subscriber), appended
-        to the live log for all of them."""
+        to the live log for all of them. File subscribers get no run event: it is noted, and
+        :meth:`_send_notices` tells them soon after."""
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
             anyio.from_thread.run_sync(self._on_engine, msg, token=self._token)
             return
         if isinstance(msg, EventMessage):
-            if self._subscribers:
+            ev = msg.event
+            feed = self._stream
+            if feed.subscribers:
                 # the event's line as its file has it, wrapped and numbered in one step
-                self._end += 1
-                self._log.append(b'{"n":%d,"type":"event","event":%b}\n' % (self._end, msg.event.to_line().encode()))
-                self._published()
+                feed.end += 1
+                feed.log.append(b'{"n":%d,"type":"event","event":%b}\n' % (feed.end, ev.to_line().encode()))
+                self._published(feed)
+            if self._files.subscribers:
+                if ev.run_id == SCHEDULER_RUN_ID:  # the scheduler's own events come on the socket
+                    self._files.append(b'{"type":"event","event":%b}\n' % ev.to_line().encode())
+                    self._published(self._files)
+                    return
+                if self._fresh_run is None and self._notice_wake is not None:
+                    self._notice_wake.set()
+                elif self._fresh_run != ev.run_id:
+                    self._notice()  # another run: the last one's notice first
+                self._fresh_run = ev.run_id
+                self._fresh_seq = ev.seq
             return
         body = _dumps({"type": "output", "run_id": msg.run_id, "stage": msg.stage,
                        "instrument": msg.instrument, "line": msg.line})
@@ -806,6 +888,27 @@ class ControlServer:
         if pane is not None:
             pane.append(body)  # kept for the catch-ups, subscribers or not
         self._broadcast(body)
+
+    def _notice(self) -> None:
+        """Tell the file subscribers that a run's event file has grown (to ``seq``): one message."""
+        run_id, self._fresh_run = self._fresh_run, None
+        if run_id is None or not self._files.subscribers:
+            return
+        self.notices += 1
+        self._files.append(b'{"type":"events","run_id":%b,"seq":%d}\n' % (json.dumps(run_id).encode(),
+                                                                         self._fresh_seq))
+        self._published(self._files)
+
+    async def _send_notices(self) -> None:
+        """At most one notice every COALESCE_SECONDS, and one soon after any run event (at the
+        next turn of the loop after a quiet spell): a flood of events costs a file subscriber a
+        message per COALESCE_SECONDS, not one per event."""
+        while True:
+            self._notice_wake = wake = anyio.Event()
+            if self._fresh_run is None:
+                await wake.wait()
+            self._notice()
+            await anyio.sleep(COALESCE_SECONDS)
 
     async def _watch_snapshot(self) -> None:
         while True:
@@ -855,6 +958,23 @@ def _size(path: Path) -> int:
 
 
 _CATCHUP_EVENT = b'{"type":"event","catchup":true,"event":'
+
+
+def _complete_upto(path: Path, upto: int) -> int:
+    """The end of the last complete line in the first ``upto`` bytes of a file (0: none)."""
+    try:
+        with open(path, "rb") as fh:
+            end = upto
+            while end > 0:
+                start = max(0, end - 65536)
+                fh.seek(start)
+                i = fh.read(end - start).rfind(b"\n")
+                if i >= 0:
+                    return start + i + 1
+                end = start
+    except OSError:
+        pass
+    return 0
 
 
 def _event_lines_upto(path: Path, upto: int, *, tail: int | None = None,
@@ -1011,8 +1131,9 @@ class Connection:
     def snapshot(self) -> dict[str, Any]:
         return self.request({"type": "snapshot"})["snapshot"]
 
-    def subscribe(self) -> dict[str, Any]:
-        return self.request({"type": "subscribe"})
+    def subscribe(self, **params: Any) -> dict[str, Any]:
+        """Subscribe (``tail=N``, ``events="file"``: see the module docstring); the reply."""
+        return self.request({"type": "subscribe", **params})
 
     def next_message(self, timeout: float | None = None) -> dict[str, Any] | None:
         if self.pending:

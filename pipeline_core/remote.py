@@ -7,6 +7,13 @@ Its ``serve`` attaches: it subscribes, hands every event and output line to the 
 (each event once, by ``(run_id, seq)``, across reconnections), keeps the engine's latest
 snapshot, and when the engine goes away says so and reattaches as soon as one serves the data
 root again. It never starts an engine. ``stop`` only detaches: the engine and its run go on.
+
+By default it subscribes with ``"events":"file"``: the engine sends it no run event, only a
+notice (at most one every few milliseconds) when the run's event file has grown, and it reads
+the new complete lines of that file itself, from where it left off (the catch-up's end, given in
+``caught_up``), in bounded chunks between turns of the console's event loop. The events are the
+same, handed on the same way; the engine's cost of serving a console no longer grows with the
+number of events it sends it.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from pipeline_core.control import (
     snapshot_from_dict,
     socket_path,
 )
-from pipeline_core.events import Event, EventError
+from pipeline_core.events import Event, EventError, run_event_path
 from pipeline_core.runstate import EngineSnapshot, EventMessage, OutputMessage
 from pipeline_core.settings import Settings
 
@@ -44,6 +51,8 @@ LINES_PER_TURN = 1000  # messages handled between two turns of the console's eve
 # newest; all its other events come too): a console shows the newest rows, and attaching during
 # a flood must not replay a hundred thousand events through it (the run's file has them all)
 CATCHUP_TAIL = 2000
+READ_BYTES = 256 * 1024  # of a run's event file read at once (then the console's loop gets a turn)
+OFFSETS_KEPT = 8  # runs whose place in their event file is remembered
 
 
 class RemoteEngine:
@@ -52,14 +61,22 @@ class RemoteEngine:
     attached = True
 
     def __init__(self, settings: Settings, *, reconnect_seconds: float = RECONNECT_SECONDS,
-                 read_only: bool = False, catchup_tail: int | None = CATCHUP_TAIL) -> None:
+                 read_only: bool = False, catchup_tail: int | None = CATCHUP_TAIL,
+                 file_events: bool = True) -> None:
         """``catchup_tail``: how many of the run's progress, metric and log events to catch up
-        with on attaching (the newest; None: all of them)."""
+        with on attaching (the newest; None: all of them). ``file_events``: read the run's live
+        events from its event file when the engine says it has grown (False: the engine sends
+        every event on the socket)."""
         self.settings = settings
         self.read_only = read_only  # watch only: every command is refused here, never sent
         self.path = socket_path(settings)
         self.reconnect_seconds = reconnect_seconds
         self.catchup_tail = catchup_tail
+        self.file_events = file_events
+        self.bad_lines = 0  # lines of a run's event file that were not an event (skipped)
+        self.file_reads = 0  # reads of a run's event file
+        self._offsets: dict[str, int] = {}  # run_id → the bytes of its event file already read
+        self._to_read: dict[str, int] = {}  # run_id → the last seq a notice named, not yet read
         self.hello: dict[str, Any] | None = None  # the engine's hello while attached
         self.last_hello: dict[str, Any] | None = None
         self.problem: str | None = None  # why it is not attached, when it is not
@@ -210,6 +227,8 @@ class RemoteEngine:
         self.hello = None
         self._output_runs |= self._catchup_runs  # lines shown once are not shown again
         self._catchup_runs.clear()
+        self._offsets.clear()  # the next catch-up says where to read from
+        self._to_read.clear()
         self._snap = replace(self._snap, scheduler="off", next_mark=None, current=None)
         if self._cmd is not None:
             self._cmd.close()
@@ -230,6 +249,8 @@ class RemoteEngine:
         stream = await anyio.abc.SocketStream.from_socket(sock)
         async with stream:
             tail = b"" if self.catchup_tail is None else b',"tail":%d' % self.catchup_tail
+            if self.file_events:
+                tail += b',"events":"file"'
             await stream.send(b'{"type":"hello","version":%d,"id":"hello"}\n{"type":"subscribe","id":"sub"%s}\n'
                               % (PROTOCOL_VERSION, tail))
             buf = b""
@@ -241,12 +262,88 @@ class RemoteEngine:
                     if i:
                         await anyio.lowlevel.checkpoint()  # the console draws during a flood
                     self._on_lines(lines[i:i + LINES_PER_TURN])
+                if self._to_read:
+                    await self._read_files()
                 await anyio.lowlevel.checkpoint()  # a receive with data waiting does not yield
                 while self._queued and self.connected:
                     name, params = self._queued.pop(0)
                     self._accepted(self._command(name, **params))
                 if self._stop:
                     return
+
+    async def _read_files(self) -> None:
+        """Read what the notices announced: each run's new complete lines, from where it was
+        left off, a chunk at a time with a turn of the loop between chunks."""
+        while self._to_read:
+            run_id = next(iter(self._to_read))
+            del self._to_read[run_id]
+            while True:
+                lines = self._read_chunk(run_id)
+                if lines is None:
+                    break
+                for i in range(0, len(lines), LINES_PER_TURN):
+                    self._on_file_lines(lines[i:i + LINES_PER_TURN])
+                    await anyio.lowlevel.checkpoint()  # the console draws while it reads
+
+    def _read_chunk(self, run_id: str) -> list[bytes] | None:
+        """The next complete lines of ``run_id``'s event file (None: none yet). Only whole
+        lines: the engine may be writing the last one."""
+        path = run_event_path(self.settings.events_dir, run_id)
+        offset = self._offsets.get(run_id, 0)
+        size = READ_BYTES
+        try:
+            with open(path, "rb") as fh:
+                while True:
+                    fh.seek(offset)
+                    data = fh.read(size)
+                    end = data.rfind(b"\n")
+                    if end >= 0 or len(data) < size:
+                        break
+                    size *= 2  # one line longer than a chunk
+        except OSError:
+            return None
+        self.file_reads += 1
+        if end < 0:
+            return None
+        self._note_offset(run_id, offset + end + 1)
+        return data[:end].split(b"\n")
+
+    def _note_offset(self, run_id: str, offset: int) -> None:
+        self._offsets.pop(run_id, None)  # the newest last: the oldest are forgotten
+        self._offsets[run_id] = offset
+        while len(self._offsets) > OFFSETS_KEPT:
+            del self._offsets[next(iter(self._offsets))]
+
+    def _on_file_lines(self, lines: list[bytes]) -> None:
+        """Event lines of a run's file: decoded together, handed on like the socket's events; a
+        line that is not an event is skipped and counted."""
+        lines = [line for line in lines if line.strip()]
+        if not lines:
+            return
+        try:
+            objs = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:
+            objs = None
+        if not isinstance(objs, list) or len(objs) != len(lines):  # a damaged line among them
+            objs = []
+            for line in lines:
+                try:
+                    objs.append(json.loads(line))
+                except ValueError:
+                    self.bad_lines += 1
+        for obj in objs:
+            try:
+                ev = Event.from_dict(obj)
+            except (EventError, TypeError, ValueError):
+                self.bad_lines += 1
+                continue
+            self._on_event(ev)
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.seq <= self._seen.get(ev.run_id, 0):
+            return  # seen before (a reconnection's catch-up)
+        self._seen[ev.run_id] = ev.seq
+        self._publish(EventMessage(ev))
 
     def _on_lines(self, lines: list[bytes]) -> None:
         """Messages from the engine: decoded together (one call for a whole batch of a flood,
@@ -281,10 +378,11 @@ class RemoteEngine:
                 ev = Event.from_dict(msg.get("event"))
             except (EventError, TypeError, ValueError):
                 return
-            if ev.seq <= self._seen.get(ev.run_id, 0):
-                return  # seen before a reconnection
-            self._seen[ev.run_id] = ev.seq
-            self._publish(EventMessage(ev))
+            self._on_event(ev)
+        elif kind == "events":  # a run's event file has grown: read it (file mode)
+            run_id = msg.get("run_id")
+            if isinstance(run_id, str) and run_id and "/" not in run_id:
+                self._to_read[run_id] = _whole(msg.get("seq"))
         elif kind == "output":
             run_id = str(msg.get("run_id") or "")
             if msg.get("catchup"):
@@ -298,6 +396,10 @@ class RemoteEngine:
         elif kind == "caught_up":
             self._output_runs |= self._catchup_runs
             self._catchup_runs.clear()
+            run_id = msg.get("run_id")
+            if msg.get("events") == "file" and isinstance(run_id, str) and run_id:
+                # the run's live events begin here in its file (a new run's at 0)
+                self._note_offset(run_id, _whole(msg.get("offset")))
         elif kind == "snapshot":
             with contextlib.suppress(Exception):
                 self._snap = snapshot_from_dict(msg.get("snapshot") or {})
@@ -310,6 +412,11 @@ class RemoteEngine:
             raise ControlError(str(msg.get("error")))
         elif kind == "lagging":
             raise ControlError("this console fell behind the engine; catching up again")
+
+
+def _whole(value: Any) -> int:
+    """A count from the engine (0 if it is not one)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _why(exc: BaseException) -> str:

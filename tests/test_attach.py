@@ -26,7 +26,7 @@ from test_control import clean_env, start_engine, stop_engine
 
 from pipeline_core import catalog, history
 from pipeline_core.control import Connection, NoEngine, socket_path
-from pipeline_core.remote import RemoteEngine
+from pipeline_core.remote import READ_BYTES, RemoteEngine
 from pipeline_core.sample import write_samples
 from pipeline_core.settings import load_settings
 from qtsw_tui.app import EVENT_WINDOW, QtswApp, build_app
@@ -224,8 +224,8 @@ def _row_seqs(panel: EventsPanel, run_id: str) -> list[int]:
 
 
 async def test_two_consoles_attached_at_once_see_the_same_events(tmp_path: Path) -> None:
-    """Two consoles on one engine whose run writes thousands of events: one attached from the
-    start, one attaching mid-run (its catch-up bounded to the run's story and its newest 100
+    """Two consoles on one engine whose run writes thousands of events (each reads them from the
+    run's event file, as a console does by default): one attached from the start, one attaching mid-run (its catch-up bounded to the run's story and its newest 100
     detail events, as a console asks). Both end with the run's events in their event stores and
     tables with no gap and no duplicate: the first all of them, as the run's event file has them;
     the second every event from the first one its catch-up kept on, and every start and end."""
@@ -273,6 +273,9 @@ async def test_two_consoles_attached_at_once_see_the_same_events(tmp_path: Path)
                 # the tables draw their rows at most once a second in a flood: wait for the last
                 await wait_for(p2, lambda: not panel1._stale and not panel2._stale, "the tables' last rows")
                 stored1, stored2 = _seqs(panel1, run_id), _seqs(panel2, run_id)
+                # both read the run's live events from its file (the engine sent them notices)
+                assert first.file_events and first.file_reads and second.file_reads
+                assert first.bad_lines == second.bad_lines == 0
                 rows1, rows2 = _row_seqs(panel1, run_id), _row_seqs(panel2, run_id)
         assert proc.poll() is None, "the engine outlived both consoles"
     finally:
@@ -296,3 +299,54 @@ async def test_two_consoles_attached_at_once_see_the_same_events(tmp_path: Path)
     assert since == by_msg[f"metric {events // 2 - tail}"] and len(stored2) < len(stored1)
     # the tables: both show the same newest rows, the run's last events (a window of EVENT_WINDOW)
     assert rows1 == rows2 == [e["seq"] for e in logged][-EVENT_WINDOW:]
+
+
+async def test_a_console_reading_a_runs_file_skips_damage_and_waits_for_whole_lines(tmp_path: Path) -> None:
+    """What a console in file mode does on the engine's notices, on a real event file: it reads
+    from the offset its catch-up ended at, hands on each event once in order, skips (and counts)
+    a line that is not an event, leaves a line the writer has not finished for the next notice,
+    reads a line longer than its chunk, and starts a new run's file at its beginning."""
+    from pipeline_core.events import Event, run_event_path
+    from pipeline_core.runstate import EventMessage
+
+    settings = load_settings(root=tmp_path / "root", env={})
+    settings.ensure_dirs()
+    remote = RemoteEngine(settings)
+    got: list[tuple[str, int]] = []
+    remote.subscribe(lambda m: got.append((m.event.run_id, m.event.seq)) if isinstance(m, EventMessage) else None)
+
+    def line(run_id: str, seq: int, msg: str = "m") -> bytes:
+        ev = Event(run_id=run_id, stage="translator", event="metric", msg=msg, timestamp="2025-11-26T10:00:00-06:00",
+                   seq=seq)
+        return ev.to_line().encode() + b"\n"
+
+    def tell(*msgs: dict) -> None:
+        remote._on_lines([json.dumps(m).encode() for m in msgs])
+
+    path = run_event_path(settings.events_dir, "r1")
+    caught = line("r1", 1) + line("r1", 2)  # what the catch-up had
+    path.write_bytes(caught + line("r1", 3) + b'{"seq": 4, "oops\n' + b'{"seq": 4}\n' + line("r1", 4)
+                     + line("r1", 5)[:20])  # the writer is in the middle of event 5
+    tell({"type": "event", "catchup": True, "event": json.loads(line("r1", 2))},
+         {"type": "caught_up", "events": "file", "run_id": "r1", "offset": len(caught)},
+         {"type": "events", "run_id": "r1", "seq": 4})
+    await remote._read_files()
+    assert got == [("r1", 2), ("r1", 3), ("r1", 4)] and remote.bad_lines == 2
+    # the writer finishes event 5 and writes a line longer than a read
+    with open(path, "ab") as fh:
+        fh.write(line("r1", 5)[20:] + line("r1", 6, "x" * (READ_BYTES * 3)))
+    tell({"type": "events", "run_id": "r1", "seq": 6})
+    await remote._read_files()
+    tell({"type": "events", "run_id": "r1", "seq": 6})  # nothing new: nothing handed on again
+    await remote._read_files()
+    # a new run: its file from the start
+    run_event_path(settings.events_dir, "r2").write_bytes(line("r2", 1) + line("r2", 2))
+    tell({"type": "events", "run_id": "r2", "seq": 2})
+    await remote._read_files()
+    assert got == [("r1", 2), ("r1", 3), ("r1", 4), ("r1", 5), ("r1", 6), ("r2", 1), ("r2", 2)]
+    assert remote.bad_lines == 2
+    # a notice that makes no sense is no trouble either
+    tell({"type": "events", "run_id": "r2", "seq": "x"}, {"type": "events", "run_id": 7},
+         {"type": "events", "run_id": "../r1"}, {"type": "caught_up", "events": "file", "run_id": "r3", "offset": [1]})
+    await remote._read_files()
+    assert len(got) == 7

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pwd
+import select
 import signal
 import socket
 import stat
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,11 @@ from processes import terminate, wait_until
 
 from pipeline_core import catalog, clock, history
 from pipeline_core.control import (
+    CLIENT_QUEUE,
     MAX_LINE,
     PROTOCOL_VERSION,
     REQUESTS,
+    WRITE_COUNT,
     Connection,
     NoEngine,
     socket_path,
@@ -287,8 +290,12 @@ def test_a_client_that_never_reads_is_disconnected_and_slows_nothing(served: Ser
         seen: dict[str, Any] = {}
         reading = threading.Thread(target=lambda: seen.update(got=read_until_run_ends(watcher, run_id)))
         reading.start()
-        # a flood of scheduler events (pause/resume) from a third client while the run goes on
-        flood = 12_000
+        # a flood of scheduler events (pause/resume) from a third client while the run goes on:
+        # more than CLIENT_QUEUE beyond what the lazy client's socket buffer and its writer's
+        # last chunk (WRITE_COUNT messages) take, however few messages the run itself publishes
+        # (a warm run, after other tests' runs, publishes few; the catch-up of a small last run
+        # does not fill the socket buffer either)
+        flood = CLIENT_QUEUE + 3 * WRITE_COUNT
         answered = 0
         for _ in range(flood // 500):
             conn.send(b"".join(json.dumps({"type": t}).encode() + b"\n" for _ in range(250)
@@ -314,7 +321,16 @@ def test_a_client_that_never_reads_is_disconnected_and_slows_nothing(served: Ser
             got.append(msg)
         ns = [m["n"] for m in got]
         assert ns == list(range(ns[0], ns[0] + len(ns)))
-        # the lazy client was cut off: reading now reaches the end of its stream
+        # the lazy client is cut off (its writes blocked a second with more than CLIENT_QUEUE
+        # messages waiting): the engine closes its end, seen here with its data still unread
+        # (before this client reads, which would unblock the engine's writes to it)
+        def closed_by_the_engine() -> bool:
+            poller = select.poll()
+            poller.register(lazy.sock, select.POLLRDHUP)
+            return any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in poller.poll(0))
+
+        wait_until(closed_by_the_engine, "the engine to cut the lazy client off", timeout=30)
+        # reading now reaches the end of its stream
         lazy.sock.settimeout(30)
         received = 0
         lagging = False
@@ -394,6 +410,10 @@ def test_malformed_oversized_and_unknown_messages_get_errors(served: Served) -> 
         for tail in (-1, True, 2.5, "10", [3]):
             reply = conn.request({"type": "subscribe", "tail": tail})
             assert reply["type"] == "error" and "tail" in reply["error"], (tail, reply)
+        # … and its events come on the socket ("stream") or from the run's file ("file")
+        for mode in ("socket", "", None, 1, True, ["file"], {"file": 1}, "FILE"):
+            reply = conn.request({"type": "subscribe", "events": mode})
+            assert reply["type"] == "error" and "events must be one of stream, file" in reply["error"], (mode, reply)
         # the connection goes on, and the engine too
         assert conn.request({"type": "ping"})["type"] == "pong"
         assert conn.snapshot()["current"] is None
@@ -605,3 +625,120 @@ def test_a_tail_catch_up_keeps_the_runs_story_and_its_newest_detail(tmp_path: Pa
     assert msgs(None) == everything and msgs(1000) == everything
     assert msgs(3) == ["run", "translator", "disk nearly full", "bad row", "p8", "p9", "chatter", "done", "run"]
     assert msgs(0) == ["run", "translator", "disk nearly full", "bad row", "done", "run"]
+
+
+# --- file subscribers ---------------------------------------------------------------------------
+
+
+def _read_until_notice(conn: Connection, run_id: str, last_seq: Callable[[], int | None],
+                       timeout: float = 120.0) -> list[dict[str, Any]]:
+    """A file subscriber's messages up to the notice of ``run_id``'s last event (``last_seq()``:
+    None until the run has ended)."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = conn.next_message(max(0.1, deadline - time.monotonic()))
+        assert msg is not None, "the engine closed the subscription"
+        got.append(msg)
+        if msg.get("type") == "events" and msg.get("run_id") == run_id:
+            last = last_seq()
+            if last is not None and msg["seq"] == last:
+                return got
+
+
+def test_file_subscribers_get_notices_and_read_the_runs_file(tmp_path: Path) -> None:
+    """``"events":"file"``: no run event on the socket, a notice now and then instead; the run's
+    file read from the offset ``caught_up`` gives holds exactly the events after the catch-up,
+    for a client subscribed before the run and one subscribed in the middle of its flood. A
+    stream subscriber on the same engine still gets every event on the socket."""
+    from pipeline_core.events import run_event_path
+
+    events = 20_000
+    root = tmp_path / "root"
+    settings = load_settings(root=root, env={})
+    settings.ensure_dirs()
+    write_samples(settings, days=1, instruments=["ES"], end=END)  # work for the translator
+    gate = tmp_path / "gate"
+    with open(tmp_path / "engine.out", "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("flood_engine.py")), str(root),
+                                 str(events), str(gate)], stdout=out, stderr=subprocess.STDOUT, env=clean_env())
+    try:
+        path = socket_path(settings)
+        with connect_when_up(path, proc) as conn, Connection(path) as stream, Connection(path) as early, \
+                Connection(path) as late:
+            stream.subscribe()
+            assert early.subscribe(events="file")["events"] == "file"
+            run_id = conn.command("run_now")["run_id"]
+            run_file = run_event_path(settings.events_dir, run_id)
+            # the stream subscriber reads all along (in a thread: a flood would cut it off)
+            seen: dict[str, Any] = {}
+            reading = threading.Thread(target=lambda: seen.update(got=read_until_run_ends(stream, run_id)))
+            reading.start()
+            halfway = b'"msg":"metric %d"' % (events // 2 - 1)
+            wait_until(lambda: run_file.exists() and halfway in run_file.read_bytes(), "the stage at its gate")
+            size = run_file.stat().st_size
+            gate.touch()
+            # in the middle of the flood: once the stage's second half is being written
+            wait_until(lambda: run_file.stat().st_size > size + 10_000, "the flood to go on")
+            reply = late.subscribe(events="file")
+            assert reply == {"type": "subscribed", "id": late._ids, "run_id": run_id, "events": "file"}
+
+            def last_seq() -> int | None:
+                if not history.read_runs(settings):
+                    return None
+                return json.loads(run_file.read_bytes().splitlines()[-1])["seq"]
+
+            got_late = _read_until_notice(late, run_id, last_seq)
+            got_early = _read_until_notice(early, run_id, last_seq)
+            reading.join(120)
+            got_stream = seen["got"]
+            # the scheduler's own events still come on the socket, to every subscriber
+            assert conn.command("pause")["type"] == "accepted"
+            assert conn.command("resume")["type"] == "accepted"
+            for sub, got in ((late, got_late), (early, got_early)):
+                while sum(1 for m in got if (m.get("event") or {}).get("run_id") == "scheduler"
+                          and not m.get("catchup")) < 2:
+                    msg = sub.next_message(30)
+                    assert msg is not None
+                    got.append(msg)
+        assert proc.poll() is None
+    finally:
+        terminate(proc)
+
+    data = run_file.read_bytes()
+    logged = [json.loads(line) for line in data.splitlines()]
+    seqs = [e["seq"] for e in logged]
+    assert seqs == list(range(1, len(logged) + 1)) and len(logged) > events
+    assert history.read_runs(settings)[-1]["run_id"] == run_id
+    assert run_events(got_stream, run_id) == seqs, "the stream subscriber got every event on the socket"
+
+    def read_from(offset: int) -> list[int]:
+        assert offset == 0 or data[offset - 1:offset] == b"\n", "the offset is at a line's start"
+        return [json.loads(line)["seq"] for line in data[offset:].splitlines()]
+
+    for got, caught in ((got_late, True), (got_early, False)):
+        ns = [m["n"] for m in got]
+        assert ns == list(range(ns[0], ns[0] + len(ns))), "n is consecutive"
+        cut = [m["type"] for m in got].index("caught_up")
+        done = got[cut]
+        assert done["events"] == "file"
+        mine = run_events(got, run_id)
+        assert all(m.get("catchup") for m in got[:cut] if m.get("type") == "event")
+        assert not any(m.get("type") == "event" and m["event"]["run_id"] != "scheduler" for m in got[cut:]), \
+            "no run event on a file subscriber's socket"
+        notices = [m for m in got[cut:] if m.get("type") == "events"]
+        assert all(m["run_id"] == run_id for m in notices)
+        assert [m["seq"] for m in notices] == sorted({m["seq"] for m in notices}), "each notice names newer events"
+        if caught:  # subscribed mid-flood: the run's events so far, then the rest from its file
+            assert done["run_id"] == run_id and mine == list(range(1, len(mine) + 1)) and mine
+            after = read_from(done["offset"])
+            assert mine + after == seqs, "the catch-up and the file from its offset: no gap, no duplicate"
+            assert len(after) > 1000, "the client subscribed while the run was writing its events"
+            assert len(notices) < len(after) // 4, "notices are coalesced, not one per event"
+        else:  # subscribed before the run: every event of the run from its file
+            assert done["run_id"] is None and done["offset"] == 0 and not mine
+            assert read_from(0) == seqs
+    # the two file subscribers' live messages: one n, the same message for both
+    live_early = {m["n"]: m for m in got_early if not m.get("catchup")}
+    live_late = [m for m in got_late[[m["type"] for m in got_late].index("caught_up") + 1:]]
+    assert live_late and all(live_early[m["n"]] == m for m in live_late if m["n"] in live_early)
