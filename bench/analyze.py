@@ -27,10 +27,12 @@ instrument-year than the reference loop; one new day <= 0.2 s of analysis work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -103,10 +105,25 @@ def ensure_store(settings: Settings, years: int, regenerate: bool) -> None:
 
 
 def reset(settings: Settings) -> None:
-    """No analyzer state, no pending changes, no run output."""
+    """No analyzer state, no pending changes (both in the catalogue), no run output."""
     shutil.rmtree(settings.analyzer_temp_dir, ignore_errors=True)
-    shutil.rmtree(settings.state_dir, ignore_errors=True)
     settings.ensure_dirs()
+    with catalog.open_catalog(settings).tx() as c:
+        c.execute("DELETE FROM analyzer")
+        c.execute("DELETE FROM changes")
+
+
+def save_catalog(settings: Settings, dest: Path) -> None:
+    """A copy of the catalogue (its records and the analyzer state), by SQLite's backup."""
+    dest.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(dest)) as copy:
+        catalog.open_catalog(settings).conn.backup(copy)
+
+
+def restore_catalog(settings: Settings, src: Path) -> None:
+    """The catalogue as :func:`save_catalog` left it."""
+    with contextlib.closing(sqlite3.connect(src)) as copy:
+        copy.backup(catalog.open_catalog(settings).conn)
 
 
 def stage(settings: Settings, *args: str) -> tuple[float, dict]:
@@ -292,14 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     reset(settings)
     runner.analyze_instrument(settings, "ES", full=True, run_id="base")
     shutil.rmtree(settings.analyzer_temp_dir)
-    saved_state = WORK / "state_backup"
-    shutil.rmtree(saved_state, ignore_errors=True)
-    shutil.copytree(settings.state_dir, saved_state)
+    saved_catalog = WORK / "catalog_backup.sqlite"
+    save_catalog(settings, saved_catalog)
 
     def add_new_day() -> None:
         shutil.copy2(backup, year_file)
-        shutil.rmtree(settings.state_dir)
-        shutil.copytree(saved_state, settings.state_dir)
+        restore_catalog(settings, saved_catalog)
         shutil.rmtree(settings.analyzer_temp_dir, ignore_errors=True)
         changed = store.upsert_bars(settings, "ES", new_day)
         catalog.open_catalog(settings).record_changes("ES", *changed)
@@ -322,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
               f"~{startup:.2f} s; dates {counts['dates']}, rows {counts['rows']})")
     finally:
         shutil.copy2(backup, year_file)
+        restore_catalog(settings, saved_catalog)
         reset(settings)
     bench_analyzer_stage()
     return 0
