@@ -63,6 +63,7 @@ def main() -> None:
         root = runbench.fresh_copy(history, f"catalog_new_day_{i}")
         write_samples(load_settings(root=root, env={}), days=1, instruments=runbench.INSTRUMENTS,
                       seed=11, end=new_day)
+        os.sync()  # the set-up's writes are not the run's
         secs, got = runbench.timed(runbench.qtsw(root, "--run-now", "--no-ui"))
         if got.returncode != 0:
             sys.exit(f"(a) failed ({got.returncode}):\n{got.stdout}\n{got.stderr}")
