@@ -317,14 +317,8 @@ class RemoteEngine:
     def _on_file_lines(self, lines: list[bytes]) -> None:
         """Event lines of a run's file: decoded together, handed on like the socket's events; a
         line that is not an event is skipped and counted."""
-        lines = [line for line in lines if line.strip()]
-        if not lines:
-            return
-        try:
-            objs = json.loads(b"[" + b",".join(lines) + b"]")
-        except ValueError:
-            objs = None
-        if not isinstance(objs, list) or len(objs) != len(lines):  # a damaged line among them
+        lines, objs = _decoded(lines)
+        if objs is None:  # a damaged line among them
             objs = []
             for line in lines:
                 try:
@@ -348,14 +342,8 @@ class RemoteEngine:
     def _on_lines(self, lines: list[bytes]) -> None:
         """Messages from the engine: decoded together (one call for a whole batch of a flood,
         not one per line), each line on its own if the batch does not decode."""
-        lines = [line for line in lines if line.strip()]
-        if not lines:
-            return
-        try:
-            msgs = json.loads(b"[" + b",".join(lines) + b"]")
-        except ValueError:
-            msgs = None
-        if not isinstance(msgs, list) or len(msgs) != len(lines):  # a damaged line among them
+        lines, msgs = _decoded(lines)
+        if msgs is None:  # a damaged line among them
             for line in lines:
                 self._on_line(line)
             return
@@ -412,6 +400,19 @@ class RemoteEngine:
             raise ControlError(str(msg.get("error")))
         elif kind == "lagging":
             raise ControlError("this console fell behind the engine; catching up again")
+
+
+def _decoded(lines: list[bytes]) -> tuple[list[bytes], list[Any] | None]:
+    """The non-blank lines and their JSON values, decoded in one call (a flood's batch is one
+    call, not one per line); None for the values when a line among them does not decode."""
+    lines = [line for line in lines if line.strip()]
+    try:
+        values = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        return lines, None
+    if not isinstance(values, list) or len(values) != len(lines):
+        return lines, None
+    return lines, values
 
 
 def _whole(value: Any) -> int:
