@@ -584,10 +584,13 @@ class WarmLauncher:
         self._retired = []
         for _p, ctl in procs:
             ctl.close()
-        deadline = time.monotonic() + self.grace + 5.0
+        start = time.monotonic()
+        deadline = start + self.grace + 5.0
         with anyio.CancelScope(shield=True):
             while any(p.poll() is None for p, _ in procs) and time.monotonic() < deadline:
-                await anyio.sleep(POLL_SECONDS)
+                # an idle launcher is gone within milliseconds; one ending stages takes longer
+                soon = time.monotonic() - start < POLL_SECONDS * 5
+                await anyio.sleep(POLL_SECONDS / 10 if soon else POLL_SECONDS)
         for p, _ in procs:
             if p.poll() is None:
                 with contextlib.suppress(OSError):
