@@ -190,20 +190,28 @@ async def test_progress_bars_fill_clear_and_the_header_estimates_the_time_left(t
         await pilot.press("q")
 
 
-def test_the_analyzer_reports_every_few_percent_of_its_dates(tmp_path: Path) -> None:
+def test_the_analyzer_reports_every_few_percent_of_its_dates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(root=tmp_path / "root", env={})
     settings.ensure_dirs()
     days = sample.trading_days(date(2025, 11, 28), 60)
     add_bars(settings, "ES", days)
-    out = io.StringIO()
-    result = runner.analyze_instrument(settings, "ES", full=True, run_id="r1", reporter=Reporter(out))
-    msgs = [m.body for m in map(parse, out.getvalue().splitlines()) if m is not None and m.type == "progress"]
-    total = result.dates
-    assert total >= 50
-    done = [m["done"] for m in msgs]
+
+    def reported(run_id: str) -> tuple[list[int], int]:
+        out = io.StringIO()
+        result = runner.analyze_instrument(settings, "ES", full=True, run_id=run_id, reporter=Reporter(out))
+        msgs = [m.body for m in map(parse, out.getvalue().splitlines()) if m is not None and m.type == "progress"]
+        return [m["done"] for m in msgs], result.dates
+
+    # 60 dates are less than a batch's least (a few milliseconds of work): the start and the end
+    done, total = reported("r1")
+    assert total >= 50 and runner._MIN_BATCH_DATES > total
+    assert done == [0, total]
+    # an instrument with as many dates per 4 % as a batch's least: every few percent
+    monkeypatch.setattr(runner, "_MIN_BATCH_DATES", 1)
+    done, total = reported("r2")
     assert done[0] == 0 and done[-1] == total and done == sorted(done)
     steps = [b - a for a, b in zip(done, done[1:], strict=False)]
-    assert len(msgs) >= 10 and max(steps) <= 0.1 * total, done
+    assert len(done) >= 10 and max(steps) <= 0.1 * total, done
 
 
 def test_the_estimate_goes_by_recent_runs_and_the_stage_in_hand() -> None:
