@@ -58,6 +58,13 @@ write(marker + json.dumps({"type": "result", "status": "success", "msg": "done",
 '''
 
 
+def _ready(procs: list[subprocess.Popen]) -> list[subprocess.Popen]:
+    """The processes, once each has said it is ready (its first line)."""
+    for c in procs:
+        assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+    return procs
+
+
 def _env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
     e["PYTHONUNBUFFERED"] = "1"
@@ -342,11 +349,10 @@ def main() -> int:
         for _ in range(args.repeat):
             alone.append(_run(conn, settings, cpu_alone, engine.pid))
             for mode, walls, cpus in (("stream", served, cpu_served), ("file", filed, cpu_filed)):
-                clients = [subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings)), mode],
-                                            stdout=subprocess.PIPE, text=True, env=_env(), **_on("client"))
-                           for _ in range(args.clients)]
-                for c in clients:
-                    assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+                clients = _ready([subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings)),
+                                                    mode], stdout=subprocess.PIPE, text=True, env=_env(),
+                                                   **_on("client"))
+                                  for _ in range(args.clients)])
                 walls.append(_run(conn, settings, cpus, engine.pid))
                 for c in clients:
                     out, _ = c.communicate(timeout=300)
@@ -354,20 +360,16 @@ def main() -> int:
             for what, cpus in (("notices", cpu_quiet), ("spin", cpu_spun)):
                 cmd = ([sys.executable, __file__, "client", str(socket_path(settings)), "notices"] if what == "notices"
                        else [sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"])
-                others = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env(), **_on("client"))
-                          for _ in range(args.clients)]
-                for c in others:
-                    assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+                others = _ready([subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env(), **_on("client"))
+                                 for _ in range(args.clients)])
                 _run(conn, settings, cpus, engine.pid)
                 for c in others:
                     c.terminate()
                     c.communicate(timeout=60)
-            consoles = [subprocess.Popen([sys.executable, __file__, "follow", str(root), args.console_events],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                                         **_on("client"))
-                        for _ in range(args.clients)]
-            for c in consoles:
-                assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+            consoles = _ready([subprocess.Popen([sys.executable, __file__, "follow", str(root), args.console_events],
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                                                **_on("client"))
+                               for _ in range(args.clients)])
             consoled.append(_run(conn, settings, cpu_consoled, engine.pid))
             for c in consoles:
                 out, err = c.communicate(timeout=300)
