@@ -682,6 +682,9 @@ class Delivery:
     number: int = 0  # the channel's place in [alerts] urls, from 1 (masked URLs may look alike)
 
 
+SOCKET_MARGIN_SECONDS = 1.0  # a channel's sockets outlast its attempt's timeout by this
+
+
 def _plugin(url: str) -> Any:
     """The apprise service for ``url``, or None (loading apprise's plugins takes a moment the
     first time: done before any attempt's timeout starts)."""
@@ -699,9 +702,13 @@ def _attempt(plugin: Any, title: str, body: str, ntype: str, timeout: float) -> 
     def send() -> None:
         ident = threading.get_ident()
         try:
+            # The attempt's own bound (the join below) decides, and says "timed out": the
+            # service's sockets give up just after it (so the abandoned thread ends too). With
+            # both at ``timeout`` either could fire first, and apprise names a read timeout
+            # "a connection error".
             for attr in ("socket_connect_timeout", "socket_read_timeout"):
                 if hasattr(plugin, attr):
-                    setattr(plugin, attr, timeout)
+                    setattr(plugin, attr, timeout + SOCKET_MARGIN_SECONDS)
             ok = bool(plugin.notify(body=body, title=title, notify_type=ntype))
             why = "; ".join(_apprise_log.take(ident)) or "the service refused the message"
             result["out"] = (ok, "" if ok else why)
