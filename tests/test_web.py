@@ -325,6 +325,9 @@ class Served:
     both started before the engine (they serve with none, saying so), then the engine."""
 
     def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        # the sample data is old: no stale-data notices over the panes when the market is open
+        (root / "qtsw.toml").write_text("[alerts.rules]\nstale_data = false\n")
         self.settings = load_settings(root=root, env={})
         self.settings.ensure_dirs()
         write_samples(self.settings, days=5, instruments=["ES"], end=date(2025, 11, 26))
