@@ -322,6 +322,7 @@ def main() -> None:
         print(f"(b) one new day x {len(INSTRUMENTS)}, {name}: {b[name]:.2f} s wall (median of {args.repeat}; "
               f"target < 10 s{', warm < 0.8 s' if warm else ''}) = {b[name] / bare:.1f}x bare start, "
               f"{b[name] / stage_start:.1f}x a stage start")
+        print(f"    runs {', '.join(f'{t:.2f}' for t in times_b)} s (fastest {min(times_b):.2f} s)")
         assert report_b is not None
         print(f"    {breakdown(report_b)}")
     print(f"    {ratio(b['warm'], b['plain'])}")
