@@ -376,7 +376,7 @@ def _warm_arrow() -> None:
     store.chicago_years(ms)
     bars = {"timestamp": arrays.to_arrow(ms, store.TIMESTAMP_TYPE)}
     bars.update({c: arrays.to_arrow(np.zeros(1), pa.float64()) for c in store.PRICE_COLUMNS})
-    bars["instrument"] = store.instrument_column("ES", 1)
+    bars["instrument"] = arrays.repeat_string("ES", 1)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(bars, schema=store.SCHEMA), sink, **store.WRITE_OPTIONS)
     pq.ParquetFile(pa.BufferReader(sink.getvalue())).read(use_threads=False)

@@ -26,8 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_core import arrays, catalog
-from pipeline_core.arrays import indices as _indices
-from pipeline_core.arrays import repeat_string, to_arrow, to_numpy
+from pipeline_core.arrays import indices, repeat_string, to_arrow, to_numpy
 from pipeline_core.catalog import DamageError
 from pipeline_core.fsutil import write_parquet_atomic
 from pipeline_core.settings import CHICAGO, Settings
@@ -62,8 +61,6 @@ WRITE_OPTIONS: dict = {
 }
 
 _YEAR_FILE = re.compile(r"^(?P<inst>[A-Z0-9]+)_(?P<year>\d{4})\.parquet$")
-
-
 
 
 def store_dir(settings: Settings, inst: str, base: Path | None = None) -> Path:
@@ -268,7 +265,7 @@ def normalise(table: pa.Table, inst: str) -> pa.Table:
     missing = [c for c, col in cols.items() if col.null_count]
     if missing:
         raise ValueError(f"bars with missing values in {', '.join(missing)}")
-    cols["instrument"] = pa.chunked_array([instrument_column(inst, table.num_rows)])
+    cols["instrument"] = pa.chunked_array([repeat_string(inst, table.num_rows)])
     out = pa.table(cols, schema=SCHEMA).combine_chunks()
     ts = _ts_ms(out)
     if len(ts) > 1 and not bool(np.all(ts[1:] > ts[:-1])):
@@ -277,7 +274,7 @@ def normalise(table: pa.Table, inst: str) -> pa.Table:
         # keep the last of each run of equal timestamps (the stable sort keeps input order)
         keep = np.ones(len(ts_sorted), dtype=bool)
         keep[:-1] = ts_sorted[1:] != ts_sorted[:-1]
-        out = out.take(_indices(order[keep]))
+        out = out.take(indices(order[keep]))
     return out
 
 
@@ -355,21 +352,15 @@ def merge_year(old: pa.Table | None, new: pa.Table) -> pa.Table:
     _, pos, matched, _ = _match(old, new)
     keep_old = np.ones(old.num_rows, dtype=bool)
     keep_old[pos[matched]] = False
-    merged = pa.concat_tables([old.take(_indices(np.flatnonzero(keep_old))), new]).combine_chunks()
-    return merged.take(_indices(np.argsort(_ts_ms(merged), kind="stable")))
-
-
-def instrument_column(inst: str, n: int) -> pa.StringArray:
-    """``inst`` repeated ``n`` times, built from buffers: converting Python objects
-    (``pa.scalar``, ``pa.repeat``, ``pa.array``) makes pyarrow import pandas (0.3 s)."""
-    return repeat_string(inst, n)
+    merged = pa.concat_tables([old.take(indices(np.flatnonzero(keep_old))), new]).combine_chunks()
+    return merged.take(indices(np.argsort(_ts_ms(merged), kind="stable")))
 
 
 def with_instrument(table: pa.Table, inst: str) -> pa.Table:
     """``table`` with its ``instrument`` column (added when missing, as the store writes it)."""
     if "instrument" in table.column_names:
         return table
-    return table.append_column(SCHEMA.field("instrument"), [instrument_column(inst, table.num_rows)])
+    return table.append_column(SCHEMA.field("instrument"), [repeat_string(inst, table.num_rows)])
 
 
 def _write_year(
