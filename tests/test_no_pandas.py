@@ -73,6 +73,14 @@ def history(settings: Settings) -> None:
     stage(settings, "merger", run_id="r0", check=False)
 
 
+def reanalysed_and_merged(settings: Settings) -> dict:
+    """The changed dates analysed incrementally (each instrument has some) and merged: the
+    merger's counts."""
+    runs = analyze_all(settings, run_id="r1")
+    assert all(r["counts"]["mode"] == "incremental" and r["counts"]["dates"] for r in runs), runs
+    return stage(settings, "merger", run_id="r1")["counts"]
+
+
 def test_the_first_run_translates_analyses_and_merges_into_new_files(settings: Settings) -> None:
     export(settings, days=15, end=END, seed=7)
     assert stage(settings, "translator")["counts"]["translated"] == len(INSTRUMENTS)
@@ -92,9 +100,7 @@ def test_a_new_day_appended_to_existing_year_files_analysed_and_merged(settings:
     bars = store.read_bars(settings, "ES")
     assert bars.num_rows > before and store.store_years(settings, "ES") == [2025]
     assert store.ms_to_datetime(int(pc.max(bars.column("timestamp").cast("int64")).as_py())).date() == NEXT_DAY
-    runs = analyze_all(settings, run_id="r1")
-    assert all(r["counts"]["mode"] == "incremental" and r["counts"]["dates"] for r in runs), runs
-    counts = stage(settings, "merger", run_id="r1")["counts"]
+    counts = reanalysed_and_merged(settings)
     assert counts["files_written"] and counts["rows_added"], counts
 
 
@@ -113,9 +119,7 @@ def test_bars_upserted_into_the_middle_of_a_year_file_reanalysed_and_merged(sett
     for c in ("timestamp", "open", "high", "low", "close"):
         want = new.column(c).cast(stored.column(c).type).to_numpy()
         assert (stored.column(c).to_numpy()[at] == want).all(), c
-    runs = analyze_all(settings, run_id="r1")
-    assert all(r["counts"]["mode"] == "incremental" and r["counts"]["dates"] for r in runs), runs
-    counts = stage(settings, "merger", run_id="r1")["counts"]
+    counts = reanalysed_and_merged(settings)
     assert counts["files_written"] and counts["rows_replaced"], counts
 
 
