@@ -28,7 +28,10 @@ groups of its children that are still running (SIGTERM, SIGKILL after the grace 
 
 Wire format: ``SOCK_SEQPACKET`` messages, each one JSON object; file descriptors ride along.
 
-    engine → launcher (control)   {"op": "start", "argv": [...], "env": {...}, "cwd": "..."}
+    engine → launcher (control)   {"op": "configure", "grace": S, "root": "..."} + fd [its log]
+                                  first, to a launcher started with --configure (an early one,
+                                  :mod:`pipeline_core.warmstart`): it is ready only after this
+                                  {"op": "start", "argv": [...], "env": {...}, "cwd": "..."}
                                   + fds [stdout write end, the stage's reply socket]
                                   {"op": "retire"}   end once the running children have ended
     launcher → engine (control)   {"op": "ready", "pid", "threads", "executable"}
@@ -40,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import os
 import selectors
@@ -50,10 +52,8 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 # what a stage needs: importing these before the first fork is the whole point. Not pandas:
 # no stage uses it (pipeline_core.arrays keeps pyarrow from importing it), and importing it
 # would double the launcher's start (0.2 s of 0.4 s), which a whole command waits for.
@@ -82,19 +82,6 @@ MAX_MESSAGE = 4 << 20
 PR_SET_PDEATHSIG = 1
 
 threads_at_fork: int | None = None  # in a stage forked by the launcher: tasks the launcher had
-
-
-def package_fingerprint() -> str:
-    """A digest of the package's source files (path, size, mtime): it changes when any file
-    under ``pipeline_core`` is edited, added or removed."""
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        h.update(f"{path.relative_to(PACKAGE_DIR)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 def thread_count() -> int:
@@ -483,8 +470,31 @@ def _finish(code: int) -> None:
     os._exit(code)
 
 
+def _await_configuration(ctl: socket.socket) -> tuple[float, str] | None:
+    """An early launcher's configuration, the first message on its control socket: (grace,
+    root); its stderr becomes the log file that comes with it. None at the socket's end."""
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(ctl, MAX_MESSAGE, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            return None
+        if not data:
+            return None
+        for fd in fds:
+            os.dup2(fd, 2)
+            os.close(fd)
+        try:
+            req = json.loads(data)
+        except ValueError:
+            req = {}
+        if req.get("op") == "configure":
+            return float(req.get("grace") or 5.0), str(req.get("root") or "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -X utf8 -u -m pipeline_core.launcher --fd N --parent PID [--grace S] [--root R]``."""
+    """``python -X utf8 -u -m pipeline_core.launcher --fd N --parent PID [--grace S] [--root R] [--configure]``."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m pipeline_core.launcher")
@@ -492,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parent", type=int, required=True, help="the engine's pid")
     ap.add_argument("--grace", type=float, default=5.0)
     ap.add_argument("--root", default="", help="the data root (shown in the process list)")
+    ap.add_argument("--configure", action="store_true",
+                    help="an early launcher: after the imports, wait for the configuration message")
     args = ap.parse_args(argv)
     ctl = socket.socket(fileno=args.fd)
     set_pdeathsig(signal.SIGTERM)
@@ -506,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     with contextlib.suppress(Exception):
         _warm_arrow()
+    if args.configure:
+        config = _await_configuration(ctl)
+        if config is None:  # the command did not need it (the socket ended first)
+            os._exit(0)
+        args.grace, args.root = config
     if args.root:
         # Warm what every stage does first (reading the settings compiles their patterns): the
         # children inherit the caches. Only a warm-up: a failure here is the stage's to report.

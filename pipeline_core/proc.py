@@ -38,13 +38,13 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.lowlevel
 
 from pipeline_core import launcher as warm
-from pipeline_core import protocol
+from pipeline_core import protocol, warmstart
 from pipeline_core.osfiles import fail_point
 from pipeline_core.safetext import safe, safe_data
 
@@ -328,7 +328,7 @@ class WarmLauncher:
         root: Path | None = None,
         grace: float = 5.0,
         log_path: Path | None = None,
-        fingerprint: Callable[[], str] = warm.package_fingerprint,
+        fingerprint: Callable[[], str] = warmstart.package_fingerprint,
     ) -> None:
         self.root = root
         self.fingerprint = fingerprint  # of the package's code on disk
@@ -367,33 +367,46 @@ class WarmLauncher:
             return
         # taken before the launcher imports: a file edited after this is seen as a change
         self._code = self.fingerprint()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [sys.executable, "-X", "utf8", "-u", "-m", "pipeline_core.launcher",
-                "--fd", str(theirs.fileno()), "--parent", str(os.getpid()), "--grace", f"{self.grace:g}"]
-        if self.root is not None:
-            argv += ["--root", str(self.root)]
-        env = dict(os.environ)
-        env.update({"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"})
-        err: Any = subprocess.DEVNULL
-        if self.log_path is not None:
-            with contextlib.suppress(OSError):
-                self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                err = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        log = self._open_log()
         try:
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                pass_fds=[theirs.fileno()], env=env, start_new_session=True)
-        except BaseException:
-            ours.close()
-            raise
+            self._proc, self._ctl = warmstart.spawn_launcher(
+                grace=self.grace, root=str(self.root) if self.root is not None else None,
+                stderr=log if log is not None else subprocess.DEVNULL)
         finally:
-            theirs.close()
-            if err is not subprocess.DEVNULL:
-                err.close()
-        ours.setblocking(False)
-        self._ctl = ours
+            if log is not None:
+                log.close()
         self._info = None
         self.started += 1
+
+    def adopt(self, early: warmstart.EarlyLauncher) -> None:
+        """Take over a launcher the command started before it read the settings: send it its
+        configuration. One that is gone already is found so at the first stage, like any other
+        (a new one is started, and said)."""
+        if self._proc is not None or self.disabled:
+            early.discard()
+            return
+        self._proc, self._ctl, self._code = early.take()
+        log = self._open_log()
+        try:
+            warmstart.configure(self._ctl, grace=self.grace,
+                                root=str(self.root) if self.root is not None else None, log=log)
+        except OSError:
+            pass  # gone: the first stage finds it dead and starts another
+        finally:
+            if log is not None:
+                log.close()
+        self._info = None
+        self.started += 1
+
+    def _open_log(self) -> BinaryIO | None:
+        """The launcher's stderr: its log file, opened for appending (None without one)."""
+        if self.log_path is None:
+            return None
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            return open(self.log_path, "ab")  # noqa: SIM115 - handed to the launcher, closed by the caller
+        except OSError:
+            return None
 
     def _say(self, report: Report, text: str, **data: Any) -> None:
         report(text, {"launcher_pid": self.pid, **data})

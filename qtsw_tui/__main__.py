@@ -1,5 +1,5 @@
 """``python -m qtsw_tui`` works like ``qtsw``."""
 
-from qtsw_tui.cli import main
+from qtsw_tui.entry import main
 
 raise SystemExit(main())

@@ -36,7 +36,7 @@ import argparse
 import json
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline_core.usage import (
     EXIT_FAILURE,
@@ -46,12 +46,14 @@ from pipeline_core.usage import (
     root_options,
     root_problem,
 )
+from qtsw_tui.entry import split_command
+
+if TYPE_CHECKING:
+    from pipeline_core.warmstart import EarlyLauncher
 
 EXIT_CODES = {"success": 0, "partial": 1, "failure": 2, "cancelled": 3}
 EXIT_CANNOT_START = 4
-COMMANDS = ("init", "sample", "status", "verify", "rebuild", "ctl", "alert", "results", "web")
 STAGES = ("translator", "analyzer", "merger")
-_VALUE_OPTIONS = {"--root", "--config", "--stage", "--schedule"}
 
 
 _Parser = UsageParser  # bad arguments exit 4 in every command
@@ -98,22 +100,6 @@ settings, a missing data root, the engine already running)""",
     return p
 
 
-def _split_command(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """(command, arguments before it, arguments after it); command None for the engine."""
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in COMMANDS:
-            return a, argv[:i], argv[i + 1 :]
-        if a in _VALUE_OPTIONS:
-            i += 2
-            continue
-        if not a.startswith("-"):
-            return None, argv, []
-        i += 1
-    return None, argv, []
-
-
 def _globals(before: list[str]) -> list[str]:
     """--root/--config given before a command, to pass on."""
     p = argparse.ArgumentParser(add_help=False)
@@ -132,15 +118,16 @@ def _err(text: str) -> None:
     print(f"qtsw: {text}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code.
+def main(argv: list[str] | None = None, early: EarlyLauncher | None = None) -> int:
+    """Run the command line; returns the exit code. ``early``: a warm launcher started before
+    this (:mod:`qtsw_tui.entry`), taken over by an engine this command hosts, else ended.
 
     No traceback reaches the operator for what the system refuses: an ``OSError`` anywhere (a
     file that cannot be read or written, a folder that is not one) is one line naming the path
     and the reason, exit 2.
     """
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(list(sys.argv[1:] if argv is None else argv), early)
     except OSError as exc:
         _err(describe_os_error(exc))
         return EXIT_FAILURE
@@ -149,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CODES["cancelled"]
 
 
-def _main(argv: list[str]) -> int:
-    command, before, after = _split_command(argv)
+def _main(argv: list[str], early: EarlyLauncher | None = None) -> int:
+    command, before, after = split_command(argv)
     if command == "init":
         return _init(_globals(before) + after)
     if command == "sample":
@@ -216,6 +203,8 @@ def _main(argv: list[str]) -> int:
     try:
         lock.acquire()
     except LockHeld as exc:
+        if early is not None:  # the engine serving the root has its own
+            early.discard()
         if args.no_ui and (args.run_now or args.stage) and not args.schedule:
             return _hand_over(settings, args, held=str(exc))
         if args.no_ui:
@@ -227,7 +216,7 @@ def _main(argv: list[str]) -> int:
         return EXIT_CANNOT_START
     try:
         # the warm launcher imports the stages while this process imports the engine
-        launcher = _start_launcher(settings)
+        launcher = _start_launcher(settings, early)
         from pipeline_core.engine import Engine
 
         engine = Engine(settings, full=args.full, launcher=launcher)
@@ -252,12 +241,17 @@ def _hand_over(settings: Any, args: argparse.Namespace, *, held: str) -> int:
         return EXIT_CANNOT_START
 
 
-def _start_launcher(settings: Any) -> Any:
+def _start_launcher(settings: Any, early: EarlyLauncher | None = None) -> Any:
     if not settings.warm_start:
+        if early is not None:
+            early.discard()
         return None
     from pipeline_core.proc import WarmLauncher
 
     launcher = WarmLauncher.for_settings(settings)
+    if early is not None:
+        launcher.adopt(early)
+        return launcher
     try:
         launcher.start()
     except OSError:

@@ -17,11 +17,12 @@ import pytest
 from processes import alive, terminate, wait_until
 from test_control import clean_env, connect_when_up, start_engine, stop_engine
 
-from pipeline_core import catalog, history
+from pipeline_core import catalog, history, warmstart
 from pipeline_core.control import Connection, socket_path
 from pipeline_core.lock import EngineLock
 from pipeline_core.sample import write_samples
 from pipeline_core.settings import Settings, load_settings
+from qtsw_tui import cli
 
 END = date(2025, 11, 26)
 
@@ -125,3 +126,16 @@ def test_a_root_locked_by_an_engine_without_a_socket_is_refused_as_before(tmp_pa
         got = qtsw(settings.root, "--run-now", "--no-ui")
     assert got.returncode == 4
     assert "its control socket does not answer" in got.stderr and "cannot be handed to it" in got.stderr
+
+
+def test_the_early_launcher_of_a_handed_over_run_is_ended_at_once(engine) -> None:
+    # the command started its warm launcher before it knew the root's engine serves: it ends it
+    # as soon as it finds the lock held (the command line itself, without the entry's last
+    # sweep; this process, its parent, lives on: not the kernel's parent-death signal)
+    settings, proc = engine
+    idle(settings)
+    early = warmstart.start_early(env={})
+    assert early is not None
+    assert cli.main(["--root", str(settings.root), "--run-now", "--no-ui"], early=early) == 0
+    assert early.proc.returncode == -signal.SIGKILL and not alive(early.pid)
+    assert history.read_runs(settings)[-1]["status"] == "success" and proc.poll() is None
