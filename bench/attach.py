@@ -22,7 +22,9 @@ one go, on the same machine:
     serving nothing). The ratios are the cost of serving them; target within 5 %. The
     engine's CPU time is what serving costs the engine itself; its run time is also what the
     clients' own CPU takes from it on a machine with fewer cores than processes (each console
-    processes every event: the consoles' CPU seconds are printed too).
+    processes every event: the consoles' CPU seconds are printed too). The consoles step back
+    as ``qtsw --attach`` does (``console.attached_nice``, 19 by default: once a console shows
+    the engine, its CPU priority is lowered below the engine's).
 
 ``python bench/attach.py [--events 100000] [--clients 5] [--repeat 2]``
 """
@@ -193,14 +195,14 @@ def console_main(root: str, t0: float, events: str = "file") -> None:
     """A console attached headless; prints the seconds from ``t0`` until it shows the engine."""
     import asyncio
 
-    from pipeline_core.remote import RemoteEngine
+    from pipeline_core.remote import RemoteEngine, step_back
     from pipeline_core.settings import load_settings
     from qtsw_tui.app import build_app
     from qtsw_tui.widgets.header import StatusHeader
 
     settings = load_settings(root=Path(root), env={})
     remote = RemoteEngine(settings, reconnect_seconds=0.05, file_events=events == "file")
-    app = build_app(settings, remote, {})
+    app = build_app(settings, remote, {"on_attached": lambda: step_back(settings)})  # as `qtsw --attach`
 
     async def main() -> float:
         async with app.run_test(size=(80, 24)) as pilot:
@@ -223,7 +225,7 @@ def console_follow_main(root: str, events: str = "file") -> None:
     import asyncio
 
     from pipeline_core import history
-    from pipeline_core.remote import RemoteEngine
+    from pipeline_core.remote import RemoteEngine, step_back
     from pipeline_core.runstate import EventMessage
     from pipeline_core.settings import load_settings
     from qtsw_tui.app import build_app
@@ -231,7 +233,7 @@ def console_follow_main(root: str, events: str = "file") -> None:
 
     settings = load_settings(root=Path(root), env={})
     remote = RemoteEngine(settings, reconnect_seconds=0.05, file_events=events == "file")
-    app = build_app(settings, remote, {})
+    app = build_app(settings, remote, {"on_attached": lambda: step_back(settings)})  # as `qtsw --attach`
     before = {str(r.get("run_id")) for r in history.read_runs(settings)}  # runs that ended before
     ended: list[str] = []
 

@@ -123,6 +123,11 @@ DEFAULTS: dict[str, Any] = {
         # false: every stage is a fresh interpreter
         "warm_start": True,
     },
+    "console": {
+        # an attached console lowers its CPU priority by this (nice, 0-19): on a machine with
+        # fewer cores than processes, watching a run must not slow it; 0: as the engine
+        "attached_nice": 19,
+    },
     "keys": {},  # binding id -> key, e.g. {run_now = "R"}
     "alerts": {
         # apprise URLs: "mailto://…", or {url = "ntfy://…", min_severity = "critical"}
@@ -171,6 +176,7 @@ _SCALAR_KEYS = {
     ("timeouts", "progress_interval"),
     ("engine", "workers"),
     ("engine", "warm_start"),
+    ("console", "attached_nice"),
     ("alerts", "stale_minutes"),
     ("alerts", "no_run_minutes"),
     ("alerts", "repeat_minutes"),
@@ -264,6 +270,10 @@ STARTER_TOML = """\
 [engine]
 # workers = 0                    # analyzer processes at once; 0 = one per CPU
 # schedule_minutes = [0, 15, 30, 45]
+# warm_start = true              # fork stages from a warm launcher; false: fresh interpreters
+
+[console]
+# attached_nice = 19             # an attached console's CPU priority below the engine's (0-19)
 
 [keys]                           # console keys by binding id (the README lists them)
 # run_now = "R"
@@ -293,6 +303,7 @@ class Settings:
     schedule_minutes: tuple[int, ...]
     keys: dict[str, str] = field(default_factory=dict)
     warm_start: bool = True
+    attached_nice: int = 19
     config_file: Path | None = None
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
@@ -782,6 +793,7 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
         schedule_minutes=minutes,
         keys={str(k): str(v) for k, v in keys.items()},
         warm_start=_flag("engine.warm_start", eng["warm_start"]),
+        attached_nice=int(_number("console.attached_nice", raw["console"]["attached_nice"], 0, 19, integer=True)),
         config_file=config_path,
         alerts=_alert_settings(raw["alerts"]),
     )

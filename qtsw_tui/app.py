@@ -486,6 +486,9 @@ class QtswApp(App[int]):
                 if self._told_no_engine:
                     self.clear_notifications()  # the note on how to start one has served
                 self.notify(f"Attached to the engine, pid {info.get('pid')}.", title="Engine")
+                on_attached = self.options.get("on_attached")
+                if not self._attached_once and on_attached is not None:
+                    self.call_after_refresh(on_attached)  # once the engine's state is on screen
             elif self._attached_once:
                 self.notify(f"The engine went away ({info.get('problem') or 'connection lost'}); "
                             "reattaching when it is back.", title="Engine", severity="warning", timeout=20)
@@ -805,7 +808,9 @@ def build_app(
     ``options`` (all optional): ``schedule`` (bool, default True: the quarter-hour schedule
     runs), ``not_before`` (aware datetime: first scheduled run not before it), ``run_now``
     (bool: a full run at start), ``stage`` (``translator``/``analyzer``/``merger``: one stage
-    at start), ``full`` (bool: with ``run_now``/``stage``, re-analyse everything).
+    at start), ``full`` (bool: with ``run_now``/``stage``, re-analyse everything),
+    ``on_attached`` (a callable: called once, after the screen first shows the attached engine;
+    the attached console steps back there, :func:`pipeline_core.remote.step_back`).
     ``clock`` is the console's Chicago clock (tests and snapshots pass a fixed one).
     Keys are remapped from ``settings.keys`` ({binding id: key}).
     """

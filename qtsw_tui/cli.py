@@ -265,7 +265,7 @@ def _start_launcher(settings: Any, early: EarlyLauncher | None = None) -> Any:
 def _attach(settings: Any, args: argparse.Namespace, *, only: bool, held: str = "") -> int:
     """A console attached to the engine already running on the data root (never a second one)."""
     from pipeline_core.control import Connection, ControlError, socket_path
-    from pipeline_core.remote import RemoteEngine
+    from pipeline_core.remote import RemoteEngine, step_back
 
     try:
         Connection(socket_path(settings), timeout=5).close()  # is anyone there?
@@ -276,7 +276,8 @@ def _attach(settings: Any, args: argparse.Namespace, *, only: bool, held: str = 
         else:
             _err(f"{held}; and it cannot be attached to ({exc})")
         return EXIT_CANNOT_START
-    return _console(settings, RemoteEngine(settings), args, None)
+    # once it shows the engine, the console steps back: watching must not slow the engine
+    return _console(settings, RemoteEngine(settings), args, None, on_attached=lambda: step_back(settings))
 
 
 def _not_a_terminal() -> str | None:
@@ -292,7 +293,7 @@ def _not_a_terminal() -> str | None:
     return None
 
 
-def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: Any) -> int:
+def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: Any, **more: Any) -> int:
     try:
         from qtsw_tui.app import build_app
     except ImportError as exc:
@@ -305,6 +306,7 @@ def _console(settings: Any, engine: Any, args: argparse.Namespace, not_before: A
         "stage": args.stage,
         "full": bool(args.full),
         "control": True,
+        **more,
     }
     app = build_app(settings, engine, options)
     app.run()

@@ -45,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = command_settings(args.root, args.config)
     if settings is None:
         return EXIT_USAGE
-    from pipeline_core.remote import RemoteEngine
+    from pipeline_core.remote import RemoteEngine, step_back
     from qtsw_tui.app import build_app
 
     read_only = not args.allow_control
+    # like a terminal's attached console, it steps back once it shows the engine
     app = build_app(settings, RemoteEngine(settings, read_only=read_only),
-                    {"web": True, "read_only": read_only})
+                    {"web": True, "read_only": read_only, "on_attached": lambda: step_back(settings)})
     app.run()
     return 0
 

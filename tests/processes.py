@@ -121,3 +121,25 @@ def terminate(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def niceness(pid: int) -> int:
+    """A process's nice value (its CPU priority: higher is lower), from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def command_process(pid: int, word: str) -> int:
+    """``pid``, or its child, whose command line contains ``word`` (a terminal's pane runs its
+    command through a shell, which may or may not exec it)."""
+    needle = word.encode()
+    for candidate in [pid] + [int(e) for e in os.listdir("/proc") if e.isdigit()]:
+        try:
+            cmd = Path(f"/proc/{candidate}/cmdline").read_bytes()
+            stat = Path(f"/proc/{candidate}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if needle in cmd and (candidate == pid or ppid == pid):
+            return candidate
+    raise LookupError(f"no process of pid {pid} runs {word}")

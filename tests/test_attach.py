@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -150,7 +151,7 @@ def test_attach_without_an_engine_exits_4(tmp_path: Path) -> None:
 def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: Path) -> None:
     """An operator's console attached over SSH at 80x24, its terminal gone mid-run: the run
     ends ``success`` in the engine, which still runs and still holds the lock."""
-    from processes import alive
+    from processes import alive, command_process, niceness
     from test_console_tmux import QTSW, TMUX, poll, tmux
 
     from pipeline_core.lock import lock_holder
@@ -172,6 +173,9 @@ def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: 
         tmux(sock, "send-keys", "-t", session, "r")
         poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
         pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
+        # the attached console stepped back (console.attached_nice): the engine has the cores first
+        assert niceness(command_process(pane_pid, "qtsw")) == min(19, os.nice(0) + 19)
+        assert niceness(proc.pid) == os.nice(0)
         tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
         deadline = time.monotonic() + 30
         while alive(pane_pid):
