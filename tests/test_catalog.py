@@ -27,9 +27,11 @@ def test_concurrent_processes_lose_no_update(settings: Settings, tmp_path: Path)
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(settings.root), str(n)]) for n in range(6)
+        subprocess.Popen([sys.executable, str(script), str(settings.root), str(n)], stderr=subprocess.PIPE, text=True)
+        for n in range(6)
     ]
-    assert [p.wait(timeout=120) for p in procs] == [0] * 6
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(e[-2000:] for e in errors if e)
     changes = catalog.open_catalog(settings).read_changes()
     assert sorted(changes) == sorted(f"I{n}_{k}" for n in range(6) for k in range(4))
     first, last = changes["I0_0"]
