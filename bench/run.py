@@ -1,7 +1,9 @@
 """Benchmark: the wall time of whole runs, as the operator gets them (``qtsw --run-now --no-ui``).
 
 (a) a run with nothing to do, on a data root holding two years of history for six instruments;
-(b) a run that ingests one new day of bars for those six instruments on top of that history;
+(b) a run that ingests one new day of bars for those six instruments on top of that history
+    (the command starts its warm launcher first thing, before its own imports: the launcher's
+    imports, about a quarter of a second, overlap the command's own start);
 (c) a stage start: from asking for the stage to its first output line (the merger, in process);
 (d) the run of (b) in an engine that is already serving (the scheduler's case: its launcher is
     warm before the run starts), timed in process;
