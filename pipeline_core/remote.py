@@ -96,6 +96,7 @@ class RemoteEngine:
         self.problem: str | None = None  # why it is not attached, when it is not
         self.last_refusal = ""
         self.attachments = 0  # how many times it attached (1 = first time)
+        self.caught_up = False  # this attachment's catch-up has come (the engine's state is known)
         self._subs: list[Subscriber] = []
         self._snap = EngineSnapshot(now=clock.now(), scheduler="off", next_mark=None, current=None,
                                     last_run=history.last_run(settings))
@@ -145,10 +146,11 @@ class RemoteEngine:
         return self._snap.next_mark
 
     def host_info(self) -> dict[str, Any]:
-        """Who runs the engine: ``{"mode": "attached", "pid", "since", "connected", "problem"}``."""
+        """Who runs the engine: ``{"mode": "attached", "pid", "since", "connected", "problem",
+        "caught_up"}`` (``caught_up``: the engine's state and its run's catch-up have come)."""
         h = self.hello or self.last_hello or {}
         return {"mode": "attached", "pid": h.get("pid"), "since": h.get("started"),
-                "connected": self.connected, "problem": self.problem}
+                "connected": self.connected, "problem": self.problem, "caught_up": self.caught_up}
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -239,6 +241,7 @@ class RemoteEngine:
             self.last_hello = self.hello
             self.problem = self.problem or "the engine went away"
         self.hello = None
+        self.caught_up = False
         self._output_runs |= self._catchup_runs  # lines shown once are not shown again
         self._catchup_runs.clear()
         self._offsets.clear()  # the next catch-up says where to read from
@@ -396,6 +399,7 @@ class RemoteEngine:
             self._publish(OutputMessage(run_id, str(msg.get("stage") or ""), msg.get("instrument"),
                                         str(msg.get("line") or "")))
         elif kind == "caught_up":
+            self.caught_up = True
             self._output_runs |= self._catchup_runs
             self._catchup_runs.clear()
             run_id = msg.get("run_id")

@@ -486,13 +486,15 @@ class QtswApp(App[int]):
                 if self._told_no_engine:
                     self.clear_notifications()  # the note on how to start one has served
                 self.notify(f"Attached to the engine, pid {info.get('pid')}.", title="Engine")
-                on_attached = self.options.get("on_attached")
-                if not self._attached_once and on_attached is not None:
-                    self.call_after_refresh(on_attached)  # once the engine's state is on screen
             elif self._attached_once:
                 self.notify(f"The engine went away ({info.get('problem') or 'connection lost'}); "
                             "reattaching when it is back.", title="Engine", severity="warning", timeout=20)
             self._attached_once = self._attached_once or connected
+        on_attached = self.options.get("on_attached")
+        if connected and info.get("caught_up") and on_attached is not None:
+            # once, after the first screen that shows the engine's state (the catch-up has come)
+            self.options["on_attached"] = None
+            self.call_after_refresh(on_attached)
         if not connected and not self._attached_once and info.get("problem") and not self._told_no_engine:
             # a console that has never seen an engine (a browser tab opened before it started)
             self._told_no_engine = True

@@ -84,9 +84,13 @@ async def test_attached_console_drives_the_engine_and_reattaches(tmp_path: Path)
     try:
         wait_serving(settings, proc)
         remote = RemoteEngine(settings, reconnect_seconds=0.1)
-        app = build_app(settings, remote, {"control": True})
+        stepped: list[str] = []  # the header when the console stepped back (on_attached)
+        app = build_app(settings, remote, {"control": True, "on_attached": lambda: stepped.append(header(app))})
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: f"attached pid {proc.pid}" in header(app), "the console to attach")
+            # it steps back once its screen shows the engine's state, not before
+            await wait_for(pilot, lambda: stepped, "the console to step back")
+            assert f"attached pid {proc.pid}" in stepped[0] and "schedule running" in stepped[0]
             # r: a run in the engine, its events and output on this console
             await pilot.press("r")
             await wait_for(pilot, lambda: history.read_runs(settings), "the run to end")
@@ -128,6 +132,7 @@ async def test_attached_console_drives_the_engine_and_reattaches(tmp_path: Path)
             assert any("went away" in str(n.message) for n in app._notifications)
             second = start_engine(root)
             await wait_for(pilot, lambda: f"attached pid {second.pid}" in header(app), "the console to reattach")
+            assert len(stepped) == 1  # once in the console's life
             # q: the attached console leaves at once; the engine stays
             await pilot.press("q")
             await wait_for(pilot, lambda: not app.is_running, "the console to quit")
