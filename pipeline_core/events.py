@@ -213,8 +213,9 @@ def read_events(path: Path) -> tuple[list[Event], list[BadLine]]:
     """All well-formed events of a file, and the lines it skipped (corrupt, or a partial last line)."""
     events: list[Event] = []
     bad: list[BadLine] = []
+    path = Path(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return events, bad
     lines = raw.split(b"\n")
@@ -223,12 +224,12 @@ def read_events(path: Path) -> tuple[list[Event], list[BadLine]]:
             continue
         text = chunk.decode("utf-8", errors="replace")
         partial = i == len(lines)  # no newline after it: still being written, or cut by a crash
-        got = parse_line(text, Path(path), i)
+        got = parse_line(text, path, i)
         if isinstance(got, Event):
             events.append(got)
         else:
             reason = "partial last line" if partial else got.reason
-            bad.append(BadLine(Path(path), i, reason, got.text))
+            bad.append(BadLine(path, i, reason, got.text))
     return events, bad
 
 

@@ -145,17 +145,19 @@ def group_members(pgid: int) -> list[int]:
 
 def processes_with_env(name: str, value: str) -> list[int]:
     """Live processes whose environment has ``name=value`` (ours to see: same user)."""
-    needle = f"{name}={value}".encode()
+    needle = f"\0{name}={value}\0".encode()
     me = os.getpid()
+    base = str(PROC_DIR)  # (after every stage: string paths, not Path objects)
     out = []
     for pid in _all_pids():
         if pid == me:
             continue
         try:
-            environ = (PROC_DIR / str(pid) / "environ").read_bytes()
+            with open(f"{base}/{pid}/environ", "rb") as fh:
+                environ = fh.read()
         except OSError:
             continue
-        if needle in environ.split(b"\0") and pid_alive(pid):
+        if needle in b"\0" + environ + b"\0" and pid_alive(pid):
             out.append(pid)
     return out
 
