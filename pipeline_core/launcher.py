@@ -513,8 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     if os.getppid() != args.parent:  # the engine ended before we could ask to follow it
         return 0
     os.environ.update(SINGLE_THREAD_ENV)
+    import gc
     import importlib
 
+    # No collection while importing (numpy and pyarrow allocate hundreds of thousands of objects,
+    # and each full collection rescans them all: a tenth of the launcher's start, which a
+    # one-off run waits for); what the imports leave is frozen below, then collection resumes.
+    gc.disable()
     for name in WARM_MODULES:
         importlib.import_module(name)
     for name in SINGLE_THREAD_ENV:  # the stages' own environment comes with each request
@@ -533,10 +538,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with contextlib.suppress(Exception):
             load_settings(root=args.root)
-    import gc
-
-    gc.collect()
     gc.freeze()  # the imported objects stay shared with the children (no copy on collection)
+    gc.enable()
     _send(ctl, {"op": "ready", "pid": os.getpid(), "threads": thread_count(), "executable": sys.executable})
     launcher = Launcher(ctl, args.grace)
     try:

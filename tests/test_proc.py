@@ -358,10 +358,11 @@ def test_a_warm_stage_is_forked_single_threaded_in_its_own_session(
     argv = script(
         tmp_path,
         """
-        import json, random
+        import gc, json, random
         import numpy as np
         from pipeline_core import launcher
         print(json.dumps({"threads_at_fork": launcher.threads_at_fork, "ppid": os.getppid(),
+                          "gc": gc.isenabled(),
                           "sid": os.getsid(0) == os.getpid(), "pgid": os.getpgrp() == os.getpid(),
                           "argv": sys.argv[1:], "cwd": os.getcwd(), "x": os.environ.get("X_STAGE"),
                           "sigint": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
@@ -384,6 +385,7 @@ def test_a_warm_stage_is_forked_single_threaded_in_its_own_session(
     assert first["sid"] and first["pgid"]
     assert first["argv"] == ["a b", "ü"] and first["cwd"] == os.getcwd() and first["x"] == "1"
     assert first["sigint"] and first["sigterm"] and first["sigchld"] and first["blocked"] == []
+    assert first["gc"], "the launcher imports with the collector off; a stage has it on"
     assert seen[0]["random"][0] != seen[1]["random"][0], "each stage has its own random state"
     assert seen[0]["random"][1] != seen[1]["random"][1]
 
