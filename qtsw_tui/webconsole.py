@@ -45,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = command_settings(args.root, args.config)
     if settings is None:
         return EXIT_USAGE
-    from pipeline_core.remote import RemoteEngine, step_back
-    from qtsw_tui.app import build_app
+    from qtsw_tui.cli import collector_paused
+
+    with collector_paused():
+        from pipeline_core.remote import RemoteEngine, step_back
+        from qtsw_tui.app import build_app
 
     read_only = not args.allow_control
     # like a terminal's attached console, it steps back once it shows the engine

@@ -175,17 +175,21 @@ def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: 
                         "-x", "80", "-y", "24", f"{QTSW} --root {root}"], env=env, check=True, timeout=20)
         first = poll(sock, session, lambda t: f"attached pid {proc.pid}" in t, "the console to attach")
         assert max(len(line) for line in first.splitlines()) <= 80
-        tmux(sock, "send-keys", "-t", session, "r")
-        poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
-        pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
-        # the attached console stepped back (console.attached_nice): the engine has the cores first
-        assert niceness(command_process(pane_pid, "qtsw")) == min(19, os.nice(0) + 19)
-        assert niceness(proc.pid) == os.nice(0)
-        tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
-        deadline = time.monotonic() + 30
-        while alive(pane_pid):
-            assert time.monotonic() < deadline, "the console outlived its terminal"
-            time.sleep(0.1)
+        # the run is held in its translator (the catalogue's write lock) until the terminal is
+        # gone: a warm run of this size can be over between two looks at the screen
+        with catalog.hold_writes(settings):
+            tmux(sock, "send-keys", "-t", session, "r")
+            poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
+            pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
+            # the attached console stepped back (console.attached_nice): the engine has the cores first
+            assert niceness(command_process(pane_pid, "qtsw")) == min(19, os.nice(0) + 19)
+            assert niceness(proc.pid) == os.nice(0)
+            tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
+            deadline = time.monotonic() + 30
+            while alive(pane_pid):
+                assert time.monotonic() < deadline, "the console outlived its terminal"
+                time.sleep(0.1)
+            assert not history.read_runs(settings), "the run ended before the terminal was gone"
         deadline = time.monotonic() + 90
         while not history.read_runs(settings):
             assert time.monotonic() < deadline, "the run never ended"

@@ -255,3 +255,24 @@ def test_headless_printer_plain_json_and_colour() -> None:
     coloured = io.StringIO()
     HeadlessPrinter(coloured, color=True)(EventMessage(ev))
     assert "\x1b[" in coloured.getvalue() and "analyzer partial" in coloured.getvalue()
+
+
+def test_large_imports_pause_the_collector_and_restore_it() -> None:
+    import gc
+
+    from qtsw_tui.cli import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled(), "a collector that was off stays off"
+    finally:
+        gc.enable()
+    with pytest.raises(ImportError), collector_paused():
+        import qtsw_tui.no_such_module  # noqa: F401
+    assert gc.isenabled()
