@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import IO, Any
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -117,7 +118,7 @@ class EarlyLauncher:
         self.ctl.close()
 
 
-def start_early(env: dict[str, str] | os._Environ[str] = os.environ) -> EarlyLauncher | None:
+def start_early(env: Mapping[str, str] = os.environ) -> EarlyLauncher | None:
     """Start an early launcher, unless warm starts are turned off in the environment; None then,
     or when it cannot be started (the engine starts its launcher as usual, and says so if it
     cannot)."""
