@@ -33,7 +33,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -308,24 +310,32 @@ def main() -> None:
         os.sync()
         return root
 
+    def new_day_runs(tag: str, measure: Callable[[Path], float]) -> tuple[list[float], dict]:
+        """``measure(root)`` on ``args.repeat`` fresh roots, each with the new day: (the times,
+        the last run's report)."""
+        times: list[float] = []
+        report: dict = {}
+        for i in range(args.repeat):
+            root = with_new_day(f"{tag}_{i}")
+            times.append(measure(root))
+            report = last_report(root)
+            shutil.rmtree(root)
+        return times, report
+
+    def whole_command(root: Path, warm: bool) -> float:
+        secs, got = timed(qtsw(root, "--run-now", "--no-ui"), warm)
+        if got.returncode != 0:
+            sys.exit(f"(b) failed ({got.returncode}):\n{got.stdout}\n{got.stderr}")
+        return secs
+
     b: dict[str, float] = {}
     for name, warm in MODES:
-        times_b = []
-        report_b = None
-        for i in range(args.repeat):
-            root_b = with_new_day(f"b_new_day_{name}_{i}")
-            secs, got = timed(qtsw(root_b, "--run-now", "--no-ui"), warm)
-            if got.returncode != 0:
-                sys.exit(f"(b) failed ({got.returncode}):\n{got.stdout}\n{got.stderr}")
-            times_b.append(secs)
-            report_b = last_report(root_b)
-            shutil.rmtree(root_b)
+        times_b, report_b = new_day_runs(f"b_new_day_{name}", partial(whole_command, warm=warm))
         b[name] = statistics.median(times_b)
         print(f"(b) one new day x {len(INSTRUMENTS)}, {name}: {b[name]:.2f} s wall (median of {args.repeat}; "
               f"target < 10 s{', warm < 0.8 s' if warm else ''}) = {b[name] / bare:.1f}x bare start, "
               f"{b[name] / stage_start:.1f}x a stage start")
         print(f"    runs {', '.join(f'{t:.2f}' for t in times_b)} s (fastest {min(times_b):.2f} s)")
-        assert report_b is not None
         print(f"    {breakdown(report_b)}")
     print(f"    {ratio(b['warm'], b['plain'])}")
 
@@ -353,17 +363,10 @@ def main() -> None:
     # (e) the command of (b) on a root whose engine serves (a service): the run is handed over
     e: dict[str, float] = {}
     for name, warm in MODES:
-        times_e = []
-        report_e = None
-        for i in range(args.repeat):
-            root_e = with_new_day(f"e_new_day_{name}_{i}")
-            times_e.append(handed_over(root_e, warm))
-            report_e = last_report(root_e)
-            shutil.rmtree(root_e)
+        times_e, report_e = new_day_runs(f"e_new_day_{name}", partial(handed_over, warm=warm))
         e[name] = statistics.median(times_e)
         print(f"(e) one new day x {len(INSTRUMENTS)}, whole command handed to a serving engine, {name}: "
               f"{e[name]:.2f} s wall (median of {args.repeat})")
-        assert report_e is not None
         print(f"    {breakdown(report_e)}")
     print(f"    {ratio(e['warm'], e['plain'])}")
 
