@@ -493,7 +493,7 @@ def _await_configuration(ctl: socket.socket) -> tuple[float, str] | None:
         except ValueError:
             req = {}
         if req.get("op") == "configure":
-            return float(req.get("grace") or 5.0), str(req.get("root") or "")
+            return float(req.get("grace", 5.0)), str(req.get("root") or "")
 
 
 def main(argv: list[str] | None = None) -> int:

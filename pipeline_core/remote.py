@@ -55,18 +55,17 @@ READ_BYTES = 256 * 1024  # of a run's event file read at once (then the console'
 OFFSETS_KEPT = 8  # runs whose place in their event file is remembered
 
 
-def step_back(settings: Settings) -> int:
-    """An attached console's CPU priority, lowered by ``console.attached_nice`` below what it
-    was started with (the engine it watches has the cores first: on a machine with fewer cores
-    than processes, a console drawing a run's flood of events must not slow the run). Returns
-    the niceness now. An attached console calls this once it shows the engine (its first
-    screen comes as fast as ever); a console hosting the engine never does: it runs the engine."""
+def step_back(settings: Settings) -> None:
+    """Lower this attached console's CPU priority by ``console.attached_nice`` (the engine it
+    watches has the cores first: on a machine with fewer cores than processes, a console
+    drawing a run's flood of events must not slow the run). An attached console calls this
+    once it shows the engine (its first screen comes as fast as ever); a console hosting the
+    engine never does: it runs the engine."""
     import os
 
-    with contextlib.suppress(OSError):
-        if settings.attached_nice:
-            return os.nice(settings.attached_nice)
-    return os.nice(0)
+    if settings.attached_nice:
+        with contextlib.suppress(OSError):
+            os.nice(settings.attached_nice)
 
 
 class RemoteEngine:
