@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import replace
@@ -61,8 +62,6 @@ def step_back(settings: Settings) -> None:
     drawing a run's flood of events must not slow the run). An attached console calls this
     once it shows the engine (its first screen comes as fast as ever); a console hosting the
     engine never does: it runs the engine."""
-    import os
-
     if settings.attached_nice:
         with contextlib.suppress(OSError):
             os.nice(settings.attached_nice)
@@ -289,11 +288,13 @@ class RemoteEngine:
 
     async def _read_files(self) -> None:
         """Read what the notices announced: each run's new complete lines, from where it was
-        left off, a chunk at a time with a turn of the loop between chunks."""
+        left off, a chunk at a time with a turn of the loop between chunks, until the events a
+        notice named have been handed on (a notice without a seq: until the file has no new
+        complete line)."""
         while self._to_read:
             run_id = next(iter(self._to_read))
-            del self._to_read[run_id]
-            while True:
+            upto = self._to_read.pop(run_id)
+            while not upto or self._seen.get(run_id, 0) < upto:
                 lines = self._read_chunk(run_id)
                 if lines is None:
                     break
@@ -303,26 +304,36 @@ class RemoteEngine:
 
     def _read_chunk(self, run_id: str) -> list[bytes] | None:
         """The next complete lines of ``run_id``'s event file (None: none yet). Only whole
-        lines: the engine may be writing the last one."""
+        lines: the engine may be writing the last one. It reads what the file holds beyond the
+        offset, at most :data:`READ_BYTES` (more only for one line longer than that): a buffer
+        of the size asked for is allocated whatever comes, and the engine's notices come every
+        few milliseconds, each for a few kilobytes."""
         path = run_event_path(self.settings.events_dir, run_id)
         offset = self._offsets.get(run_id, 0)
-        size = READ_BYTES
         try:
-            with open(path, "rb") as fh:
-                while True:
-                    fh.seek(offset)
-                    data = fh.read(size)
-                    end = data.rfind(b"\n")
-                    if end >= 0 or len(data) < size:
-                        break
-                    size *= 2  # one line longer than a chunk
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            available = os.fstat(fd).st_size - offset
+            size = min(available, READ_BYTES)
+            while True:
+                data = os.pread(fd, size, offset) if size > 0 else b""
+                end = data.rfind(b"\n")
+                if end >= 0 or len(data) < size or size >= available:
+                    break
+                size = min(size * 2, available)  # one line longer than a chunk
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
         self.file_reads += 1
         if end < 0:
             return None
         self._note_offset(run_id, offset + end + 1)
-        return data[:end].split(b"\n")
+        lines = data.split(b"\n")
+        lines.pop()  # what follows the last newline: a line still being written, or nothing
+        return lines
 
     def _note_offset(self, run_id: str, offset: int) -> None:
         self._offsets.pop(run_id, None)  # the newest last: the oldest are forgotten
@@ -386,7 +397,9 @@ class RemoteEngine:
         elif kind == "events":  # a run's event file has grown: read it (file mode)
             run_id = msg.get("run_id")
             if isinstance(run_id, str) and run_id and "/" not in run_id:
-                self._to_read[run_id] = _whole(msg.get("seq"))
+                upto = _whole(msg.get("seq"))
+                if not upto or upto > self._seen.get(run_id, 0):  # not read already
+                    self._to_read[run_id] = max(upto, self._to_read.get(run_id, 0)) if upto else 0
         elif kind == "output":
             run_id = str(msg.get("run_id") or "")
             if msg.get("catchup"):

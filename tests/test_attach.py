@@ -363,3 +363,32 @@ async def test_a_console_reading_a_runs_file_skips_damage_and_waits_for_whole_li
          {"type": "events", "run_id": "../r1"}, {"type": "caught_up", "events": "file", "run_id": "r3", "offset": [1]})
     await remote._read_files()
     assert len(got) == 7
+
+
+async def test_a_flood_of_notices_costs_a_console_one_read_of_the_file(tmp_path: Path) -> None:
+    """In a flood the engine's notices pile up while a console draws: it reads the run's file
+    once for all of them, only as much as the file holds, and not at all for a notice naming
+    events it has handed on already."""
+    from pipeline_core.events import EventWriter, run_event_path
+    from pipeline_core.runstate import EventMessage
+
+    settings = load_settings(root=tmp_path / "root", env={})
+    settings.ensure_dirs()
+    remote = RemoteEngine(settings)
+    got: list[int] = []
+    remote.subscribe(lambda m: got.append(m.event.seq) if isinstance(m, EventMessage) else None)
+    writer = EventWriter(run_event_path(settings.events_dir, "r1"), "r1")
+    for i in range(1000):
+        writer.emit("translator", "metric", f"metric {i}", {"i": i})
+    writer.close()
+
+    def notices(seqs: range) -> None:
+        remote._on_lines([json.dumps({"type": "events", "run_id": "r1", "seq": s}).encode() for s in seqs])
+
+    remote._on_lines([json.dumps({"type": "caught_up", "events": "file", "run_id": "r1", "offset": 0}).encode()])
+    notices(range(10, 1001, 10))  # a hundred notices, waiting in the socket
+    await remote._read_files()
+    assert got == list(range(1, 1001)) and remote.file_reads == 1
+    notices(range(10, 1001, 10))  # late notices for events read already: no read
+    await remote._read_files()
+    assert got == list(range(1, 1001)) and remote.file_reads == 1
