@@ -220,8 +220,8 @@ def console_main(root: str, t0: float, events: str = "file") -> None:
 
 def console_follow_main(root: str, events: str = "file") -> None:
     """A console attached headless at 120x40 (its event table on screen) that follows the next
-    run to its end: prints ``ready`` once attached, then its own CPU seconds once it has shown
-    the end of a run that began after it attached."""
+    run to its end: prints ``ready`` once attached, then the CPU seconds it spent from then
+    until it has shown the end of a run that began after it attached."""
     import asyncio
 
     from pipeline_core import history
@@ -236,6 +236,7 @@ def console_follow_main(root: str, events: str = "file") -> None:
     app = build_app(settings, remote, {"on_attached": lambda: step_back(settings)})  # as `qtsw --attach`
     before = {str(r.get("run_id")) for r in history.read_runs(settings)}  # runs that ended before
     ended: list[str] = []
+    cpu0: list[float] = []  # its CPU seconds once attached (the run's cost is what comes after)
 
     def watch(msg: Any) -> None:
         if isinstance(msg, EventMessage) and msg.event.stage == "pipeline" and msg.event.is_terminal:
@@ -248,12 +249,13 @@ def console_follow_main(root: str, events: str = "file") -> None:
             while "attached pid" not in str(app.query_one("#header", StatusHeader).render()) or not app.flushed["events"]:
                 await pilot.pause(0.01)
             print("ready", flush=True)
+            cpu0.append(time.process_time())
             while not (set(ended) - before) or app._events:  # the end of the run, shown
                 await pilot.pause(0.05)
             await pilot.press("q")
 
     asyncio.run(main())
-    print(json.dumps({"cpu": time.process_time(), "events": app.flushed["events"],
+    print(json.dumps({"cpu": time.process_time() - cpu0[0], "events": app.flushed["events"],
                       "reattached": remote.attachments - 1}), flush=True)
 
 
