@@ -19,14 +19,17 @@ one go, on the same machine:
     serving from sharing the cores: C file clients that take the notices and read no file
     (what serving costs the engine, with clients that use no CPU), and C processes that only
     spin, with no client (what C busy processes cost the engine's CPU time on this machine,
-    serving nothing). The ratios are the cost of serving them; target within 5 %. The
+    serving nothing). The ratios are the cost of serving them; target within 5 %. Each run
+    with clients is measured between two runs alone, and its ratio is taken over their mean
+    (paired; the median of the pairs is the figure): this machine's speed drifts by more than
+    5 % from one run to the next, a neighbour on either side cancels the drift. The
     engine's CPU time is what serving costs the engine itself; its run time is also what the
     clients' own CPU takes from it on a machine with fewer cores than processes (each console
     processes every event: the consoles' CPU seconds are printed too). The consoles step back
     as ``qtsw --attach`` does (``console.attached_nice``, 19 by default: once a console shows
     the engine, its CPU priority is lowered below the engine's).
 
-``python bench/attach.py [--events 100000] [--clients 5] [--repeat 2]``
+``python bench/attach.py [--events 100000] [--clients 5] [--repeat 3]``
 """
 
 from __future__ import annotations
@@ -303,7 +306,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=5)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pin", action="store_true",
                     help="the engine and its stages on the first core, the clients on the others: the engine's "
                          "CPU time then shows what serving costs it, less what sharing its core costs")
@@ -350,17 +353,16 @@ def main() -> int:
         cpu_consoles: list[float] = []
         shown: list[int] = []  # events each console showed (all, unless it was cut off)
         cut_off: list[int] = []  # times each console fell behind, was cut off and reattached
-        for _ in range(args.repeat):
+        # paired[x]: each run with x over the mean of the runs alone just before and just after it
+        # (this machine's speed drifts between runs; a neighbour measured on both sides cancels it)
+        paired: dict[str, list[float]] = {"stream": [], "file": [], "consoles": []}
+
+        def run_alone() -> float:
             alone.append(_run(conn, settings, cpu_alone, engine.pid))
-            for mode, walls, cpus in (("stream", served, cpu_served), ("file", filed, cpu_filed)):
-                clients = _ready([subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings)),
-                                                    mode], stdout=subprocess.PIPE, text=True, env=_env(),
-                                                   **_on("client"))
-                                  for _ in range(args.clients)])
-                walls.append(_run(conn, settings, cpus, engine.pid))
-                for c in clients:
-                    out, _ = c.communicate(timeout=300)
-                    delays[mode].extend(json.loads(out.strip().splitlines()[-1])["delays"])
+            return alone[-1]
+
+        for _ in range(args.repeat):
+            # the CPU-only controls first, then each measured run between two runs alone
             for what, cpus in (("notices", cpu_quiet), ("spin", cpu_spun)):
                 cmd = ([sys.executable, __file__, "client", str(socket_path(settings)), "notices"] if what == "notices"
                        else [sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"])
@@ -370,6 +372,19 @@ def main() -> int:
                 for c in others:
                     c.terminate()
                     c.communicate(timeout=60)
+            before = run_alone()
+            for mode, walls, cpus in (("stream", served, cpu_served), ("file", filed, cpu_filed)):
+                clients = _ready([subprocess.Popen([sys.executable, __file__, "client", str(socket_path(settings)),
+                                                    mode], stdout=subprocess.PIPE, text=True, env=_env(),
+                                                   **_on("client"))
+                                  for _ in range(args.clients)])
+                walls.append(_run(conn, settings, cpus, engine.pid))
+                for c in clients:
+                    out, _ = c.communicate(timeout=300)
+                    delays[mode].extend(json.loads(out.strip().splitlines()[-1])["delays"])
+                after = run_alone()
+                paired[mode].append(walls[-1] / ((before + after) / 2))
+                before = after
             consoles = _ready([subprocess.Popen([sys.executable, __file__, "follow", str(root), args.console_events],
                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                                                 **_on("client"))
@@ -383,6 +398,8 @@ def main() -> int:
                 cpu_consoles.append(got["cpu"])
                 shown.append(got["events"])
                 cut_off.append(got["reattached"])
+            after = run_alone()
+            paired["consoles"].append(consoled[-1] / ((before + after) / 2))
         # a console attaching while a run floods (no other client): once about a third of the
         # run's events are written
         from pipeline_core.events import run_event_path
@@ -424,9 +441,12 @@ def main() -> int:
               f"p99 {pct(xs, 0.99):.1f} ms, max {xs[-1] * 1000:.1f} ms  target p99 < 100 ms")
     n, cm = args.clients, args.console_events
 
-    def row(label: str, xs: list[float], base: list[float] | None) -> None:
+    def row(label: str, xs: list[float], base: list[float] | None, pairs: list[float] | None = None) -> None:
         med = statistics.median(xs)
         text = f"      {label} {med:.2f} s (runs {runs(xs)})"
+        if pairs:
+            text += (f"; ratio {statistics.median(pairs):.3f} (paired: each run over the runs alone on either "
+                     f"side of it; {', '.join(f'{x:.3f}' for x in pairs)})")
         if base is not None:
             # contention (other processes on the cores) only ever adds: the least disturbed runs'
             # ratio is the steadier estimate on a busy machine
@@ -434,11 +454,11 @@ def main() -> int:
                      f"{min(xs) / min(base):.3f} (fastest runs)")
         print(text)
 
-    print(f"(c) the engine's run time (wall), {args.events} events; target: ratio <= 1.05")
+    print(f"(c) the engine's run time (wall), {args.events} events; target: paired ratio <= 1.05")
     row("alone", alone, None)
-    row(f"{n} stream clients", served, alone)
-    row(f"{n} file clients", filed, alone)
-    row(f"{n} consoles ({cm} mode)", consoled, alone)
+    row(f"{n} stream clients", served, alone, paired["stream"])
+    row(f"{n} file clients", filed, alone, paired["file"])
+    row(f"{n} consoles ({cm} mode)", consoled, alone, paired["consoles"])
     print("    the engine process's CPU seconds per run (what serving costs the engine itself)")
     row("alone", cpu_alone, None)
     row(f"{n} stream clients", cpu_served, cpu_alone)
