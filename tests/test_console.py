@@ -25,7 +25,7 @@ from rich.console import Console
 from textual.app import App
 from textual.widgets import DataTable, Input, Select, Static
 
-from pipeline_core import catalog, history, results
+from pipeline_core import catalog, clock, history, results
 from pipeline_core.engine import Engine
 from pipeline_core.events import STAGES, TERMINAL, Event
 from pipeline_core.results import Period, ResultFilter
@@ -446,6 +446,29 @@ async def test_pause_and_resume_show_in_the_header(tmp_path):
         await pilot.press("q")
     scheduler_log = (s.events_dir / "scheduler.jsonl").read_text()
     assert "Schedule paused" in scheduler_log and "Schedule resumed" in scheduler_log
+
+
+async def test_the_bars_placeholder_lays_the_screen_out_only_when_its_words_change(tmp_path):
+    """A run without analyzer instruments yet (a flood of translator events) refreshes the bars
+    at every batch: the same words must not lay the whole screen out again each time."""
+    s = make_settings(tmp_path / "root")
+    app = console(s)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: "schedule running" in header_text(app), "the schedule to run")
+        bars = app.query_one("#progress", InstrumentProgressList)
+        now = clock.now()
+        bars.show("r1", {}, now, note="analyzer: pending")
+        await pilot.pause()
+        placeholder = bars.placeholder
+        assert str(placeholder.render()) == "analyzer: pending"
+        laid_out = placeholder._layout_updates
+        for _ in range(5):
+            bars.show("r1", {}, now, note="analyzer: pending")
+        assert placeholder._layout_updates == laid_out
+        bars.show("r1", {}, now, note="analyzer: running")
+        await pilot.pause()
+        assert str(placeholder.render()) == "analyzer: running" and placeholder._layout_updates == laid_out + 1
+        await pilot.press("q")
 
 
 async def run_held_in_translator(pilot, s: Settings) -> contextlib.ExitStack:
