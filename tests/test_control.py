@@ -230,6 +230,10 @@ def test_commands_accepted_and_refused(served: Served) -> None:
 def test_two_clients_subscribed_mid_run_see_the_same_events(served: Served) -> None:
     with served.connect() as a, served.connect() as b:
         served.wait_idle(a)
+        # the store up to date first: a translator with files to write would wait for the hold
+        # below before the analyzer could start (the module's engine may have run nothing yet)
+        assert a.command("stage", stage="translator")["type"] == "accepted"
+        served.wait_idle(a)
         a.subscribe()
         # the analyzer processes wait at their end for the catalogue's write lock, so the run is
         # certainly still going when b subscribes (warm stage starts make a run short)
