@@ -29,7 +29,8 @@ STAGES = ("pipeline", "translator", "analyzer", "merger", "scheduler")
 # (``data.state``: firing | recovered | acknowledged | delivery_failed | error; see pipeline_core.alerts)
 EVENT_TYPES = ("start", "success", "failure", "log", "metric", "progress", "skipped", "cancelled", "alert")
 TERMINAL = ("success", "failure", "cancelled")
-_REQUIRED = frozenset(("seq", "run_id", "stage", "event", "timestamp"))  # the fields every event has
+REQUIRED_FIELDS = ("seq", "run_id", "stage", "event", "timestamp")  # the fields every event has
+_REQUIRED = frozenset(REQUIRED_FIELDS)
 
 
 class EventError(ValueError):
@@ -77,7 +78,7 @@ class Event:
         if not isinstance(obj, dict):
             raise EventError("not a JSON object")
         if not obj.keys() >= _REQUIRED:  # one set comparison (a console reads floods of events)
-            missing = [k for k in ("seq", "run_id", "stage", "event", "timestamp") if k not in obj]
+            missing = [k for k in REQUIRED_FIELDS if k not in obj]
             raise EventError(f"missing field(s): {', '.join(missing)}")
         if obj.get("v", SCHEMA_VERSION) != SCHEMA_VERSION:
             raise EventError(f"unsupported schema version {obj.get('v')!r}")
