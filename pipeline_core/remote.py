@@ -397,9 +397,7 @@ class RemoteEngine:
         elif kind == "events":  # a run's event file has grown: read it (file mode)
             run_id = msg.get("run_id")
             if isinstance(run_id, str) and run_id and "/" not in run_id:
-                upto = _whole(msg.get("seq"))
-                if not upto or upto > self._seen.get(run_id, 0):  # not read already
-                    self._to_read[run_id] = max(upto, self._to_read.get(run_id, 0)) if upto else 0
+                self._to_read[run_id] = _whole(msg.get("seq"))  # (events read already: no read)
         elif kind == "output":
             run_id = str(msg.get("run_id") or "")
             if msg.get("catchup"):
