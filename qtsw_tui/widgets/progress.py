@@ -65,8 +65,7 @@ class InstrumentProgressList(VerticalScroll):
         super().__init__(**kwargs)
         self.run_id: str | None = None
         self.rows: dict[str, InstrumentRow] = {}
-        self.note = "no analyzer run yet"  # what the placeholder says
-        self.placeholder = Static(self.note, classes="placeholder")
+        self.placeholder = Static("no analyzer run yet", classes="placeholder")
 
     def compose(self) -> ComposeResult:
         yield self.placeholder
@@ -82,14 +81,12 @@ class InstrumentProgressList(VerticalScroll):
             self.remove_children()
             self.rows = {}
             self.placeholder = Static(note, classes="placeholder")
-            self.note = note
             if not instruments:
                 self.mount(self.placeholder)
                 return
         if not instruments:
-            if (self.placeholder.is_mounted or self.placeholder.parent is not None) and note != self.note:
+            if (self.placeholder.is_mounted or self.placeholder.parent is not None) and note != self.placeholder.content:
                 self.placeholder.update(note)  # only a change: each update lays the screen out again
-                self.note = note
             return
         if not self.rows and self.placeholder.parent is not None:
             self.placeholder.remove()
