@@ -26,10 +26,11 @@ one go, on the same machine:
     engine's CPU time is what serving costs the engine itself; its run time is also what the
     clients' own CPU takes from it on a machine with fewer cores than processes (each console
     processes every event: the consoles' CPU seconds are printed too). The consoles step back
-    as ``qtsw --attach`` does (``console.attached_nice``, 19 by default: once a console shows
-    the engine, its CPU priority is lowered below the engine's).
+    as ``qtsw --attach`` does once it shows the engine (``console.attached_nice``, 19, and
+    ``console.attached_idle``: the idle policy, SCHED_IDLE); C more consoles with a lowered
+    priority alone (``attached_idle = false``) show what the idle policy is for.
 
-``python bench/attach.py [--events 100000] [--clients 5] [--repeat 3]``
+``python bench/attach.py [--events 100000] [--clients 5] [--repeat 5]``
 """
 
 from __future__ import annotations
@@ -221,10 +222,11 @@ def console_main(root: str, t0: float, events: str = "file") -> None:
     print(json.dumps({"attach_seconds": asyncio.run(main())}), flush=True)
 
 
-def console_follow_main(root: str, events: str = "file") -> None:
+def console_follow_main(root: str, events: str = "file", idle: str = "true") -> None:
     """A console attached headless at 120x40 (its event table on screen) that follows the next
     run to its end: prints ``ready`` once attached, then the CPU seconds it spent from then
-    until it has shown the end of a run that began after it attached."""
+    until it has shown the end of a run that began after it attached. ``idle``: its
+    ``console.attached_idle`` (it steps back as ``qtsw --attach`` does)."""
     import asyncio
 
     from pipeline_core import history
@@ -234,7 +236,7 @@ def console_follow_main(root: str, events: str = "file") -> None:
     from qtsw_tui.app import build_app
     from qtsw_tui.widgets.header import StatusHeader
 
-    settings = load_settings(root=Path(root), env={})
+    settings = load_settings(root=Path(root), env={}, overrides={"console.attached_idle": idle})
     remote = RemoteEngine(settings, reconnect_seconds=0.05, file_events=events == "file")
     app = build_app(settings, remote, {"on_attached": lambda: step_back(settings)})  # as `qtsw --attach`
     before = {str(r.get("run_id")) for r in history.read_runs(settings)}  # runs that ended before
@@ -308,7 +310,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=5)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--pin", action="store_true",
                     help="the engine and its stages on the first core, the clients on the others: the engine's "
                          "CPU time then shows what serving costs it, less what sharing its core costs")
@@ -343,7 +345,8 @@ def main() -> int:
         alone: list[float] = []
         served: list[float] = []
         filed: list[float] = []
-        consoled: list[float] = []
+        # the consoles stepping back as by default (idle), and with a lowered priority alone
+        consoled: dict[str, list[float]] = {"true": [], "false": []}
         delays: dict[str, list[float]] = {"stream": [], "file": []}
         busy_attach: list[float] = []
         cpu_alone: list[float] = []
@@ -351,13 +354,13 @@ def main() -> int:
         cpu_filed: list[float] = []
         cpu_quiet: list[float] = []  # file clients that read no file
         cpu_spun: list[float] = []  # processes that spin, no client
-        cpu_consoled: list[float] = []
+        cpu_consoled: dict[str, list[float]] = {"true": [], "false": []}
         cpu_consoles: list[float] = []
         shown: list[int] = []  # events each console showed (all, unless it was cut off)
         cut_off: list[int] = []  # times each console fell behind, was cut off and reattached
         # paired[x]: each run with x over the mean of the runs alone just before and just after it
         # (this machine's speed drifts between runs; a neighbour measured on both sides cancels it)
-        paired: dict[str, list[float]] = {"stream": [], "file": [], "consoles": []}
+        paired: dict[str, list[float]] = {"stream": [], "file": [], "true": [], "false": []}
 
         def run_alone() -> float:
             alone.append(_run(conn, settings, cpu_alone, engine.pid))
@@ -387,21 +390,24 @@ def main() -> int:
                 after = run_alone()
                 paired[mode].append(walls[-1] / ((before + after) / 2))
                 before = after
-            consoles = _ready([subprocess.Popen([sys.executable, __file__, "follow", str(root), args.console_events],
-                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                                                **_on("client"))
-                               for _ in range(args.clients)])
-            consoled.append(_run(conn, settings, cpu_consoled, engine.pid))
-            for c in consoles:
-                out, err = c.communicate(timeout=300)
-                if not out.strip():
-                    raise SystemExit(f"a console ended with {c.returncode} and no figures: {err[-3000:]}")
-                got = json.loads(out.strip().splitlines()[-1])
-                cpu_consoles.append(got["cpu"])
-                shown.append(got["events"])
-                cut_off.append(got["reattached"])
-            after = run_alone()
-            paired["consoles"].append(consoled[-1] / ((before + after) / 2))
+            for idle in ("true", "false"):
+                consoles = _ready([subprocess.Popen([sys.executable, __file__, "follow", str(root),
+                                                     args.console_events, idle],
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                    env=_env(), **_on("client"))
+                                   for _ in range(args.clients)])
+                consoled[idle].append(_run(conn, settings, cpu_consoled[idle], engine.pid))
+                for c in consoles:
+                    out, err = c.communicate(timeout=300)
+                    if not out.strip():
+                        raise SystemExit(f"a console ended with {c.returncode} and no figures: {err[-3000:]}")
+                    got = json.loads(out.strip().splitlines()[-1])
+                    cpu_consoles.append(got["cpu"])
+                    shown.append(got["events"])
+                    cut_off.append(got["reattached"])
+                after = run_alone()
+                paired[idle].append(consoled[idle][-1] / ((before + after) / 2))
+                before = after
         # a console attaching while a run floods (no other client): once about a third of the
         # run's events are written
         from pipeline_core.events import run_event_path
@@ -460,12 +466,15 @@ def main() -> int:
     row("alone", alone, None)
     row(f"{n} stream clients", served, alone, paired["stream"])
     row(f"{n} file clients", filed, alone, paired["file"])
-    row(f"{n} consoles ({cm} mode)", consoled, alone, paired["consoles"])
+    row(f"{n} consoles ({cm} mode)", consoled["true"], alone, paired["true"])
+    row(f"{n} consoles, a lowered priority alone (attached_idle = false)", consoled["false"], alone,
+        paired["false"])
     print("    the engine process's CPU seconds per run (what serving costs the engine itself)")
     row("alone", cpu_alone, None)
     row(f"{n} stream clients", cpu_served, cpu_alone)
     row(f"{n} file clients", cpu_filed, cpu_alone)
-    row(f"{n} consoles ({cm} mode)", cpu_consoled, cpu_alone)
+    row(f"{n} consoles ({cm} mode)", cpu_consoled["true"], cpu_alone)
+    row(f"{n} consoles, a lowered priority alone", cpu_consoled["false"], cpu_alone)
     row(f"{n} file clients that read no file (serving alone)", cpu_quiet, cpu_alone)
     row(f"{n} spinning processes, no client (sharing the cores alone)", cpu_spun, cpu_alone)
     print(f"    the consoles: cut off for falling behind (and reattached, catching up with the newest "
@@ -485,6 +494,6 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "console":
         console_main(sys.argv[2], float(sys.argv[3]), *sys.argv[4:5])
     elif len(sys.argv) > 1 and sys.argv[1] == "follow":
-        console_follow_main(sys.argv[2], *sys.argv[3:4])
+        console_follow_main(sys.argv[2], *sys.argv[3:5])
     else:
         raise SystemExit(main())

@@ -57,14 +57,33 @@ OFFSETS_KEPT = 8  # runs whose place in their event file is remembered
 
 
 def step_back(settings: Settings) -> None:
-    """Lower this attached console's CPU priority by ``console.attached_nice`` (the engine it
-    watches has the cores first: on a machine with fewer cores than processes, a console
-    drawing a run's flood of events must not slow the run). An attached console calls this
-    once it shows the engine (its first screen comes as fast as ever); a console hosting the
-    engine never does: it runs the engine."""
-    if settings.attached_nice:
-        with contextlib.suppress(OSError):
-            os.nice(settings.attached_nice)
+    """Step this attached console back behind the engine it watches, every thread of it: its
+    CPU priority lowered by ``console.attached_nice``, and with ``console.attached_idle`` (Linux)
+    the idle policy, SCHED_IDLE: it runs only on CPU time nothing else wants, and gives its core
+    up at once to the engine or a stage that wakes (a lowered priority alone leaves a woken
+    engine waiting out the console's time slice: on 2 cores, five consoles drawing a run's
+    flood of events cost the run about 10 % with a lowered priority alone, about 0-2 % as idle
+    tasks; ``bench/attach.py``). The price: while every core is busy (a full re-analysis on a small
+    machine) the console waits for a free one to draw or take a key. An attached console calls
+    this once it shows the engine (its first screen comes as fast as ever); a console hosting
+    the engine never does: it runs the engine. Neither can be undone by the process itself."""
+    idle = settings.attached_idle and hasattr(os, "SCHED_IDLE")
+    for tid in _threads():
+        with contextlib.suppress(OSError):  # a thread that just ended, or a system that refuses
+            if idle:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            if settings.attached_nice:
+                now = os.getpriority(os.PRIO_PROCESS, tid)
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, now + settings.attached_nice))
+
+
+def _threads() -> list[int]:
+    """This process's threads (Linux: each has its own priority and policy); elsewhere the
+    process (0)."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
 
 
 class RemoteEngine:

@@ -127,6 +127,9 @@ DEFAULTS: dict[str, Any] = {
         # an attached console lowers its CPU priority by this (nice, 0-19): on a machine with
         # fewer cores than processes, watching a run must not slow it; 0: as the engine
         "attached_nice": 19,
+        # … and runs as an idle task (Linux SCHED_IDLE): only on CPU time nothing else wants,
+        # giving its core up at once to the engine or a stage that wakes; false: nice alone
+        "attached_idle": True,
     },
     "keys": {},  # binding id -> key, e.g. {run_now = "R"}
     "alerts": {
@@ -177,6 +180,7 @@ _SCALAR_KEYS = {
     ("engine", "workers"),
     ("engine", "warm_start"),
     ("console", "attached_nice"),
+    ("console", "attached_idle"),
     ("alerts", "stale_minutes"),
     ("alerts", "no_run_minutes"),
     ("alerts", "repeat_minutes"),
@@ -274,6 +278,7 @@ STARTER_TOML = """\
 
 [console]
 # attached_nice = 19             # an attached console's CPU priority below the engine's (0-19)
+# attached_idle = true           # … and it runs only on idle CPU time (Linux SCHED_IDLE)
 
 [keys]                           # console keys by binding id (the README lists them)
 # run_now = "R"
@@ -304,6 +309,7 @@ class Settings:
     keys: dict[str, str] = field(default_factory=dict)
     warm_start: bool = True
     attached_nice: int = 19
+    attached_idle: bool = True
     config_file: Path | None = None
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
@@ -794,6 +800,7 @@ def _build(root: Path, raw: dict[str, Any], config_path: Path | None) -> Setting
         keys={str(k): str(v) for k, v in keys.items()},
         warm_start=_flag("engine.warm_start", eng["warm_start"]),
         attached_nice=int(_number("console.attached_nice", raw["console"]["attached_nice"], 0, 19, integer=True)),
+        attached_idle=_flag("console.attached_idle", raw["console"]["attached_idle"]),
         config_file=config_path,
         alerts=_alert_settings(raw["alerts"]),
     )

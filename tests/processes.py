@@ -3,6 +3,7 @@ with a terminal of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -123,10 +124,15 @@ def terminate(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
             proc.wait()
 
 
-def niceness(pid: int) -> int:
-    """A process's nice value (its CPU priority: higher is lower), from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[16])
+def priorities(pid: int) -> set[tuple[int, int]]:
+    """The CPU priorities of a process's threads, from /proc: each thread's nice value (higher
+    is lower) and scheduling policy (``os.SCHED_OTHER``, ``os.SCHED_IDLE`` …), as a set."""
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            found.add((int(fields[16]), int(fields[38])))  # stat fields 19 and 41
+    return found
 
 
 def command_process(pid: int, word: str) -> int:

@@ -153,10 +153,46 @@ def test_attach_without_an_engine_exits_4(tmp_path: Path) -> None:
     assert code == 4 and "no engine is running" in said, said
 
 
+STEP_BACK = """
+import json, sys, threading
+from pathlib import Path
+from pipeline_core.remote import step_back
+from pipeline_core.settings import load_settings
+before = threading.Thread(target=sys.stdin.readline)  # a thread there before it steps back
+before.start()
+step_back(load_settings(root=Path(sys.argv[1]), env={}, overrides=json.loads(sys.argv[2])))
+later = threading.Thread(target=before.join)  # and one started after
+later.start()
+print("stepped back", flush=True)
+later.join()
+"""
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_an_attached_console_steps_back_every_thread_of_it(tmp_path: Path, idle: bool) -> None:
+    """``step_back`` (what an attached console calls once it shows the engine): each thread's
+    nice value lowered by ``console.attached_nice`` and, with ``console.attached_idle``, the idle
+    policy (SCHED_IDLE); without it, the policy it had. Read from /proc, in a process of its own
+    (neither can be undone)."""
+    from processes import priorities
+
+    overrides = {"console.attached_nice": 7, "console.attached_idle": idle}
+    proc = subprocess.Popen([sys.executable, "-c", STEP_BACK, str(tmp_path / "r"), json.dumps(overrides)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "stepped back\n"
+        policy = os.SCHED_IDLE if idle else os.sched_getscheduler(0)
+        assert priorities(proc.pid) == {(min(19, os.nice(0) + 7), policy)}
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) == 3
+    finally:
+        proc.communicate("\n", timeout=30)
+    assert proc.returncode == 0
+
+
 def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: Path) -> None:
     """An operator's console attached over SSH at 80x24, its terminal gone mid-run: the run
     ends ``success`` in the engine, which still runs and still holds the lock."""
-    from processes import alive, command_process, niceness
+    from processes import alive, command_process, priorities
     from test_console_tmux import QTSW, TMUX, poll, tmux
 
     from pipeline_core.lock import lock_holder
@@ -181,9 +217,11 @@ def test_attached_console_in_tmux_killed_mid_run_leaves_the_run_alone(tmp_path: 
             tmux(sock, "send-keys", "-t", session, "r")
             poll(sock, session, lambda t: "▶ run" in t, "the run to show as running")
             pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
-            # the attached console stepped back (console.attached_nice): the engine has the cores first
-            assert niceness(command_process(pane_pid, "qtsw")) == min(19, os.nice(0) + 19)
-            assert niceness(proc.pid) == os.nice(0)
+            # the attached console stepped back, every thread of it (console.attached_nice and
+            # attached_idle): the engine has the cores first
+            console = command_process(pane_pid, "qtsw")
+            assert priorities(console) == {(min(19, os.nice(0) + 19), os.SCHED_IDLE)}
+            assert priorities(proc.pid) == {(os.nice(0), os.sched_getscheduler(0))}
             tmux(sock, "kill-session", "-t", session)  # the terminal hangs up
             deadline = time.monotonic() + 30
             while alive(pane_pid):

@@ -19,7 +19,7 @@ import uuid
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from processes import alive, command_process, lock_free, niceness, processes_naming
+from processes import alive, command_process, lock_free, priorities, processes_naming
 
 from pipeline_core import catalog
 from pipeline_core.sample import write_samples
@@ -77,9 +77,10 @@ def test_console_in_tmux_runs_the_pipeline_at_80x24(tmp_path):
         assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
         assert "idle" in first and "Translator" in first and "Counters" in first
         assert "3 ready" in first  # the sample exports, counted from data/raw
-        # a console hosting the engine keeps its priority (console.attached_nice is for attached ones)
+        # a console hosting the engine keeps its priority (console.attached_nice and
+        # attached_idle are for attached ones)
         pane_pid = int(tmux(sock, "display-message", "-p", "-t", session, "#{pane_pid}").stdout)
-        assert niceness(command_process(pane_pid, "qtsw")) == os.nice(0)
+        assert priorities(command_process(pane_pid, "qtsw")) == {(os.nice(0), os.sched_getscheduler(0))}
 
         # held in its translator until the header has shown it (a warm run of this size can be
         # over between two of the header's refreshes)
