@@ -3,7 +3,8 @@
 :class:`RemoteEngine` offers a console what :class:`pipeline_core.engine.Engine` offers —
 ``subscribe``, ``snapshot``, ``busy``/``paused``, ``request_run``, ``pause``/``resume``,
 ``cancel``, ``serve``/``stop`` and ``host_info`` — so no screen knows which one it talks to.
-Its ``serve`` attaches: it subscribes, hands every event and output line to the subscribers
+Its ``serve`` attaches: it asks for the engine's state (answered at once, so a console
+shows it before the subscription's catch-up has been read) and subscribes, hands every event and output line to the subscribers
 (each event once, by ``(run_id, seq)``, across reconnections), keeps the engine's latest
 snapshot, and when the engine goes away says so and reattaches as soon as one serves the data
 root again. It never starts an engine. ``stop`` only detaches: the engine and its run go on.
@@ -285,8 +286,10 @@ class RemoteEngine:
             tail = b"" if self.catchup_tail is None else b',"tail":%d' % self.catchup_tail
             if self.file_events:
                 tail += b',"events":"file"'
-            await stream.send(b'{"type":"hello","version":%d,"id":"hello"}\n{"type":"subscribe","id":"sub"%s}\n'
-                              % (PROTOCOL_VERSION, tail))
+            # the engine's state first, answered at once; the subscription's catch-up (read from
+            # the run's event file, which in a flood takes the engine a moment) follows
+            await stream.send(b'{"type":"hello","version":%d,"id":"hello"}\n{"type":"snapshot","id":"snap"}\n'
+                              b'{"type":"subscribe","id":"sub"%s}\n' % (PROTOCOL_VERSION, tail))
             buf = b""
             while True:
                 chunk = await stream.receive(1 << 18)

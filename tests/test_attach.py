@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import anyio
@@ -151,6 +151,56 @@ def test_attach_without_an_engine_exits_4(tmp_path: Path) -> None:
     code, said = run_in_a_pty([sys.executable, "-m", "qtsw_tui", "--root", str(tmp_path / "r"), "--attach"],
                               clean_env())
     assert code == 4 and "no engine is running" in said, said
+
+
+async def test_an_attaching_console_has_the_engines_state_before_its_catch_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attaching during a flood, the catch-up is read from the run's event file, which takes the
+    engine a moment: the console has the engine's state (what its header shows) without waiting
+    for it. The real engine and server on this test's loop; their catch-up read is held until
+    the test lets it go."""
+    import threading
+    from functools import partial
+
+    from pipeline_core import clock, control
+    from pipeline_core.control import ControlServer
+    from pipeline_core.engine import Engine
+    from pipeline_core.lock import EngineLock
+
+    settings = load_settings(root=tmp_path / "root", env={})
+    settings.ensure_dirs()
+    gate = threading.Event()
+    read = control._event_lines_upto
+
+    def held(*args: object, **kwargs: object) -> list[bytes]:
+        gate.wait(30)  # (in the server's worker thread)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(control, "_event_lines_upto", held)
+    with EngineLock.for_settings(settings):
+        engine = Engine(settings)
+        server = ControlServer(engine, settings)
+        server.open()
+        remote = RemoteEngine(settings, reconnect_seconds=0.05)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve)
+                tg.start_soon(partial(engine.serve, not_before=clock.now() + timedelta(hours=1)))
+                tg.start_soon(remote.serve)
+                with anyio.fail_after(30):
+                    while not (remote.connected and remote.scheduler_state == "running"):
+                        await anyio.sleep(0.01)
+                assert not remote.caught_up  # the catch-up is still being read
+                gate.set()
+                with anyio.fail_after(30):
+                    while not remote.caught_up:
+                        await anyio.sleep(0.01)
+                remote.stop()
+                engine.stop()
+                tg.cancel_scope.cancel()
+        finally:
+            gate.set()
+            server.close()
 
 
 STEP_BACK = """
