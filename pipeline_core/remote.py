@@ -3,11 +3,12 @@
 :class:`RemoteEngine` offers a console what :class:`pipeline_core.engine.Engine` offers —
 ``subscribe``, ``snapshot``, ``busy``/``paused``, ``request_run``, ``pause``/``resume``,
 ``cancel``, ``serve``/``stop`` and ``host_info`` — so no screen knows which one it talks to.
-Its ``serve`` attaches: it asks for the engine's state (answered at once, so a console
-shows it before the subscription's catch-up has been read) and subscribes, hands every event and output line to the subscribers
-(each event once, by ``(run_id, seq)``, across reconnections), keeps the engine's latest
-snapshot, and when the engine goes away says so and reattaches as soon as one serves the data
-root again. It never starts an engine. ``stop`` only detaches: the engine and its run go on.
+Its ``serve`` attaches: it asks for the engine's state (answered at once, so a console shows
+it before the subscription's catch-up has been read) and subscribes, hands every event and
+output line to the subscribers (each event once, by ``(run_id, seq)``, across reconnections),
+keeps the engine's latest snapshot, and when the engine goes away says so and reattaches as
+soon as one serves the data root again. It never starts an engine. ``stop`` only detaches: the
+engine and its run go on.
 
 By default it subscribes with ``"events":"file"``: the engine sends it no run event, only a
 notice (at most one every few milliseconds) when the run's event file has grown, and it reads
