@@ -30,7 +30,7 @@ one go, on the same machine:
     ``console.attached_idle``: the idle policy, SCHED_IDLE); C more consoles with a lowered
     priority alone (``attached_idle = false``) show what the idle policy is for.
 
-``python bench/attach.py [--events 100000] [--clients 5] [--repeat 5]``
+``python bench/attach.py [--events 100000] [--clients 5] [--repeat 3] [--pairs 7]``
 """
 
 from __future__ import annotations
@@ -310,7 +310,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=5)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs with each kind of protocol client (and each control), and attaches during a flood")
+    ap.add_argument("--pairs", type=int, default=7,
+                    help="runs with each kind of consoles, each between two runs alone (the figure)")
     ap.add_argument("--pin", action="store_true",
                     help="the engine and its stages on the first core, the clients on the others: the engine's "
                          "CPU time then shows what serving costs it, less what sharing its core costs")
@@ -390,6 +393,9 @@ def main() -> int:
                 after = run_alone()
                 paired[mode].append(walls[-1] / ((before + after) / 2))
                 before = after
+        # the figure: more pairs, the two kinds of consoles taking turns
+        before = run_alone()
+        for _ in range(args.pairs):
             for idle in ("true", "false"):
                 consoles = _ready([subprocess.Popen([sys.executable, __file__, "follow", str(root),
                                                      args.console_events, idle],
@@ -433,7 +439,7 @@ def main() -> int:
         return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
 
     print(f"events per run: {args.events + 8} (a translator reporting {args.events} metrics); "
-          f"{args.clients} clients; {args.repeat} runs each way; {os.cpu_count()} cores, load average "
+          f"{args.clients} clients; {args.repeat} runs each way, {args.pairs} with each kind of consoles; {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at the end" + ("; pinned: the engine on one core, the clients on the others"
                                                       if PIN else ""))
     def runs(xs: list[float]) -> str:
@@ -479,7 +485,7 @@ def main() -> int:
     row(f"{n} spinning processes, no client (sharing the cores alone)", cpu_spun, cpu_alone)
     print(f"    the consoles: cut off for falling behind (and reattached, catching up with the newest "
           f"events only) {sum(cut_off)} times in {len(cut_off)} console runs; events each showed: "
-          f"{', '.join(str(x) for x in shown)}")
+          + (f"{shown[0]}, all of them" if len(set(shown)) == 1 else ", ".join(str(x) for x in shown)))
     print(f"    each console's own CPU seconds for the run: median {statistics.median(cpu_consoles):.2f} s "
           f"(the {args.clients} consoles and the engine share {os.cpu_count()} cores: on fewer cores than "
           f"processes, the consoles' CPU shows in the engine's wall time, not in its CPU time)")
