@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/console.py
 	$(BIN)/python bench/results.py
+	$(BIN)/python bench/attach.py
+	$(BIN)/python bench/stepback.py
 
 clean:
 	rm -rf $(VENV) data logs .pytest_cache
