@@ -26,9 +26,9 @@ one go, on the same machine:
     engine's CPU time is what serving costs the engine itself; its run time is also what the
     clients' own CPU takes from it on a machine with fewer cores than processes (each console
     processes every event: the consoles' CPU seconds are printed too). The consoles step back
-    as ``qtsw --attach`` does once it shows the engine (``console.attached_nice``, 19, and
-    ``console.attached_idle``: the idle policy, SCHED_IDLE); C more consoles with a lowered
-    priority alone (``attached_idle = false``) show what the idle policy is for.
+    as ``qtsw --attach`` does once it shows the engine (``console.attached_nice``, 19); C more
+    consoles that also take the idle policy (``console.attached_idle = true``, SCHED_IDLE)
+    show what it would save.
 
 ``python bench/attach.py [--events 100000] [--clients 5] [--repeat 3] [--pairs 7]``
 """
@@ -222,7 +222,7 @@ def console_main(root: str, t0: float, events: str = "file") -> None:
     print(json.dumps({"attach_seconds": asyncio.run(main())}), flush=True)
 
 
-def console_follow_main(root: str, events: str = "file", idle: str = "true") -> None:
+def console_follow_main(root: str, events: str = "file", idle: str = "false") -> None:
     """A console attached headless at 120x40 (its event table on screen) that follows the next
     run to its end: prints ``ready`` once attached, then the CPU seconds it spent from then
     until it has shown the end of a run that began after it attached. ``idle``: its
@@ -348,7 +348,7 @@ def main() -> int:
         alone: list[float] = []
         served: list[float] = []
         filed: list[float] = []
-        # the consoles stepping back as by default (idle), and with a lowered priority alone
+        # the consoles stepping back as by default (a lowered priority), and also as idle tasks
         consoled: dict[str, list[float]] = {"true": [], "false": []}
         delays: dict[str, list[float]] = {"stream": [], "file": []}
         busy_attach: list[float] = []
@@ -396,7 +396,7 @@ def main() -> int:
         # the figure: more pairs, the two kinds of consoles taking turns
         before = run_alone()
         for _ in range(args.pairs):
-            for idle in ("true", "false"):
+            for idle in ("false", "true"):
                 consoles = _ready([subprocess.Popen([sys.executable, __file__, "follow", str(root),
                                                      args.console_events, idle],
                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -472,15 +472,14 @@ def main() -> int:
     row("alone", alone, None)
     row(f"{n} stream clients", served, alone, paired["stream"])
     row(f"{n} file clients", filed, alone, paired["file"])
-    row(f"{n} consoles ({cm} mode)", consoled["true"], alone, paired["true"])
-    row(f"{n} consoles, a lowered priority alone (attached_idle = false)", consoled["false"], alone,
-        paired["false"])
+    row(f"{n} consoles ({cm} mode)", consoled["false"], alone, paired["false"])
+    row(f"{n} consoles, idle tasks too (attached_idle = true)", consoled["true"], alone, paired["true"])
     print("    the engine process's CPU seconds per run (what serving costs the engine itself)")
     row("alone", cpu_alone, None)
     row(f"{n} stream clients", cpu_served, cpu_alone)
     row(f"{n} file clients", cpu_filed, cpu_alone)
-    row(f"{n} consoles ({cm} mode)", cpu_consoled["true"], cpu_alone)
-    row(f"{n} consoles, a lowered priority alone", cpu_consoled["false"], cpu_alone)
+    row(f"{n} consoles ({cm} mode)", cpu_consoled["false"], cpu_alone)
+    row(f"{n} consoles, idle tasks too", cpu_consoled["true"], cpu_alone)
     row(f"{n} file clients that read no file (serving alone)", cpu_quiet, cpu_alone)
     row(f"{n} spinning processes, no client (sharing the cores alone)", cpu_spun, cpu_alone)
     print(f"    the consoles: cut off for falling behind (and reattached, catching up with the newest "

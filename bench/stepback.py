@@ -8,8 +8,8 @@ engine's priority as there are cores (what a full re-analysis does: one analyzer
 core), and a process that steps back as a console would, then, ``--rounds`` times, sleeps
 (waiting for a key) and does ``--work`` milliseconds of CPU work (handling the key, drawing):
 the time from waking to the work done. Three ways: not stepped back (the baseline: a console
-that hosts the engine), a lowered priority alone (``attached_idle = false``) and the default
-(lowered priority and the idle policy). Printed: the median and the worst, and the ratio of
+that hosts the engine), as by default (a lowered priority) and as an idle task too
+(``attached_idle = true``). Printed: the median and the worst, and the ratio of
 medians to the baseline's.
 
     .venv/bin/python bench/stepback.py [--work 20] [--rounds 10]
@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT_DIR))
 
 WAYS = (  # (label, settings overrides; None: not stepped back)
     ("not stepped back (a console hosting the engine)", None),
-    ("a lowered priority alone (attached_nice 19, attached_idle false)",
+    ("stepped back as by default (attached_nice 19)",
      {"console.attached_nice": 19, "console.attached_idle": False}),
-    ("stepped back as by default (attached_nice 19, attached_idle true)",
+    ("an idle task too (attached_nice 19, attached_idle true)",
      {"console.attached_nice": 19, "console.attached_idle": True}),
 )
 

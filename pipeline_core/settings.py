@@ -127,9 +127,10 @@ DEFAULTS: dict[str, Any] = {
         # an attached console lowers its CPU priority by this (nice, 0-19): on a machine with
         # fewer cores than processes, watching a run must not slow it; 0: as the engine
         "attached_nice": 19,
-        # … and runs as an idle task (Linux SCHED_IDLE): only on CPU time nothing else wants,
-        # giving its core up at once to the engine or a stage that wakes; false: nice alone
-        "attached_idle": True,
+        # true: … and it runs as an idle task (Linux SCHED_IDLE), only on CPU time nothing else
+        # wants: watching costs a run nothing measurable, but while every core is busy the
+        # console hardly runs (draws, takes keys, even quits only when a core is free)
+        "attached_idle": False,
     },
     "keys": {},  # binding id -> key, e.g. {run_now = "R"}
     "alerts": {
@@ -278,7 +279,7 @@ STARTER_TOML = """\
 
 [console]
 # attached_nice = 19             # an attached console's CPU priority below the engine's (0-19)
-# attached_idle = true           # … and it runs only on idle CPU time (Linux SCHED_IDLE)
+# attached_idle = false          # true: it runs only on idle CPU time (Linux SCHED_IDLE)
 
 [keys]                           # console keys by binding id (the README lists them)
 # run_now = "R"
@@ -309,7 +310,7 @@ class Settings:
     keys: dict[str, str] = field(default_factory=dict)
     warm_start: bool = True
     attached_nice: int = 19
-    attached_idle: bool = True
+    attached_idle: bool = False
     config_file: Path | None = None
     alerts: AlertSettings = field(default_factory=AlertSettings)
 
