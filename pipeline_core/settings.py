@@ -128,8 +128,8 @@ DEFAULTS: dict[str, Any] = {
         # fewer cores than processes, watching a run must not slow it; 0: as the engine
         "attached_nice": 19,
         # true: … and it runs as an idle task (Linux SCHED_IDLE), only on CPU time nothing else
-        # wants: watching costs a run nothing measurable, but while every core is busy the
-        # console hardly runs (draws, takes keys, even quits only when a core is free)
+        # wants: watching a flood costs the run less, but while every core is busy the console
+        # hardly runs (draws, takes keys, even quits only when a core is free)
         "attached_idle": False,
     },
     "keys": {},  # binding id -> key, e.g. {run_now = "R"}
