@@ -162,6 +162,8 @@ async def test_an_attaching_console_has_the_engines_state_before_its_catch_up(
     import threading
     from functools import partial
 
+    from processes import alive
+
     from pipeline_core import clock, control
     from pipeline_core.control import ControlServer
     from pipeline_core.engine import Engine
@@ -195,12 +197,15 @@ async def test_an_attaching_console_has_the_engines_state_before_its_catch_up(
                 with anyio.fail_after(30):
                     while not remote.caught_up:
                         await anyio.sleep(0.01)
+                launcher = engine.launcher.pid if engine.launcher is not None else None
+                assert launcher is None or alive(launcher)
                 remote.stop()
                 engine.stop()
                 tg.cancel_scope.cancel()
         finally:
             gate.set()
             server.close()
+    assert launcher is None or not alive(launcher), "the engine's warm launcher outlived it"
 
 
 STEP_BACK = """
