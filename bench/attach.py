@@ -488,6 +488,14 @@ def main() -> int:
     print(f"    each console's own CPU seconds for the run: median {statistics.median(cpu_consoles):.2f} s "
           f"(the {args.clients} consoles and the engine share {os.cpu_count()} cores: on fewer cores than "
           f"processes, the consoles' CPU shows in the engine's wall time, not in its CPU time)")
+
+    def verdict(pairs: list[float]) -> str:
+        ratio = statistics.median(pairs)
+        return f"{ratio:.3f} ({'within' if ratio <= 1.05 else 'over'} 5 %)"
+
+    print(f"(c) in short: the engine's run time with {n} consoles over alone, median of {args.pairs} pairs: "
+          f"{verdict(paired['false'])} as consoles step back by default (console.attached_nice), "
+          f"{verdict(paired['true'])} as idle tasks too (console.attached_idle = true)")
     return 0
 
 
