@@ -6,7 +6,9 @@ one go, on the same machine:
 
 (a) attach time: from starting a console process (``RemoteEngine`` + the Textual console,
     headless, 80x24) to its header showing the engine (pid, schedule) — idle, and during a
-    run's flood (started once the run has written about a third of its events). Target < 1 s;
+    run's flood (started once the run has written about a third of its events); and the same
+    from the command an operator types, ``qtsw --root ROOT``, in a new tmux session at 80x24,
+    to its screen showing the engine (when tmux is installed). Target < 1 s;
 (b) event delay: from an event's timestamp (taken as it is written) to its arrival in each of
     C client processes subscribed to the engine; p50 / p99 / max over all events and clients.
     Target p99 < 100 ms. Twice: C stream clients (every event sent on the socket) and C file
@@ -45,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -278,6 +281,34 @@ def _attach_time(root: Path, events: str = "file") -> float:
     return float(json.loads(got.stdout.strip().splitlines()[-1])["attach_seconds"])
 
 
+TMUX = shutil.which("tmux")
+
+
+def _tmux_attach_time(root: Path) -> float:
+    """From starting ``qtsw --root ROOT`` (the console script, as an operator types it) in a
+    new tmux session at 80x24 to its screen showing the engine (pid, schedule), read with
+    ``tmux capture-pane``; the session is then killed (the console goes with its terminal)."""
+    qtsw = Path(sys.executable).with_name("qtsw")
+    command = f"{qtsw if qtsw.exists() else sys.executable + ' -m qtsw_tui'} --root {root}"
+    # a server of its own each time (one just killed may still be going away)
+    sock, env = f"qtsw-bench-{uuid.uuid4().hex[:8]}", {k: v for k, v in _env().items() if k != "TMUX"}
+    base = [TMUX, "-L", sock, "-f", "/dev/null"]
+    t0 = time.monotonic()
+    subprocess.run([*base, "new-session", "-d", "-s", "c", "-x", "80", "-y", "24", command], env=env, check=True,
+                   timeout=30)
+    try:
+        while True:
+            screen = subprocess.run([*base, "capture-pane", "-p", "-t", "c"], capture_output=True, text=True,
+                                    timeout=30).stdout
+            if "attached pid" in screen and "schedule running" in screen:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > 60:
+                raise SystemExit(f"qtsw in tmux did not show the engine within 60 s:\n{screen}")
+            time.sleep(0.005)
+    finally:
+        subprocess.run([*base, "kill-server"], capture_output=True, timeout=30)
+
+
 def _cpu(pid: int) -> float:
     """CPU seconds a process has used (user + system), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -345,6 +376,9 @@ def main() -> int:
                     raise SystemExit("the engine did not start") from None
                 time.sleep(0.05)
         idle_attach = [_attach_time(root, args.console_events) for _ in range(3)]
+        # the same from the command an operator types, in a real terminal (when tmux is here)
+        idle_tmux = [_tmux_attach_time(root) for _ in range(3)] if TMUX else []
+        busy_tmux: list[float] = []
         alone: list[float] = []
         served: list[float] = []
         filed: list[float] = []
@@ -418,14 +452,19 @@ def main() -> int:
         # run's events are written
         from pipeline_core.events import run_event_path
 
-        def attach_mid_run(run_id: str) -> None:
+        def attach_mid_run(run_id: str, in_tmux: bool = False) -> None:
             path = run_event_path(settings.events_dir, run_id)
             while not path.exists() or path.stat().st_size < args.events * 200 // 3:
                 time.sleep(0.01)
-            busy_attach.append(_attach_time(root, args.console_events))
+            if in_tmux:
+                busy_tmux.append(_tmux_attach_time(root))
+            else:
+                busy_attach.append(_attach_time(root, args.console_events))
 
         for _ in range(args.repeat):
             _run(conn, settings, during=attach_mid_run)
+            if TMUX:
+                _run(conn, settings, during=lambda run_id: attach_mid_run(run_id, in_tmux=True))
         conn.close()
     finally:
         engine.send_signal(signal.SIGTERM)
@@ -449,6 +488,13 @@ def main() -> int:
           f"(runs {runs(idle_attach)})  target < 1 s")
     print(f"    attach, during the flood: median {statistics.median(busy_attach):.2f} s "
           f"(runs {runs(busy_attach)})  target < 1 s")
+    if TMUX:
+        print(f"    `qtsw` in tmux at 80x24, idle engine:   median {statistics.median(idle_tmux):.2f} s "
+              f"(runs {runs(idle_tmux)})  target < 1 s")
+        print(f"    `qtsw` in tmux at 80x24, during the flood: median {statistics.median(busy_tmux):.2f} s "
+              f"(runs {runs(busy_tmux)})  target < 1 s")
+    else:
+        print("    (`qtsw` in a real terminal not measured: tmux is not installed)")
     for mode, xs in delays.items():
         xs.sort()
         print(f"(b) event delay over {len(xs)} deliveries to {args.clients} {mode} clients: p50 {pct(xs, 0.5):.1f} ms, "
