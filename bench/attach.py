@@ -398,10 +398,18 @@ def main() -> int:
         # paired[x]: each run with x over the mean of the runs alone just before and just after it
         # (this machine's speed drifts between runs; a neighbour measured on both sides cancels it)
         paired: dict[str, list[float]] = {"stream": [], "file": [], "true": [], "false": []}
+        before = 0.0  # the last run alone
 
         def run_alone() -> float:
             alone.append(_run(conn, settings, cpu_alone, engine.pid))
             return alone[-1]
+
+        def pair(key: str, wall: float) -> None:
+            """``wall``, a run with clients just measured, over the runs alone on either side."""
+            nonlocal before
+            after = run_alone()
+            paired[key].append(wall / ((before + after) / 2))
+            before = after
 
         for _ in range(args.repeat):
             # the CPU-only controls first, then each measured run between two runs alone
@@ -424,11 +432,9 @@ def main() -> int:
                 for c in clients:
                     out, _ = c.communicate(timeout=300)
                     delays[mode].extend(json.loads(out.strip().splitlines()[-1])["delays"])
-                after = run_alone()
-                paired[mode].append(walls[-1] / ((before + after) / 2))
-                before = after
-        # the figure: more pairs, the two kinds of consoles taking turns
-        before = run_alone()
+                pair(mode, walls[-1])
+        # the figure: more pairs, the two kinds of consoles taking turns (the first paired with
+        # the last run alone above)
         for _ in range(args.pairs):
             for idle in ("false", "true"):
                 consoles = _ready([subprocess.Popen([sys.executable, __file__, "follow", str(root),
@@ -445,9 +451,7 @@ def main() -> int:
                     cpu_consoles.append(got["cpu"])
                     shown.append(got["events"])
                     cut_off.append(got["reattached"])
-                after = run_alone()
-                paired[idle].append(consoled[idle][-1] / ((before + after) / 2))
-                before = after
+                pair(idle, consoled[idle][-1])
         # a console attaching while a run floods (no other client): once about a third of the
         # run's events are written
         from pipeline_core.events import run_event_path
