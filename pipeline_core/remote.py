@@ -55,6 +55,7 @@ LINES_PER_TURN = 1000  # messages handled between two turns of the console's eve
 # a flood must not replay a hundred thousand events through it (the run's file has them all)
 CATCHUP_TAIL = 2000
 READ_BYTES = 256 * 1024  # of a run's event file read at once (then the console's loop gets a turn)
+ENGINE_GONE = "the engine went away"  # why an attached console is detached, when the engine ended
 OFFSETS_KEPT = 8  # runs whose place in their event file is remembered
 
 
@@ -258,7 +259,7 @@ class RemoteEngine:
     def _detached(self) -> None:
         if self.hello is not None:
             self.last_hello = self.hello
-            self.problem = self.problem or "the engine went away"
+            self.problem = self.problem or ENGINE_GONE
         self.hello = None
         self.caught_up = False
         self._output_runs |= self._catchup_runs  # lines shown once are not shown again
@@ -473,7 +474,7 @@ def _whole(value: Any) -> int:
 
 def _why(exc: BaseException) -> str:
     if isinstance(exc, anyio.EndOfStream | anyio.BrokenResourceError | anyio.ClosedResourceError):
-        return "the engine went away"
+        return ENGINE_GONE
     if isinstance(exc, ConnectionRefusedError):
         return "no engine is running (nobody listens on the socket)"
     if isinstance(exc, OSError):

@@ -32,6 +32,7 @@ from textual.worker import Worker, WorkerState
 
 from pipeline_core import clock as chicago
 from pipeline_core.events import Event
+from pipeline_core.remote import ENGINE_GONE
 from pipeline_core.runstate import (
     STAGE_NAMES,
     EngineSnapshot,
@@ -487,8 +488,11 @@ class QtswApp(App[int]):
                     self.clear_notifications()  # the note on how to start one has served
                 self.notify(f"Attached to the engine, pid {info.get('pid')}.", title="Engine")
             elif self._attached_once:
-                self.notify(f"The engine went away ({info.get('problem') or 'connection lost'}); "
-                            "reattaching when it is back.", title="Engine", severity="warning", timeout=20)
+                why = info.get("problem") or ENGINE_GONE
+                # the engine ended (its usual cause, said once), or this console was cut off
+                text = (f"{why[0].upper()}{why[1:]}; reattaching when it is back." if why == ENGINE_GONE
+                        else f"Detached from the engine: {why}. Reattaching.")
+                self.notify(text, title="Engine", severity="warning", timeout=20)
             self._attached_once = self._attached_once or connected
         on_attached = self.options.get("on_attached")
         if connected and info.get("caught_up") and on_attached is not None:
