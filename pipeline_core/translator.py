@@ -10,7 +10,9 @@ timestamp the newer file wins) and for each:
    archived (the stage says when it was ingested);
 3. parses it with pyarrow's streaming CSV reader (explicit column types; the file is cut at
    line boundaries into pieces parsed on all cores; no Python loop over rows). Bad rows are
-   dropped and counted per rule; duplicates within the file: the last row wins;
+   dropped and counted per rule (:data:`RULES`; a row whose ``Instrument`` column names another
+   configured instrument than the file name is one); duplicates within the file: the last row
+   wins;
 4. rejects the whole file when more than ``max_bad_row_fraction`` of its rows are bad, or when
    its bar times are implausible in Chicago (a bar in the future, or more than 1 % of the bars
    in the 16:00–16:59 break or on a Saturday: the input time zone is probably wrong);
@@ -88,6 +90,11 @@ RULES: dict[str, str] = {
     "high_low": "high < low",
     "open_close": "open or close outside [low, high]",
     "volume": "negative volume",
+    # the file name says which instrument a file holds (SPEC §2.1); a row whose Instrument column
+    # names another configured one belongs elsewhere (a misnamed export, or a mixed file): it
+    # is not stored under the file's name. Other values (the exporter's "DATAEXPORT", a
+    # contract "ES 03-26" of the file's own instrument) are not judged.
+    "instrument": "Instrument column names another instrument",
 }
 _RULE_CODE = {rule: i + 1 for i, rule in enumerate(RULES)}  # 0 = a good row
 
@@ -176,6 +183,9 @@ class Layout:
     # bars (UTC ms) outside [min_ms, max_ms] are bad rows, rule out_of_range
     min_ms: int = -(1 << 62)
     max_ms: int = 1 << 62
+    # the configured instruments other than the file's: a row whose Instrument column names
+    # one of them is a bad row, rule instrument (empty: the column is not read)
+    foreign: frozenset[str] = frozenset()
 
     @property
     def fields(self) -> int:
@@ -240,6 +250,7 @@ class Piece:
     suspect: int = 0  # good bars in the daily break or on a Saturday
     max_ts: int | None = None
     ambiguous: int = 0
+    foreign: set[str] = field(default_factory=set)  # other instruments its Instrument column names
 
 
 _buffers = threading.local()
@@ -292,7 +303,8 @@ def split_points(path: Path, start: int, size: int, piece_bytes: int = PIECE_BYT
 
 def _column_types(layout: Layout, tolerant: bool) -> dict[str, pa.DataType]:
     if tolerant:
-        return {c: pa.string() for c in _used_columns(layout)}
+        # (bytes for the Instrument column: this path reads stray bytes too)
+        return {c: pa.binary() if c == "instrument" else pa.string() for c in _used_columns(layout)}
     types: dict[str, pa.DataType] = {c: pa.float64() for c in _PRICES}
     if layout.form == "exporter":
         types["date"] = pa.date32()
@@ -301,12 +313,14 @@ def _column_types(layout: Layout, tolerant: bool) -> dict[str, pa.DataType]:
         types["timestamp_utc"] = pa.timestamp("ms", tz="UTC")
     else:
         types["stamp"] = pa.string()  # parsed with strptime below (faster than the CSV parser's)
+    if layout.foreign:
+        types["instrument"] = pa.dictionary(pa.int32(), pa.string())  # a few values, many rows
     return types
 
 
 def _used_columns(layout: Layout) -> list[str]:
     times = {"exporter": ["date", "time"], "timestamp_utc": ["timestamp_utc"], "ninjatrader": ["stamp"]}
-    return times[layout.form] + list(_PRICES)
+    return times[layout.form] + list(_PRICES) + (["instrument"] if layout.foreign else [])
 
 
 _NUMBER_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
@@ -458,6 +472,7 @@ def _judge(
         piece.ambiguous += amb
     if layout.shift_ms:
         ts = ts + layout.shift_ms
+    foreign = _foreign_rows(batch.column("instrument"), layout.foreign, piece) if layout.foreign else None
     piece.rows_in += n
     # One pass for the common all-good batch: a NaN fails every comparison, and finite
     # high, low and volume bound open and close.
@@ -469,6 +484,8 @@ def _judge(
         good &= ~bad_time
     if tolerant:
         good &= ~non_numeric
+    if foreign is not None:
+        good &= ~foreign
     if not good.all():
         if bad_time is None:
             bad_time = np.zeros(n, dtype=bool)
@@ -482,6 +499,7 @@ def _judge(
                 ("high_low", h < lo),
                 ("open_close", (o < lo) | (o > h) | (c_ < lo) | (c_ > h)),
                 ("volume", v < 0),
+                ("instrument", np.zeros(n, dtype=bool) if foreign is None else foreign),
             )
         code = np.zeros(n, dtype=np.uint8)
         for rule, mask in reversed(checks):  # the first rule in order wins
@@ -510,6 +528,30 @@ def _judge(
     for y in np.unique(years):
         sel = years == y
         piece.years.setdefault(int(y), []).append(tuple(a[sel] for a in (ts, o, h, lo, c_, v)))
+
+
+def _symbol(value: str | bytes) -> str:
+    """The instrument an Instrument cell names: its first word, upper case ("es 03-26": ES)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    words = value.split(None, 1)
+    return words[0].upper() if words else ""
+
+
+def _foreign_rows(col: pa.Array, foreign: frozenset[str], piece: Piece) -> np.ndarray | None:
+    """The rows whose Instrument cell names one of ``foreign`` (None: none does); the names
+    seen go into ``piece.foreign``. Judged once per distinct value, not once per row."""
+    if not pa.types.is_dictionary(col.type):
+        col = col.dictionary_encode()
+    hits = []
+    for i, value in enumerate(col.dictionary.to_pylist()):
+        name = _symbol(value)
+        if name in foreign:
+            hits.append(i)
+            piece.foreign.add(name)
+    if not hits:
+        return None
+    return np.isin(col.indices.to_numpy(zero_copy_only=False), hits)
 
 
 class _ConversionFailed(Exception):
@@ -674,6 +716,13 @@ class FileResult:
     form: str = ""
     ambiguous: int = 0  # bars at a wall time that occurs twice in the input zone
     seconds: float = 0.0
+    foreign: tuple[str, ...] = ()  # the other instruments its Instrument column names (rule instrument)
+
+    def rule_text(self, rule: str) -> str:
+        """What a bad-row rule says of this file (rule instrument: which instruments)."""
+        if rule == "instrument" and self.foreign:
+            return f"{RULES[rule]} ({', '.join(self.foreign)}; the file name says {self.instrument})"
+        return RULES[rule]
 
 
 def sha256_file(path: Path) -> str:
@@ -703,13 +752,18 @@ def parse_file(
     tolerant: bool = False,
     piece_bytes: int | None = None,
     on_piece: Callable[[int, int], None] | None = None,
+    instrument: str | None = None,
 ) -> tuple[Layout, list[Piece]]:
-    """Parse a raw file into pieces (no store access). Raises FileRejected for a refused file."""
+    """Parse a raw file into pieces (no store access). Raises FileRejected for a refused file.
+    With ``instrument`` (the file's, from its name), rows whose Instrument column names another
+    configured instrument are bad rows (rule ``instrument``)."""
     name = path.name
     size = path.stat().st_size
     if size == 0:
         raise FileRejected(f"{name}: zero-byte file (an export that wrote nothing)", "empty")
     layout = replace(sniff(path, name, settings), **time_bounds(settings))
+    if instrument is not None and "instrument" in layout.columns:
+        layout = replace(layout, foreign=frozenset(settings.instruments) - {instrument})
     piece_bytes = piece_bytes or int(os.environ.get(PIECE_BYTES_ENV) or PIECE_BYTES)
     points = split_points(path, layout.start, size, piece_bytes)
     ranges = list(zip(points[:-1], points[1:], strict=True))
@@ -763,6 +817,7 @@ def assemble(
     result.rows_in = rows_in
     result.ambiguous = sum(p.ambiguous for p in pieces)
     result.dropped = {r: dropped[r] for r in RULES if r in dropped}
+    result.foreign = tuple(sorted({x for p in pieces for x in p.foreign}))
     result.form = layout.form
     bad = sum(dropped.values())
     if bad:
@@ -778,11 +833,11 @@ def assemble(
         first_rule = min(result.first_lines, key=lambda r: result.first_lines[r] or 1 << 62)
         line = result.first_lines[first_rule]
         detail = "; ".join(
-            f"{RULES[r]}: {n} row(s), first at line {result.first_lines.get(r)}"
+            f"{result.rule_text(r)}: {n} row(s), first at line {result.first_lines.get(r)}"
             for r, n in result.dropped.items()
         )
         raise FileRejected(
-            f"{name} line {line}: {RULES[first_rule]} — {bad} of {rows_in} rows are bad "
+            f"{name} line {line}: {result.rule_text(first_rule)} — {bad} of {rows_in} rows are bad "
             f"({bad / rows_in:.2%}, more than max_bad_row_fraction "
             f"{settings.max_bad_row_fraction:.2%}); {detail}",
             first_rule,
@@ -1004,7 +1059,7 @@ def translate_file(
             if st.st_size in sizes:
                 layout_pieces = None
             else:
-                layout_pieces = _parse(path, settings, rep, name, progress)
+                layout_pieces = _parse(path, settings, rep, name, instrument, progress)
             digest = pending.result()
         finally:
             hasher.shutdown(wait=True)
@@ -1033,7 +1088,7 @@ def translate_file(
                 cat.set_archived(int(earlier["id"]), dest)
             return "already_ingested", None, earlier
         result = FileResult(name, instrument, st.st_size, digest)
-        layout, pieces = layout_pieces or _parse(path, settings, rep, name, progress)
+        layout, pieces = layout_pieces or _parse(path, settings, rep, name, instrument, progress)
         _pause_point(path)
         what = _changed(path, st)
         if what is not None:  # what was parsed and hashed may not be one version of the file
@@ -1172,7 +1227,8 @@ class FileReading:
 
 
 def _parse(
-    path: Path, settings: Settings, rep: Reporter, name: str, progress: FileReading | None = None
+    path: Path, settings: Settings, rep: Reporter, name: str, instrument: str,
+    progress: FileReading | None = None,
 ) -> tuple[Layout, list[Piece]]:
     """parse_file, reporting the bytes parsed as it goes."""
 
@@ -1180,7 +1236,7 @@ def _parse(
         if progress is not None and done < total:
             progress.within(done)
 
-    return parse_file(path, settings, on_piece=on_piece)
+    return parse_file(path, settings, on_piece=on_piece, instrument=instrument)
 
 
 def concurrent_groups(files: list[Path], settings: Settings) -> list[list[Path]] | None:
@@ -1390,7 +1446,8 @@ def _report_file(
         counts["translated"] += 1
         _count_file(counts, res)
         mb_s = res.size / 1e6 / res.seconds if res.seconds > 0 else 0.0
-        dropped = ", ".join(f"{RULES[r]} {n} (first at line {res.first_lines.get(r)})" for r, n in res.dropped.items())
+        dropped = ", ".join(f"{res.rule_text(r)} {n} (first at line {res.first_lines.get(r)})"
+                            for r, n in res.dropped.items())
         rep.say(
             f"{res.name}: {res.instrument} {res.rows_kept} bars kept of {res.rows_in} rows"
             + (f"; dropped {dropped}" if dropped else "")

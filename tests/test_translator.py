@@ -321,6 +321,7 @@ BAD_ROWS = {
     "volume": "2025-11-25,14:00:00,6000.25,6001,6000,6000.5,-3,ES",
     "malformed": "2025-11-25,14:00:00,6000.25,6001",
     "out_of_range": "1900-01-02,14:00:00,6000.25,6001,6000,6000.5,10,ES",
+    "instrument": "2025-11-25,14:00:00,6000.25,6001,6000,6000.5,10,CL",  # a CL bar in an MGC file
 }
 RULE_TEXT = {
     "time": "unparseable time",
@@ -331,9 +332,10 @@ RULE_TEXT = {
     "volume": "negative volume",
     "malformed": "wrong number of fields",
     "out_of_range": "bar time before input.min_date or after now + 1 day",
+    "instrument": "Instrument column names another instrument (CL; the file name says MGC)",
 }
 # one instrument per rule so a single run covers them all
-RULE_INST = dict(zip(BAD_ROWS, ["ES", "NQ", "YM", "CL", "GC", "RTY", "MES", "MNQ"], strict=True))
+RULE_INST = dict(zip(BAD_ROWS, ["ES", "NQ", "YM", "CL", "GC", "RTY", "MES", "MNQ", "MGC"], strict=True))
 
 
 def _exporter_text(bars: pa.Table, inst: str, tmp: Path) -> str:
@@ -430,6 +432,57 @@ def test_bad_times_in_the_other_forms(settings: Settings) -> None:
     assert run.metric("NQ.csv")["first_bad_line"] == {"time": 9}
     assert stored(settings, "ES").num_rows == es.num_rows - 1
     assert stored(settings, "NQ").num_rows == nq.num_rows - 2
+
+
+def test_the_instrument_column_never_moves_a_bar_to_another_instrument(settings: Settings) -> None:
+    """The file name says which instrument a file holds. A row whose Instrument column names
+    another configured instrument is a bad row (rule instrument), found in either parse (the
+    typed one, and the tolerant one a bad cell sends a piece to) and in any piece; values
+    that name no other instrument (the exporter's DATAEXPORT, a contract of the file's own
+    instrument, lower case, an unknown symbol, nothing) are not judged."""
+    es = make_bars("ES", days=20)
+    text = sample.write_bars_csv(settings.root / "es.src", es, "exporter", instrument="ES").read_text()
+    rows = text.splitlines(keepends=True)
+    for i, value in zip(range(2, 8), ["DATAEXPORT", "ES 03-26", "es", "ZZ", "", "es mar26"], strict=True):
+        rows[i - 1] = rows[i - 1].rsplit(",", 1)[0] + f",{value}\n"
+    foreign = {3000: "CL", 9000: "nq 03-26", 20_000: "CL"}  # in three pieces of 128 KiB
+    for line, value in foreign.items():
+        rows[line - 1] = rows[line - 1].rsplit(",", 1)[0] + f",{value}\n"
+    cells = rows[15_000 - 1].split(",")
+    cells[3] = "abc"  # a high that is no number: this piece is parsed the tolerant way
+    rows[15_000 - 1] = ",".join(cells)
+    put_text(settings, "ES.csv", "".join(rows))
+    run = run_translator(settings.root, env={"QTSW_TRANSLATOR_PIECE_BYTES": str(128 * 1024)})
+    assert run.result["status"] == "success", run.stdout
+    m = run.metric("ES.csv")
+    assert m["dropped"] == {"non_numeric": 1, "instrument": 3}
+    assert m["first_bad_line"] == {"non_numeric": 15_000, "instrument": 3000}
+    assert ("Instrument column names another instrument (CL, NQ; the file name says ES) 3 "
+            "(first at line 3000)") in run.text
+    gone = sorted([*foreign, 15_000])
+    keep = [i for i in range(es.num_rows) if i + 2 not in gone]  # data row i is on line i + 2
+    assert_store_holds(settings, "ES", es.take(keep))
+    assert stored(settings, "CL").num_rows == 0 and stored(settings, "NQ").num_rows == 0
+
+
+def test_a_misnamed_export_is_quarantined_and_stores_nothing(settings: Settings) -> None:
+    """CL bars saved under an ES name: every row names CL, the file is refused whole, kept
+    unchanged in the quarantine with its reason; the ES store is not touched."""
+    es = make_bars("ES")
+    put(settings, "ES.csv", es)
+    assert run_translator(settings.root).result["status"] == "success"
+    cl = make_bars("CL", seed=5, tick=0.01)
+    path = put(settings, "DataExport_ES_20251127_023000_UTC.csv", cl, instrument="CL")
+    raw = path.read_bytes()
+    run = run_translator(settings.root)
+    assert run.result["status"] == "partial", run.stdout
+    name = path.name
+    assert (settings.quarantine_dir / name).read_bytes() == raw
+    err = (settings.quarantine_dir / f"{name}.error.txt").read_text()
+    assert "rule: instrument\n" in err and "line: 2\n" in err
+    assert (f"{name} line 2: Instrument column names another instrument (CL; the file name says ES) — "
+            f"{cl.num_rows} of {cl.num_rows} rows are bad") in err
+    assert_store_holds(settings, "ES", es)
 
 
 def test_zero_and_negative_prices_are_legal(settings: Settings) -> None:

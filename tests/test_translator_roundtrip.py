@@ -63,15 +63,17 @@ _form = st.sampled_from(
 _zone = st.sampled_from(["UTC", "America/Chicago", "Europe/London", "Asia/Kolkata"])
 
 
-def _parse(path: Path, zone: str, tolerant: bool, piece_bytes: int | None = None, max_bad: float = 0.01) -> tuple[translator.FileResult, pa.Table]:
+def _parse(path: Path, zone: str, tolerant: bool, piece_bytes: int | None = None, max_bad: float = 0.01,
+           instrument: str | None = None) -> tuple[translator.FileResult, pa.Table]:
     s = load_settings(
         root=path.parent,
         env={},
         overrides={"input.timezones": [{"pattern": "*", "timezone": zone}], "input.max_bad_row_fraction": max_bad},
     )
-    layout, pieces = translator.parse_file(path, s, tolerant=tolerant, piece_bytes=piece_bytes, workers=2)
-    result = translator.FileResult(path.name, "ES", 0, "")
-    years = translator.assemble(path, s, "ES", layout, pieces, result, int(time.time() * 1000))
+    layout, pieces = translator.parse_file(path, s, tolerant=tolerant, piece_bytes=piece_bytes, workers=2,
+                                           instrument=instrument)
+    result = translator.FileResult(path.name, instrument or "ES", 0, "")
+    years = translator.assemble(path, s, instrument or "ES", layout, pieces, result, int(time.time() * 1000))
     table = pa.concat_tables(years.values()) if years else store.empty_table()
     return result, table
 
@@ -107,7 +109,7 @@ def test_written_bars_come_back_exactly(data: tuple[str, pa.Table], form: tuple[
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / _name(symbol, kind)
         sample.write_bars_csv(path, bars_in_file, kind, instrument=symbol, zone=zone, sep=sep, bom=bom, crlf=crlf)
-        result, got = _parse(path, zone, tolerant, piece_bytes=256)
+        result, got = _parse(path, zone, tolerant, piece_bytes=256, instrument=symbol)
     assert result.rows_in == result.rows_kept == bars.num_rows
     assert result.dropped == {} and result.duplicates == 0
     _same_bars(got, bars)
@@ -122,6 +124,7 @@ _BREAKERS = {
     "high_low": lambda f: [*f[:3], str(float(f[4]) - 1), *f[4:]],
     "open_close": lambda f: [*f[:2], str(float(f[3]) + 1), *f[3:]],
     "volume": lambda f: [*f[:6], "-1", *f[7:]],
+    "instrument": lambda f: [*f[:7], "mgc 12-25"],  # another configured instrument (no file here is MGC)
 }
 
 
@@ -153,7 +156,7 @@ def test_bad_rows_are_counted_by_rule_and_located(data: tuple[str, pa.Table], sp
             out.append(line)
             line_of[i] = len(out)
         path.write_text("\n".join(out) + "\n")
-        result, got = _parse(path, "UTC", False, piece_bytes=piece_bytes, max_bad=1.0)
+        result, got = _parse(path, "UTC", False, piece_bytes=piece_bytes, max_bad=1.0, instrument=symbol)
     by_rule: dict[str, int] = {}
     first: dict[str, int] = {}
     for row, rule in sorted(spoiled.items()):
