@@ -531,10 +531,11 @@ def _judge(
 
 
 def _symbol(value: str | bytes) -> str:
-    """The instrument an Instrument cell names: its first word, upper case ("es 03-26": ES)."""
+    """The instrument an Instrument cell names: its first word, upper case, without quotes
+    (the file is read with no quoting): ``es 03-26`` and ``"ES"`` name ES."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    words = value.split(None, 1)
+    words = value.strip().strip("\"'").split(None, 1)
     return words[0].upper() if words else ""
 
 

@@ -443,9 +443,9 @@ def test_the_instrument_column_never_moves_a_bar_to_another_instrument(settings:
     es = make_bars("ES", days=20)
     text = sample.write_bars_csv(settings.root / "es.src", es, "exporter", instrument="ES").read_text()
     rows = text.splitlines(keepends=True)
-    for i, value in zip(range(2, 8), ["DATAEXPORT", "ES 03-26", "es", "ZZ", "", "es mar26"], strict=True):
+    for i, value in zip(range(2, 9), ["DATAEXPORT", "ES 03-26", "es", "ZZ", "", "es mar26", '"ES"'], strict=True):
         rows[i - 1] = rows[i - 1].rsplit(",", 1)[0] + f",{value}\n"
-    foreign = {3000: "CL", 9000: "nq 03-26", 20_000: "CL"}  # in three pieces of 128 KiB
+    foreign = {3000: "CL", 9000: "nq 03-26", 20_000: '"CL"'}  # in three pieces of 128 KiB
     for line, value in foreign.items():
         rows[line - 1] = rows[line - 1].rsplit(",", 1)[0] + f",{value}\n"
     cells = rows[15_000 - 1].split(",")
