@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -143,6 +143,7 @@ class RebuildOutcome:
     years: list[int] | None = None
     monthly_set_aside: list[str] | None = None
     seconds: float = 0.0
+    refused: list[str] = field(default_factory=list)  # archived exports today's checks refuse
 
 
 def _raw_files_of(cat: Catalog, settings: Settings, instrument: str) -> list[dict]:
@@ -167,8 +168,10 @@ def rebuild_store(
     settings: Settings, instrument: str, say: Callable[[str], None] = lambda _t: None
 ) -> RebuildOutcome:
     """Rebuild ``instrument``'s bar store from the raw archive and ask for its full
-    re-analysis. Raises :class:`RebuildError` when an archived file is missing or damaged (the
-    old store is then left as it is)."""
+    re-analysis. Each archived export goes through the translator's checks as they are today
+    (the settings, the rules): one they refuse is not replayed, named through ``say`` and
+    listed in ``refused``. Raises :class:`RebuildError` when an archived file is missing or
+    damaged, or when today's checks refuse every one (the old store is then left as it is)."""
     from pipeline_core import translator
 
     if instrument not in settings.instruments:
@@ -199,14 +202,27 @@ def rebuild_store(
             for n, raw in enumerate(raws, start=1):
                 path = cat.abs(raw["archived_path"])
                 say(f"{instrument}: replaying {n}/{len(raws)} {safe(raw['archived_path'])}")
-                layout, pieces = translator.parse_file(path, settings)
                 result = translator.FileResult(path.name, instrument, path.stat().st_size, raw["sha256"])
-                years = translator.assemble(
-                    path, settings, instrument, layout, pieces, result, int(time.time() * 1000)
-                )
+                try:
+                    # the translator's checks as they are today (the settings, the rules)
+                    layout, pieces = translator.parse_file(path, settings, instrument=instrument)
+                    years = translator.assemble(
+                        path, settings, instrument, layout, pieces, result, int(time.time() * 1000)
+                    )
+                except translator.FileRejected as exc:
+                    # ingested under other checks (an earlier max_bad_row_fraction, a rule that
+                    # came later): its bars are not replayed, and the operator is told which
+                    out.refused.append(str(raw["archived_path"]))
+                    say(f"{instrument}: not replayed: {safe(raw['archived_path'])}: today's checks refuse "
+                        f"it (rule {exc.rule}): {exc.reason}")
+                    continue
                 store.upsert_years(settings, instrument, list(years.items()), base=work)
                 out.files_replayed += 1
                 out.bars += result.rows_kept
+            if raws and not out.files_replayed:
+                raise RebuildError(
+                    f"today's checks refuse every archived export of {instrument} ({len(raws)}, named "
+                    "above): the store is left as it was")
             new_files = sorted(work.glob(f"{instrument}_*.parquet"))
             out.years = [int(p.stem.rsplit("_", 1)[1]) for p in new_files]
             # Intents first: a crash after the swap leaves files the next start records.

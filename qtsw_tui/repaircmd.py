@@ -96,7 +96,9 @@ def rebuild_main(argv: list[str]) -> int:
                 f"{out.bars} bars, years {', '.join(map(str, out.years or [])) or '-'} "
                 f"in {out.seconds:.1f} s"
                 + (f"; {len(out.monthly_set_aside)} damaged monthly file(s) set aside in data/damaged"
-                   if out.monthly_set_aside else ""),
+                   if out.monthly_set_aside else "")
+                + (f"; {len(out.refused)} archived export(s) not replayed: today's checks refuse them "
+                   "(named above)" if out.refused else ""),
                 flush=True,
             )
         if held is not None:

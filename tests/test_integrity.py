@@ -135,6 +135,67 @@ def test_truncated_store_file_is_named_and_rebuild_restores_it(tmp_path: Path) -
     assert not list(s.raw_dir.glob("*ES*.csv"))
 
 
+def _spoil_volumes(path: Path, rows: int) -> None:
+    """Negative volume on the first ``rows`` data rows (rule volume)."""
+    lines = path.read_text().splitlines(keepends=True)
+    for i in range(1, rows + 1):
+        fields = lines[i].split(",")
+        fields[6] = "-1"
+        lines[i] = ",".join(fields)
+    path.write_text("".join(lines))
+
+
+def test_rebuild_replays_only_what_todays_checks_accept(tmp_path: Path) -> None:
+    """An export ingested under other checks (here a larger max_bad_row_fraction) is not
+    replayed by a rebuild under today's: the rebuild names it and goes on with the others; when
+    today's checks refuse every archived export, it says so and leaves the store as it was."""
+    root = tmp_path / "root"
+    sample(root, 3, "--instruments", "ES")
+    s = settings_for(root)
+    [first] = s.raw_dir.glob("*ES*.csv")
+    _spoil_volumes(first, 60)  # about 2 % of its rows
+    toml = root / "qtsw.toml"
+    toml.write_text("[input]\nmax_bad_row_fraction = 0.05\n")
+    assert run_now(root).returncode == 0
+    only_first = store_tables(s)
+    sample(root, 3, "--instruments", "ES", "--seed", "5")  # the same days again: its bars win
+    assert run_now(root).returncode == 0
+    both = store_tables(s)
+    assert both != only_first
+
+    toml.write_text("[input]\nmax_bad_row_fraction = 0.01\n")
+    got = qtsw("--root", str(root), "rebuild", "--instrument", "ES")
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert "Traceback" not in got.stdout + got.stderr
+    assert "ES: not replayed: data/raw/archive/" in got.stdout and first.name in got.stdout
+    assert "today's checks refuse it (rule volume)" in got.stdout
+    assert "store rebuilt from 1 archived export(s)" in got.stdout
+    assert "1 archived export(s) not replayed" in got.stdout
+    # the store holds the second export's bars alone: as a root that only ever had it
+    ref = tmp_path / "ref"
+    sample(ref, 3, "--instruments", "ES", "--seed", "5")
+    assert run_now(ref).returncode == 0
+    after, want = store_tables(s), store_tables(settings_for(ref))
+    assert after.keys() == want.keys() and all(after[k].equals(want[k]) for k in want)
+
+    # today's checks refuse every export: nothing is rebuilt, the store is as it was
+    root2 = tmp_path / "root2"
+    sample(root2, 3, "--instruments", "ES")
+    s2 = settings_for(root2)
+    [only] = s2.raw_dir.glob("*ES*.csv")
+    _spoil_volumes(only, 60)
+    (root2 / "qtsw.toml").write_text("[input]\nmax_bad_row_fraction = 0.05\n")
+    assert run_now(root2).returncode == 0
+    before = store_tables(s2)
+    (root2 / "qtsw.toml").write_text("[input]\nmax_bad_row_fraction = 0.01\n")
+    got = qtsw("--root", str(root2), "rebuild", "--instrument", "ES")
+    assert got.returncode == 2
+    assert "today's checks refuse every archived export of ES (1, named above): the store is left as it was" in got.stderr
+    assert "Traceback" not in got.stdout + got.stderr
+    same = store_tables(s2)
+    assert same.keys() == before.keys() and all(same[k].equals(before[k]) for k in before)
+
+
 def test_full_reanalysis_keeps_rows_whose_bars_are_gone(tmp_path: Path) -> None:
     root = tmp_path / "root"
     sample(root, 6, "--instruments", "ES")
