@@ -490,7 +490,7 @@ class QtswApp(App[int]):
             elif self._attached_once:
                 why = info.get("problem") or ENGINE_GONE
                 # the engine ended (its usual cause, said once), or this console was cut off
-                text = (f"{why[0].upper()}{why[1:]}; reattaching when it is back." if why == ENGINE_GONE
+                text = ("The engine went away; reattaching when it is back." if why == ENGINE_GONE
                         else f"Detached from the engine: {why}. Reattaching.")
                 self.notify(text, title="Engine", severity="warning", timeout=20)
             self._attached_once = self._attached_once or connected
