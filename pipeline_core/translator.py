@@ -1069,7 +1069,16 @@ def translate_file(
             what = _changed(path, st)
             if what is not None:
                 raise FileChanged(name, what)
-            if settings.raw_policy == "keep":
+            # Recorded before the move, as a translated file is (a crash in between leaves the
+            # copy in data/raw for the next run): the archive holds no file the catalogue does
+            # not know, and `qtsw verify` finds nothing to say about a copy handled as it should.
+            dest = archive_dest(settings, path)
+            if dest is not None and (
+                not earlier.get("archived_path") or not cat.abs(earlier["archived_path"]).exists()
+            ):
+                # the earlier copy never reached the archive (a crash between record and move)
+                cat.set_archived(int(earlier["id"]), dest)
+            elif dest is not None or settings.raw_policy == "keep":
                 cat.add_raw(
                     {
                         "name": name,
@@ -1077,16 +1086,13 @@ def translate_file(
                         "mtime_ns": st.st_mtime_ns,
                         "sha256": digest,
                         "status": "already_ingested",
+                        "instrument": instrument,
                         "ingested_at": clock.iso_now(),
                         "run_id": run_id,
+                        "archived_path": cat.rel(dest) if dest is not None else None,
                     },
                 )
-            dest = dispose(settings, path)
-            if dest is not None and (
-                not earlier.get("archived_path") or not cat.abs(earlier["archived_path"]).exists()
-            ):
-                # the earlier copy never reached the archive (a crash between record and move)
-                cat.set_archived(int(earlier["id"]), dest)
+            dispose(settings, path, dest)
             return "already_ingested", None, earlier
         result = FileResult(name, instrument, st.st_size, digest)
         layout, pieces = layout_pieces or _parse(path, settings, rep, name, instrument, progress)

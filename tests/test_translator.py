@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_core import catalog, fsutil, protocol, sample, store, translator
+from pipeline_core import catalog, fsutil, protocol, repair, sample, store, translator
 from pipeline_core.settings import CHICAGO, Settings, load_settings
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("QTSW_")}
@@ -632,10 +632,15 @@ def test_same_file_twice_is_ingested_once(settings: Settings) -> None:
     assert f"already ingested at {rec['ingested_at']}" in w["msg"]
     assert (year_file.read_bytes(), year_file.stat().st_mtime_ns) == snap
     assert catalog.open_catalog(settings).read_changes() == changes_before
-    assert len(manifest(settings)) == 1
     names = sorted(p.name for p in settings.archive_dir.glob("*/*.csv"))
     assert names == ["ES-2.csv", "ES.csv"]  # archived like any other
     assert not (settings.raw_dir / "ES.csv").exists()
+    # the copy is in the catalogue as what it is, so the archive holds nothing unknown
+    ingested, copy = manifest(settings)
+    assert ingested["status"] == "ingested" and ingested["archived_path"].endswith("/ES.csv")
+    assert copy["status"] == "already_ingested" and copy["archived_path"].endswith("/ES-2.csv")
+    assert copy["sha256"] == ingested["sha256"] and copy["instrument"] == "ES"
+    assert repair.verify(settings) == []
 
 
 def test_a_copy_in_the_same_run_is_reported_with_the_manifest_time(settings: Settings) -> None:
@@ -645,7 +650,8 @@ def test_a_copy_in_the_same_run_is_reported_with_the_manifest_time(settings: Set
     settle(copy)
     run = run_translator(settings.root)
     assert run.counts["translated"] == 1 and run.counts["already_ingested"] == 1
-    [rec] = manifest(settings)
+    rec, again = manifest(settings)
+    assert rec["name"] == "ES.csv" and again["name"] == copy.name and again["status"] == "already_ingested"
     [w] = [w for w in run.of("warning") if "already ingested" in w["msg"]]
     assert w["data"]["ingested_at"] == rec["ingested_at"]
 
