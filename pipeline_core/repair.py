@@ -106,9 +106,12 @@ def verify(settings: Settings) -> list[Problem]:
                     "unknown", safe(rel), "not in the catalogue",
                     "move it away if qtsw did not write it; `qtsw rebuild` rewrites the store",
                 ))
+    ingested = {raw["sha256"] for raw in raws}
     for path in sorted(_files(settings.archive_dir)):
         rel = str(path.relative_to(settings.root))
         if rel not in archived and path.parent.name != "logs":
+            if sha256_file(path) in ingested:
+                continue  # a copy of an ingested export, archived before copies were recorded
             problems.append(Problem("unknown", safe(rel), "archived file not in the catalogue", "-"))
     return problems
 

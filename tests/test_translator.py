@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -641,6 +642,14 @@ def test_same_file_twice_is_ingested_once(settings: Settings) -> None:
     assert copy["status"] == "already_ingested" and copy["archived_path"].endswith("/ES-2.csv")
     assert copy["sha256"] == ingested["sha256"] and copy["instrument"] == "ES"
     assert repair.verify(settings) == []
+    # a data root from before copies were recorded: the archived copy is still known by its hash
+    with sqlite3.connect(settings.catalog_path) as db:
+        db.execute("DELETE FROM raw_files WHERE status = 'already_ingested'")
+    assert len(manifest(settings)) == 1
+    assert repair.verify(settings) == []
+    (settings.archive_dir / "x.csv").write_bytes(content + b"2025-11-25,14:00:00,1,1,1,1,1,ES\n")
+    [p] = repair.verify(settings)
+    assert (p.problem, p.path, p.detail) == ("unknown", "data/raw/archive/x.csv", "archived file not in the catalogue")
 
 
 def test_a_copy_in_the_same_run_is_reported_with_the_manifest_time(settings: Settings) -> None:
