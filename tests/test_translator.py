@@ -449,18 +449,18 @@ def test_the_instrument_column_never_moves_a_bar_to_another_instrument(settings:
     foreign = {3000: "CL", 9000: "nq 03-26", 20_000: '"CL"'}  # in three pieces of 128 KiB
     for line, value in foreign.items():
         rows[line - 1] = rows[line - 1].rsplit(",", 1)[0] + f",{value}\n"
-    cells = rows[15_000 - 1].split(",")
-    cells[3] = "abc"  # a high that is no number: this piece is parsed the tolerant way
-    rows[15_000 - 1] = ",".join(cells)
+    cells = rows[20_010 - 1].split(",")
+    cells[3] = "abc"  # a high that is no number: the piece of line 20,000 is parsed the tolerant way
+    rows[20_010 - 1] = ",".join(cells)
     put_text(settings, "ES.csv", "".join(rows))
     run = run_translator(settings.root, env={"QTSW_TRANSLATOR_PIECE_BYTES": str(128 * 1024)})
     assert run.result["status"] == "success", run.stdout
     m = run.metric("ES.csv")
     assert m["dropped"] == {"non_numeric": 1, "instrument": 3}
-    assert m["first_bad_line"] == {"non_numeric": 15_000, "instrument": 3000}
+    assert m["first_bad_line"] == {"non_numeric": 20_010, "instrument": 3000}
     assert ("Instrument column names another instrument (CL, NQ; the file name says ES) 3 "
             "(first at line 3000)") in run.text
-    gone = sorted([*foreign, 15_000])
+    gone = sorted([*foreign, 20_010])
     keep = [i for i in range(es.num_rows) if i + 2 not in gone]  # data row i is on line i + 2
     assert_store_holds(settings, "ES", es.take(keep))
     assert stored(settings, "CL").num_rows == 0 and stored(settings, "NQ").num_rows == 0
