@@ -63,11 +63,11 @@ def step_back(settings: Settings) -> None:
     """Step this attached console back behind the engine it watches, every thread of it: its
     CPU priority lowered by ``console.attached_nice`` and, with ``console.attached_idle`` (off by
     default; Linux), the idle policy, SCHED_IDLE: it then runs only on CPU time nothing else
-    wants and gives its core up at once to the engine or a stage that wakes. On 2 cores, five
-    consoles drawing a run's flood of 100,000 events cost the run about 10 % with a lowered
-    priority alone, 2-4 % as idle tasks (``bench/attach.py``); but while every core is busy
+    wants and gives its core up at once to the engine or a stage that wakes. Watching a run's
+    flood costs the run less as an idle task (``bench/attach.py``), but while every core is busy
     (an analyzer run, one process per core) an idle console hardly runs at all: it draws, takes
-    keys and even quits only when a core is free (``bench/stepback.py``). An attached console
+    keys and even quits only when a core is free (``bench/stepback.py``; the README gives both
+    figures). An attached console
     calls this once it shows the engine (its first screen comes as fast as ever); a console
     hosting the engine never does: it runs the engine. Neither can be undone by the process."""
     idle = settings.attached_idle and hasattr(os, "SCHED_IDLE")

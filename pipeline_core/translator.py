@@ -491,7 +491,7 @@ def _judge(
             bad_time = np.zeros(n, dtype=bool)
         with np.errstate(invalid="ignore"):
             finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c_) & np.isfinite(v)
-            checks = (
+            checks = [
                 ("time", bad_time),
                 ("out_of_range", ~in_range & ~bad_time),
                 ("non_numeric", non_numeric),
@@ -499,8 +499,9 @@ def _judge(
                 ("high_low", h < lo),
                 ("open_close", (o < lo) | (o > h) | (c_ < lo) | (c_ > h)),
                 ("volume", v < 0),
-                ("instrument", np.zeros(n, dtype=bool) if foreign is None else foreign),
-            )
+            ]
+            if foreign is not None:
+                checks.append(("instrument", foreign))
         code = np.zeros(n, dtype=np.uint8)
         for rule, mask in reversed(checks):  # the first rule in order wins
             if mask.any():
